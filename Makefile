@@ -1,0 +1,36 @@
+# Two commands do everything on a fresh machine:  `make demo`  and  `make test`.
+# Both are idempotent: the environment in .venv/ is (re)built only when requirements.txt changes.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+CORES ?= all
+CONFIG ?= config/demo.yaml
+
+.PHONY: env demo test dry-run lint clean-demo
+
+env: $(STAMP)
+
+$(STAMP): requirements.txt pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -r requirements.txt
+	$(BIN)/python -m pip install -q --no-deps -e .
+	touch $(STAMP)
+
+demo: $(STAMP)
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/snakemake --cores $(CORES) --resources gpu=1 --configfile $(CONFIG)
+
+dry-run: $(STAMP)
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/snakemake -n --configfile $(CONFIG)
+
+lint: $(STAMP)
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/snakemake --lint --configfile $(CONFIG)
+
+# pytest exits 5 when it collects nothing: that is a failure here, never a silent pass.
+test: $(STAMP)
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
+
+clean-demo:
+	rm -rf data/demo results/demo

@@ -1,0 +1,5 @@
+"""Entry point for ``python -m carvana_seg``."""
+
+from carvana_seg.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,93 @@
+"""``python -m carvana_seg <stage> ...``: one subcommand per pipeline stage.
+
+Each stage lives in its own module exposing ``add_arguments(parser)`` and ``run(args, cfg)``; modules are imported
+only when their subcommand runs, so data stages never pay for importing torch. Settings come either as ``--cfg``
+(the JSON slice Snakemake passes, see ``config.stage_config``) or as ``--configfile`` for direct use.
+Errors derived from ``CarvanaSegError`` are printed as one line, with exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import sys
+
+from carvana_seg import config as cfgmod
+from carvana_seg.errors import CarvanaSegError
+
+# subcommand -> (module, config slice, help)
+STAGES: dict[str, tuple[str, str | None, str]] = {
+    "fetch": ("carvana_seg.data.fetch", "fetch", "bring the data into data/<name>/raw (kaggle, local or synthetic)"),
+    "validate": ("carvana_seg.data.validate", "validate", "check every image and mask in a raw Kaggle layout"),
+    "folds": ("carvana_seg.folds", "folds", "assign cars to K folds (grouped, area-stratified)"),
+    "resize": ("carvana_seg.resize_cache", "resize", "build the resize cache for one resolution"),
+    "train": ("carvana_seg.training.train", "train", "train one variant on one fold (resumable)"),
+    "oof": ("carvana_seg.oof", "oof", "out-of-fold predictions with flip-TTA for one variant x fold"),
+    "threshold": ("carvana_seg.threshold", "threshold", "search the binarisation threshold on OOF predictions"),
+    "ensemble": ("carvana_seg.ensemble", "ensemble", "streaming flip-TTA ensemble over the test set"),
+    "submission": ("carvana_seg.submission", "submission", "write and validate the RLE submission"),
+    "submit": ("carvana_seg.kaggle_submit", "submit", "upload a submission to Kaggle"),
+    "score": ("carvana_seg.score", None, "score a submission against true masks (RLE csv)"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m carvana_seg", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
+    for name, (_module, slice_name, help_text) in STAGES.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(_stage=name)
+        if slice_name is not None:
+            src = p.add_mutually_exclusive_group(required=True)
+            src.add_argument("--cfg", help="JSON config slice (what Snakemake passes)")
+            src.add_argument("--configfile", help="YAML config file (validated, defaults filled)")
+    return parser
+
+
+def _add_stage_arguments(parser: argparse.ArgumentParser, argv: list[str]) -> None:
+    """Let the chosen stage's module add its own arguments (imports only that module)."""
+    stage = next((a for a in argv if a in STAGES), None)
+    if stage is None:
+        return
+    module = importlib.import_module(STAGES[stage][0])
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))  # noqa: SLF001
+    module.add_arguments(sub.choices[stage])
+
+
+def stage_cfg(args: argparse.Namespace) -> dict:
+    """The config slice for this invocation, from ``--cfg`` or from ``--configfile``."""
+    slice_name = STAGES[args._stage][1]  # noqa: SLF001
+    if slice_name is None:
+        return {}
+    if args.cfg is not None:
+        try:
+            return json.loads(args.cfg)
+        except json.JSONDecodeError as exc:
+            raise CarvanaSegError(f"--cfg is not valid JSON: {exc}") from exc
+    full = cfgmod.load(args.configfile)
+    return cfgmod.stage_config(full, slice_name, getattr(args, "variant", None))
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    try:
+        _add_stage_arguments(parser, argv)
+        args = parser.parse_args(argv)
+        logging.basicConfig(
+            level=logging.DEBUG if args.verbose else logging.INFO,
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+            stream=sys.stderr,
+        )
+        module = importlib.import_module(STAGES[args._stage][0])  # noqa: SLF001
+        module.run(args, stage_cfg(args))
+    except CarvanaSegError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    return 0

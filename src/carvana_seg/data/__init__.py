@@ -1,0 +1,1 @@
+"""Data sources (kaggle, local, synthetic) and input validation."""

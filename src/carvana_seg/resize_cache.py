@@ -1,0 +1,135 @@
+"""Resize cache: the training photos and masks resized once per network resolution.
+
+Format (chosen by ``benchmarks/resize_cache_format.py``): one uncompressed ``.npy`` per array, read through a
+memory map. On 2 cores it reads a 224x160 sample in microseconds where PNG/JPEG files need a decode per epoch,
+and the page cache shares it between DataLoader workers. Layout of ``<cache>/``:
+
+- ``images.npy``  (N, H, W, 3) uint8 RGB
+- ``masks.npy``   (N, H, W) uint8, the *coverage* of each pixel by the car, 0..255: masks are resized as
+  area fractions, not nearest-neighbour, so the car's edge keeps sub-pixel information
+- ``ids.txt``     the N image ids, in array order
+
+Interpolation: INTER_AREA when shrinking (anti-aliased, the best fidelity at the car's edge), INTER_LINEAR
+for an axis that grows (INTER_AREA degenerates to nearest-neighbour there).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+from multiprocessing import Pool
+from pathlib import Path
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from carvana_seg import layout
+from carvana_seg.images import read_image, read_mask
+
+log = logging.getLogger(__name__)
+
+
+def interpolation(src_wh: tuple[int, int], dst_wh: tuple[int, int]) -> int:
+    """OpenCV interpolation for resizing ``src_wh`` to ``dst_wh`` (see module docstring)."""
+    shrinking = dst_wh[0] <= src_wh[0] and dst_wh[1] <= src_wh[1]
+    return cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
+
+
+def resize_image(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Resize an RGB uint8 image to ``size`` = (width, height)."""
+    h, w = rgb.shape[:2]
+    if (w, h) == tuple(size):
+        return rgb
+    return cv2.resize(rgb, tuple(size), interpolation=interpolation((w, h), size))
+
+
+def resize_mask(mask01: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Resize a 0/1 mask to ``size`` as per-pixel coverage 0..255 (uint8)."""
+    h, w = mask01.shape
+    m = mask01.astype(np.float32) * 255.0
+    if (w, h) != tuple(size):
+        m = cv2.resize(m, tuple(size), interpolation=interpolation((w, h), size))
+    return np.clip(np.rint(m), 0, 255).astype(np.uint8)
+
+
+def _load_pair(job: tuple[str, str, tuple[int, int]]) -> tuple[np.ndarray, np.ndarray]:
+    raw, image_id, size = job
+    img = read_image(Path(raw) / layout.TRAIN_DIR / layout.image_file(image_id))
+    mask = read_mask(Path(raw) / layout.MASK_DIR / layout.mask_file(image_id))
+    return resize_image(img, size), resize_mask(mask, size)
+
+
+def build(raw: Path, ids: list[str], size: tuple[int, int], out_dir: Path, workers: int = 1) -> None:
+    """Write the cache for ``ids`` at ``size`` = (W, H) into ``out_dir``, atomically (tmp dir, then rename)."""
+    w, h = size
+    out_dir = Path(out_dir)
+    tmp = out_dir.with_name(out_dir.name + f".tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        images = np.lib.format.open_memmap(tmp / "images.npy", mode="w+", dtype=np.uint8, shape=(len(ids), h, w, 3))
+        masks = np.lib.format.open_memmap(tmp / "masks.npy", mode="w+", dtype=np.uint8, shape=(len(ids), h, w))
+        jobs = [(str(raw), i, (w, h)) for i in ids]
+        with Pool(workers) if workers > 1 else _Serial() as pool:
+            results = pool.imap(_load_pair, jobs, chunksize=4)
+            for k, (img, mask) in enumerate(tqdm(results, total=len(ids), desc=f"resize {w}x{h}", mininterval=5)):
+                images[k] = img
+                masks[k] = mask
+        images.flush()
+        masks.flush()
+        del images, masks
+        (tmp / "ids.txt").write_text("".join(f"{i}\n" for i in ids))
+        (tmp / "meta.json").write_text(json.dumps({"width": w, "height": h, "n": len(ids)}))
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+class _Serial:
+    """A stand-in for ``multiprocessing.Pool`` that maps in-process (workers=1)."""
+
+    def __enter__(self) -> "_Serial":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def imap(self, fn, items, chunksize: int = 1):  # noqa: ARG002
+        return map(fn, items)
+
+
+def load(cache_dir: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Memory-map a cache: (images, masks, ids)."""
+    cache_dir = Path(cache_dir)
+    images = np.load(cache_dir / "images.npy", mmap_mode="r")
+    masks = np.load(cache_dir / "masks.npy", mmap_mode="r")
+    ids = (cache_dir / "ids.txt").read_text().split()
+    return images, masks, ids
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--raw", required=True, help="raw Kaggle layout (data/<name>/raw)")
+    parser.add_argument("--size", required=True, help="WxH, e.g. 1024x1024")
+    parser.add_argument("--out", required=True, help="cache directory to write")
+    parser.add_argument("--threads", type=int, default=None, help="worker processes (default: resize.workers)")
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """``"1344x896"`` -> (1344, 896)."""
+    w, h = (int(x) for x in text.lower().split("x"))
+    return w, h
+
+
+def run(args: argparse.Namespace, cfg: dict) -> None:
+    raw = Path(args.raw)
+    ids = layout.list_ids(raw / layout.TRAIN_DIR)
+    workers = args.threads or cfg["resize"]["workers"]
+    build(raw, ids, parse_size(args.size), Path(args.out), workers=workers)
+    log.info("cached %d training images at %s in %s", len(ids), args.size, args.out)

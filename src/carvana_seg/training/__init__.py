@@ -1,0 +1,1 @@
+"""Model construction, losses, augmentation, datasets and the resumable training loop."""
