@@ -1,0 +1,50 @@
+"""Resize cache: shapes, coverage masks, interpolation choice, atomic writes."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from carvana_seg import layout, resize_cache
+from carvana_seg.errors import DataError
+from carvana_seg.images import read_mask
+
+
+def test_interpolation_choice():
+    assert resize_cache.interpolation((1918, 1280), (1024, 1024)) == cv2.INTER_AREA
+    assert resize_cache.interpolation((1918, 1280), (1280, 1280)) == cv2.INTER_AREA
+    assert resize_cache.interpolation((1918, 1280), (1920, 1280)) == cv2.INTER_LINEAR
+
+
+def test_mask_coverage_keeps_edge_information():
+    mask = np.zeros((8, 8), np.uint8)
+    mask[:, :3] = 1  # 3/8 of each row; halving width gives a pixel half covered
+    small = resize_cache.resize_mask(mask, (4, 8))
+    assert small.dtype == np.uint8
+    assert small[0].tolist() == [255, 128, 0, 0]
+    assert small.astype(float).mean() / 255 == pytest.approx(mask.mean(), abs=0.01)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_build_and_load(tiny_layout, tmp_path, workers):
+    ids = layout.list_ids(tiny_layout / "train")
+    out = tmp_path / "cache" / "32x32"
+    resize_cache.build(tiny_layout, ids, (32, 32), out, workers=workers)
+    images, masks, got_ids = resize_cache.load(out)
+    assert got_ids == ids
+    assert images.shape == (len(ids), 32, 32, 3) and images.dtype == np.uint8
+    assert masks.shape == (len(ids), 32, 32) and masks.dtype == np.uint8
+    full = read_mask(tiny_layout / "train_masks" / f"{ids[5]}_mask.gif")
+    assert masks[5].mean() / 255 == pytest.approx(full.mean(), abs=0.02)
+    assert not list(out.parent.glob("*.tmp-*"))
+
+
+def test_corrupt_input_leaves_no_cache(tiny_layout, tmp_path):
+    ids = layout.list_ids(tiny_layout / "train")
+    (tiny_layout / "train_masks" / f"{ids[3]}_mask.gif").unlink()
+    out = tmp_path / "cache" / "32x32"
+    with pytest.raises(DataError, match=f"{ids[3]}_mask.gif"):
+        resize_cache.build(tiny_layout, ids, (32, 32), out)
+    assert not out.exists()
+    assert not list((tmp_path / "cache").glob("*"))

@@ -1,0 +1,72 @@
+# Data stages: fetch (kaggle | local | synthetic) -> validate -> folds -> resize cache.
+
+
+rule fetch:
+    output:
+        manifest=f"{DATA}/fetch.json",
+    params:
+        cfg=cfg("fetch"),
+        raw=RAW,
+    log:
+        f"{LOGS}/fetch.log",
+    benchmark:
+        f"{BENCH}/fetch.tsv"
+    threads: 2
+    shell:
+        "{PY} fetch --cfg {params.cfg:q} --out {params.raw} --manifest {output.manifest}"
+        " --threads {threads} > {log} 2>&1"
+
+
+rule validate_data:
+    input:
+        manifest=f"{DATA}/fetch.json",
+    output:
+        summary=f"{RES}/data_validation.json",
+    params:
+        cfg=cfg("validate"),
+        raw=RAW,
+    log:
+        f"{LOGS}/validate.log",
+    benchmark:
+        f"{BENCH}/validate.tsv"
+    threads: 2
+    shell:
+        "{PY} validate --cfg {params.cfg:q} --raw {params.raw} --out {output.summary}"
+        " --threads {threads} > {log} 2>&1"
+
+
+rule folds:
+    input:
+        summary=f"{RES}/data_validation.json",
+    output:
+        folds=f"{RES}/folds.csv",
+    params:
+        cfg=cfg("folds"),
+        raw=RAW,
+    log:
+        f"{LOGS}/folds.log",
+    shell:
+        "{PY} folds --cfg {params.cfg:q} --raw {params.raw} --out {output.folds} > {log} 2>&1"
+
+
+rule resize_cache:
+    input:
+        summary=f"{RES}/data_validation.json",
+    output:
+        images=f"{DATA}/cache/{{size}}/images.npy",
+        masks=f"{DATA}/cache/{{size}}/masks.npy",
+        ids=f"{DATA}/cache/{{size}}/ids.txt",
+    params:
+        cfg=cfg("resize"),
+        raw=RAW,
+        out=lambda wc: f"{DATA}/cache/{wc.size}",
+    wildcard_constraints:
+        size=r"\d+x\d+",
+    log:
+        f"{LOGS}/resize_{{size}}.log",
+    benchmark:
+        f"{BENCH}/resize_{{size}}.tsv"
+    threads: 2
+    shell:
+        "{PY} resize --cfg {params.cfg:q} --raw {params.raw} --size {wildcards.size} --out {params.out}"
+        " --threads {threads} > {log} 2>&1"
