@@ -42,17 +42,17 @@ def _schema() -> dict:
 
 
 def _defaulting_validator(schema: dict):
-    """A Draft-7 validator that fills in ``default`` values, recursively, as it validates."""
-    from jsonschema import Draft7Validator, validators
+    """A Draft 2020-12 validator (the draft snakemake uses) that fills in ``default`` values, recursively, as it validates."""
+    from jsonschema import Draft202012Validator, validators
 
     def set_defaults(validator, properties, instance, schema_):
         if isinstance(instance, dict):
             for key, sub in properties.items():
                 if "default" in sub and key not in instance:
                     instance[key] = copy.deepcopy(sub["default"])
-        yield from Draft7Validator.VALIDATORS["properties"](validator, properties, instance, schema_)
+        yield from Draft202012Validator.VALIDATORS["properties"](validator, properties, instance, schema_)
 
-    cls = validators.extend(Draft7Validator, {"properties": set_defaults})
+    cls = validators.extend(Draft202012Validator, {"properties": set_defaults})
     return cls(schema)
 
 
