@@ -1,0 +1,79 @@
+"""The Snakemake DAG: lint-clean, and dry-runs of the competition and demo configs plan the expected jobs."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import make_layout
+
+SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
+
+
+def snakemake(repo: Path, workdir: Path, *args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    return subprocess.run(
+        [SNAKEMAKE, *args, "-s", str(repo / "Snakefile"), "-d", str(workdir)],
+        capture_output=True, text=True, env=env, timeout=300,
+    )
+
+
+def job_counts(output: str) -> dict[str, int]:
+    """Parse snakemake's 'Job stats' table into {rule: count}."""
+    counts = {}
+    for line in output.splitlines():
+        m = re.match(r"^(\w+)\s+(\d+)\s*$", line.strip())
+        if m and m.group(1) != "total":
+            counts[m.group(1)] = int(m.group(2))
+    return counts
+
+
+def write_config(tmp: Path, base: Path, **updates) -> Path:
+    cfg = yaml.safe_load(base.read_text())
+    for key, value in updates.items():
+        cfg[key] = value
+    path = tmp / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_competition_config_plans_15_training_jobs(repo_root, tmp_path):
+    raw = make_layout(tmp_path / "kaggle_copy", n_cars=6, w=64, h=48)
+    cfg = write_config(tmp_path, repo_root / "config/config.yaml", data={"source": "local", "path": str(raw)})
+    res = snakemake(repo_root, tmp_path, "-n", "--configfile", str(cfg))
+    assert res.returncode == 0, res.stderr[-3000:]
+    counts = job_counts(res.stdout + res.stderr)
+    assert counts.get("train") == 15, counts
+    assert counts.get("oof") == 15, counts
+    assert counts.get("resize_cache") == 3, counts
+    for rule in ("fetch", "validate_data", "folds", "threshold", "ensemble", "submission"):
+        assert counts.get(rule) == 1, (rule, counts)
+    assert "submit" not in counts  # uploading is never part of `all`
+
+
+def test_kaggle_source_dry_run_plans_data_stages(repo_root, tmp_path):
+    res = snakemake(repo_root, tmp_path, "-n", "--configfile", str(repo_root / "config/config.yaml"))
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert job_counts(res.stdout + res.stderr).get("fetch") == 1
+
+
+def test_bad_config_key_fails_naming_it(repo_root, tmp_path):
+    cfg = write_config(tmp_path, repo_root / "config/demo.yaml", folds={"k": 3, "seeed": 1})
+    res = snakemake(repo_root, tmp_path, "-n", "--configfile", str(cfg))
+    assert res.returncode != 0
+    assert "seeed" in res.stdout + res.stderr
+
+
+@pytest.mark.skipif(shutil.which("true") is None, reason="needs a POSIX shell")
+def test_lint_is_clean(repo_root, tmp_path):
+    res = snakemake(repo_root, tmp_path, "--lint", "--configfile", str(repo_root / "config/demo.yaml"))
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, out[-3000:]
+    assert "Lints for" not in out, out[-3000:]
