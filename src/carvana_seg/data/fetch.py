@@ -1,0 +1,147 @@
+"""The ``fetch`` stage: fill ``data/<name>/raw`` from Kaggle, a local copy or the synthetic generator.
+
+The output directory never looks complete while half-written: local and Kaggle data are assembled in a
+staging directory next to ``--out``, checked with ``validate_raw(quick=True)`` and renamed into place; the
+synthetic generator renames its own output. ``--manifest`` (the Snakemake output) is written last. A failed
+local fetch leaves nothing behind; a failed Kaggle fetch keeps only its staging directory
+(``.raw.kaggle-partial``) when it holds verified archives, so the next run resumes instead of downloading
+gigabytes again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from carvana_seg.data import kaggle_source, local_source
+from carvana_seg.data.validate import validate_raw
+from carvana_seg.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+SYNTHETIC_KEYS = ("n_train_cars", "n_test_cars", "n_outlier_cars", "width", "height", "jpeg_quality", "seed")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", required=True, help="raw directory to fill (data/<name>/raw)")
+    parser.add_argument("--threads", type=int, default=1, help="worker processes (synthetic generation, checks)")
+    parser.add_argument("--manifest", help="JSON file written last, once --out is complete (the rule's output)")
+
+
+def _key(section: dict, key: str, prefix: str = "data") -> Any:
+    if key not in section:
+        name = f"{prefix}.{key}" if prefix else key
+        raise ConfigError(f"config key '{name}': missing from the fetch config slice")
+    return section[key]
+
+
+def _remove(path: Path) -> None:
+    """Remove a file, a symlink or a directory tree (symlinks inside are unlinked, never followed)."""
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+    elif path.exists():
+        shutil.rmtree(path)
+
+
+def _install(staging: Path, out: Path) -> None:
+    """Rename the finished ``staging`` directory to ``out``, replacing whatever ``out`` was."""
+    if out.exists() or out.is_symlink():
+        log.info("replacing existing %s", out)
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        os.replace(out, old)
+        os.replace(staging, out)
+        _remove(old)
+    else:
+        os.replace(staging, out)
+
+
+def _fetch_synthetic(data: dict, out: Path, threads: int) -> dict:
+    if out.name != "raw":
+        raise ConfigError(f"--out {out}: the synthetic source writes <root>/raw, so --out must end in 'raw'")
+    from carvana_seg.data import synthetic
+
+    params = _key(data, "synthetic")
+    kwargs = {k: _key(params, k, "data.synthetic") for k in SYNTHETIC_KEYS}
+    synthetic.generate(root=out.parent, workers=threads, **kwargs)
+    try:
+        return validate_raw(out, quick=True, workers=threads)
+    except BaseException:
+        _remove(out)
+        raise
+
+
+def _fetch_local(data: dict, out: Path, threads: int) -> dict:
+    path = _key(data, "path")
+    if not path:
+        raise ConfigError("config key 'data.path': required when data.source is 'local'")
+    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial-"))
+    umask = os.umask(0)
+    os.umask(umask)
+    staging.chmod(0o777 & ~umask)  # mkdtemp makes it 0700; the final raw dir gets ordinary permissions
+    try:
+        local_source.link_local(Path(path), staging, hq=bool(data.get("hq", False)))
+        summary = validate_raw(staging, quick=True, workers=threads)
+        _install(staging, out)
+    except BaseException:
+        _remove(staging)
+        raise
+    return summary
+
+
+def _fetch_kaggle(data: dict, out: Path, threads: int) -> dict:
+    kaggle_source.check_credentials()  # before anything is created on disk
+    staging = out.with_name(f".{out.name}.kaggle-partial")
+    try:
+        kaggle_source.download(
+            _key(data, "competition"), staging, hq=bool(_key(data, "hq")), include_test=bool(_key(data, "include_test"))
+        )
+        summary = validate_raw(staging, quick=True, workers=threads)
+    except BaseException:
+        if not any((staging / kaggle_source.DOWNLOAD_DIR).glob("*.ok")):
+            _remove(staging)
+        else:
+            log.info("keeping %s: verified archives there are reused by the next run", staging)
+        raise
+    _remove(staging / kaggle_source.DOWNLOAD_DIR)
+    _install(staging, out)
+    return summary
+
+
+def fetch_raw(data: dict, out: Path, threads: int = 1) -> dict:
+    """Fill ``out`` from ``data.source`` and return the quick validation summary."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    source = _key(data, "source")
+    fetchers = {"synthetic": _fetch_synthetic, "local": _fetch_local, "kaggle": _fetch_kaggle}
+    if source not in fetchers:
+        raise ConfigError(f"config key 'data.source': unknown source {source!r} (kaggle, local or synthetic)")
+    log.info("fetching %s data into %s", source, out)
+    summary = fetchers[source](data, out, max(1, threads))
+    summary["raw"] = str(out)
+    log.info("%s: %d training images (%d cars), %d test images", out, summary["n_train"],
+             summary["n_cars_train"], summary["n_test"])
+    return summary
+
+
+def write_manifest(path: Path, data: dict, summary: dict) -> None:
+    """Write the fetch manifest (source settings + quick summary) atomically: it marks ``raw`` as complete."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps({"data": data, "summary": summary}, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def run(args: argparse.Namespace, cfg: dict) -> None:
+    """CLI entry: ``python -m carvana_seg fetch --cfg ... --out data/<name>/raw [--manifest FILE]``."""
+    data = _key(cfg, "data", "")
+    if args.manifest:
+        Path(args.manifest).unlink(missing_ok=True)  # a stale manifest must never vouch for new data
+    summary = fetch_raw(data, Path(args.out), threads=args.threads)
+    if args.manifest:
+        write_manifest(Path(args.manifest), data, summary)
