@@ -25,11 +25,14 @@ STAGES: dict[str, tuple[str, str | None, str]] = {
     "resize": ("carvana_seg.resize_cache", "resize", "build the resize cache for one resolution"),
     "train": ("carvana_seg.training.train", "train", "train one variant on one fold (resumable)"),
     "oof": ("carvana_seg.oof", "oof", "out-of-fold predictions with flip-TTA for one variant x fold"),
+    "oof-table": ("carvana_seg.oof_table", None, "combine the per-fold OOF Dice tables and log the means"),
     "threshold": ("carvana_seg.threshold", "threshold", "search the binarisation threshold on OOF predictions"),
     "ensemble": ("carvana_seg.ensemble", "ensemble", "streaming flip-TTA ensemble over the test set"),
     "submission": ("carvana_seg.submission", "submission", "write and validate the RLE submission"),
     "submit": ("carvana_seg.kaggle_submit", "submit", "upload a submission to Kaggle"),
     "score": ("carvana_seg.score", None, "score a submission against true masks (RLE csv)"),
+    "predict": ("carvana_seg.predict", None, "mask PNG and RGBA cut-out for any photo, with the trained ensemble"),
+    "export": ("carvana_seg.export", None, "export one variant's model to ONNX and check it against PyTorch"),
 }
 
 
