@@ -34,6 +34,8 @@ STAGES: dict[str, tuple[str, str | None, str]] = {
     "predict": ("carvana_seg.predict", None, "mask PNG and RGBA cut-out for any photo, with the trained ensemble"),
     "export": ("carvana_seg.export", None, "export one variant's model to ONNX and check it against PyTorch"),
 }
+# stages that run models: each claims a free GPU (carvana_seg.gpu) before torch can initialise CUDA
+GPU_STAGES = {"train", "oof", "ensemble", "predict"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -78,6 +80,11 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     try:
+        if next((a for a in argv if a in STAGES), None) in GPU_STAGES:
+            from carvana_seg import gpu
+
+            if gpu.wants_gpu(argv):
+                gpu.claim_device()
         _add_stage_arguments(parser, argv)
         args = parser.parse_args(argv)
         logging.basicConfig(

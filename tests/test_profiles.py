@@ -1,0 +1,53 @@
+"""Cluster profiles: each maps the GPU rules onto the cluster's GPU request and dry-runs with its executor plugin."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import yaml
+
+from tests.test_workflow import job_counts, snakemake
+
+GPU_RULES = ("train", "oof", "ensemble")
+# profile -> (executor, python modules its dry-run needs)
+PROFILES = {
+    "slurm": ("slurm", ("snakemake_executor_plugin_slurm",)),
+    "kubernetes": ("kubernetes", ("snakemake_executor_plugin_kubernetes", "snakemake_storage_plugin_fs")),
+}
+
+
+def _profile(repo_root, name: str) -> dict:
+    return yaml.safe_load((repo_root / "workflow" / "profiles" / name / "config.yaml").read_text())
+
+
+@pytest.mark.parametrize("name", PROFILES)
+def test_profile_requests_one_gpu_per_gpu_job(repo_root, name):
+    prof = _profile(repo_root, name)
+    assert prof["executor"] == PROFILES[name][0]
+    assert "gpu" not in prof.get("default-resources", {})  # CPU jobs never ask for a GPU
+    for rule in GPU_RULES:
+        res = prof["set-resources"][rule]
+        assert res["gpu"] == 1, (rule, res)
+        if name == "kubernetes":
+            assert res["gpu_manufacturer"] == "nvidia"  # the plugin needs it to request nvidia.com/gpu
+
+
+@pytest.mark.parametrize("name", PROFILES)
+def test_profile_dry_run_plans_gpu_jobs(repo_root, tmp_path, name):
+    for module in PROFILES[name][1]:
+        pytest.importorskip(module)
+    res = snakemake(repo_root, tmp_path, "-n", "--profile", str(repo_root / "workflow" / "profiles" / name),
+                    "--configfile", str(repo_root / "config" / "demo.yaml"))
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, out[-3000:]
+    demo = yaml.safe_load((repo_root / "config" / "demo.yaml").read_text())
+    n_models = len(demo["variants"]) * demo["folds"]["k"]
+    counts = job_counts(out)
+    assert counts.get("train") == n_models and counts.get("oof") == n_models and counts.get("ensemble") == 1, counts
+    jobs = re.split(r"\n(?=\[.*\]\n)|\n(?=rule \w+:)", out)
+    for rule in GPU_RULES:
+        blocks = [b for b in jobs if b.lstrip().startswith(f"rule {rule}:")]
+        assert blocks and all(re.search(r"resources:.*\bgpu=1\b", b) for b in blocks), (rule, blocks[:1])
+    fetch = next(b for b in jobs if b.lstrip().startswith("rule fetch:"))
+    assert not re.search(r"resources:.*\bgpu=", fetch)
