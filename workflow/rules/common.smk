@@ -13,7 +13,8 @@ LOGS = f"{RES}/logs"
 BENCH = f"{RES}/benchmarks"
 VARIANTS = {v["name"]: v for v in config["variants"]}
 FOLDS = cs_config.fold_ids(config)
-PY = "python -m carvana_seg"
+ENV = "../../environment.yml"  # for --software-deployment-method conda
+PY = "python -m carvana_seg"  # TODO remove once every rule spells the command out (lint)
 
 wildcard_constraints:
     variant="|".join(VARIANTS),

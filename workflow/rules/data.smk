@@ -7,13 +7,15 @@ rule fetch:
     params:
         cfg=cfg("fetch"),
         raw=RAW,
+    conda:
+        ENV
     log:
         f"{LOGS}/fetch.log",
     benchmark:
         f"{BENCH}/fetch.tsv"
     threads: 2
     shell:
-        "{PY} fetch --cfg {params.cfg:q} --out {params.raw} --manifest {output.manifest}"
+        "python -m carvana_seg fetch --cfg {params.cfg:q} --out {params.raw} --manifest {output.manifest}"
         " --threads {threads} > {log} 2>&1"
 
 
@@ -25,13 +27,15 @@ rule validate_data:
     params:
         cfg=cfg("validate"),
         raw=RAW,
+    conda:
+        ENV
     log:
         f"{LOGS}/validate.log",
     benchmark:
         f"{BENCH}/validate.tsv"
     threads: 2
     shell:
-        "{PY} validate --cfg {params.cfg:q} --raw {params.raw} --out {output.summary}"
+        "python -m carvana_seg validate --cfg {params.cfg:q} --raw {params.raw} --out {output.summary}"
         " --threads {threads} > {log} 2>&1"
 
 
@@ -43,10 +47,12 @@ rule folds:
     params:
         cfg=cfg("folds"),
         raw=RAW,
+    conda:
+        ENV
     log:
         f"{LOGS}/folds.log",
     shell:
-        "{PY} folds --cfg {params.cfg:q} --raw {params.raw} --out {output.folds} > {log} 2>&1"
+        "python -m carvana_seg folds --cfg {params.cfg:q} --raw {params.raw} --out {output.folds} > {log} 2>&1"
 
 
 rule resize_cache:
@@ -59,14 +65,15 @@ rule resize_cache:
     params:
         cfg=cfg("resize"),
         raw=RAW,
-        out=lambda wc: f"{DATA}/cache/{wc.size}",
     wildcard_constraints:
         size=r"\d+x\d+",
+    conda:
+        ENV
     log:
         f"{LOGS}/resize_{{size}}.log",
     benchmark:
         f"{BENCH}/resize_{{size}}.tsv"
     threads: 2
     shell:
-        "{PY} resize --cfg {params.cfg:q} --raw {params.raw} --size {wildcards.size} --out {params.out}"
+        "python -m carvana_seg resize --cfg {params.cfg:q} --raw {params.raw} --size {wildcards.size} --out $(dirname {output.images})"
         " --threads {threads} > {log} 2>&1"
