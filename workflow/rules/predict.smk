@@ -12,13 +12,15 @@ rule threshold:
     params:
         cfg=cfg("threshold"),
         raw=RAW,
+    conda:
+        ENV
     log:
         f"{LOGS}/threshold.log",
     benchmark:
         f"{BENCH}/threshold.tsv"
     threads: 2
     shell:
-        "{PY} threshold --cfg {params.cfg:q} --oof {input.oof} --raw {params.raw} --out {output.threshold}"
+        "python -m carvana_seg threshold --cfg {params.cfg:q} --oof {input.oof} --raw {params.raw} --out {output.threshold}"
         " --curve {output.curve} --threads {threads} > {log} 2>&1"
 
 
@@ -34,13 +36,15 @@ rule ensemble:
         shards=lambda wildcards, output: output.manifest.removesuffix(".json"),  # {RES}/test_probs/
     resources:
         gpu=1,
+    conda:
+        ENV
     log:
         f"{LOGS}/ensemble.log",
     benchmark:
         f"{BENCH}/ensemble.tsv"
     threads: 2
     shell:
-        "{PY} ensemble --cfg {params.cfg:q} --models {input.models} --raw {params.raw} --out-dir {params.shards}"
+        "python -m carvana_seg ensemble --cfg {params.cfg:q} --models {input.models} --raw {params.raw} --out-dir {params.shards}"
         " --manifest {output.manifest} --threads {threads} > {log} 2>&1"
 
 
@@ -53,13 +57,15 @@ rule submission:
     params:
         cfg=cfg("submission"),
         sample=f"{RAW}/sample_submission.csv",
+    conda:
+        ENV
     log:
         f"{LOGS}/submission.log",
     benchmark:
         f"{BENCH}/submission.tsv"
     threads: 2
     shell:
-        "{PY} submission --cfg {params.cfg:q} --manifest {input.manifest} --threshold {input.threshold}"
+        "python -m carvana_seg submission --cfg {params.cfg:q} --manifest {input.manifest} --threshold {input.threshold}"
         " --sample-submission {params.sample} --out {output.submission} --threads {threads} > {log} 2>&1"
 
 
@@ -71,10 +77,12 @@ rule score:
     params:
         truth=f"{DATA}/ground_truth/test_masks.csv",
         raw=RAW,
+    conda:
+        ENV
     log:
         f"{LOGS}/score.log",
     shell:
-        "{PY} score --submission {input.submission} --truth {params.truth} --raw {params.raw}"
+        "python -m carvana_seg score --submission {input.submission} --truth {params.truth} --raw {params.raw}"
         " --out {output.score} > {log} 2>&1"
 
 
@@ -88,8 +96,10 @@ rule submit:
         competition=config["data"]["competition"],
         config_hash=cs_config.config_hash(config),
         raw=RAW,
+    conda:
+        ENV
     log:
         f"{LOGS}/submit.log",
     shell:
-        "{PY} submit --cfg {params.cfg:q} --submission {input.submission} --competition {params.competition}"
+        "python -m carvana_seg submit --cfg {params.cfg:q} --submission {input.submission} --competition {params.competition}"
         " --config-hash {params.config_hash} --raw {params.raw} --out {output.record} > {log} 2>&1"

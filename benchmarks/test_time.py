@@ -1,0 +1,181 @@
+"""Test-time throughput of the streaming ensemble vs. its models alone, and peak RSS for N and 8N test images.
+
+    python benchmarks/test_time.py [--n 8] [--width 1918 --height 1280] [--folds 3] [--batch-size 8] ...
+
+Fabricates test photos at the given size and random-init checkpoints of the demo config's variants, runs the
+``ensemble`` stage code (decode workers, flip-TTA over every fold model, resize back, weighted mean, uint8 shards)
+in a fresh process for N and for 8N images, and times the same models on random tensors of the same batch size.
+The ratio on the last line is what the rest of the pipeline costs: 1.0 means the models are never starved.
+Not a pytest test (pytest only collects ``tests/``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def fabricate(root: Path, n: int, width: int, height: int, folds: int) -> tuple[list[Path], dict]:
+    """``n`` test photos (noisy ellipse 'cars'), the stage config and one checkpoint per variant x fold."""
+    from carvana_seg.images import write_jpeg
+    from carvana_seg.training.model import build_model, save_checkpoint
+
+    demo = yaml.safe_load((ROOT / "config" / "demo.yaml").read_text())
+    variants = [dict(v, encoder_weights=None, weight=1.0) for v in demo["variants"]]
+    rng = np.random.default_rng(0)
+    (root / "test").mkdir(parents=True)
+    yy, xx = np.mgrid[0:height, 0:width]
+    base = np.clip(rng.normal(200, 20, (height, width, 3)), 0, 255).astype(np.uint8)
+    for i in range(n):
+        img = base.copy()
+        rx, ry = width * rng.uniform(0.25, 0.4), height * 0.3
+        car = ((xx - width / 2) / rx) ** 2 + ((yy - height / 2) / ry) ** 2 <= 1
+        img[car] = rng.integers(0, 150, 3)
+        write_jpeg(root / "test" / f"{i:012x}_01.jpg", img, quality=90)
+    paths = []
+    for v in variants:
+        for f in range(folds):
+            paths.append(root / "models" / v["name"] / f"fold{f}" / "best.pt")
+            save_checkpoint(paths[-1], build_model(v), {"variant": v})
+    cfg = {"name": "bench", "variants": variants, "folds": {"k": max(2, folds), "use": list(range(folds))}}
+    return paths, cfg
+
+
+def model_only(variants: list, pcfg: dict, n: int, device: torch.device) -> float:
+    """Seconds for flip-TTA over every fold model of every variant on ``n`` random images, run in a thread
+    like the ensemble's producer (same batch, same channels-last uint8 tensors, no I/O at all)."""
+    from carvana_seg import inference
+
+    bs, cuda, tta = pcfg["batch_size"], device.type == "cuda", pcfg["tta_hflip"]
+    batches = [torch.randint(0, 256, (bs, v.size[1], v.size[0], 3), dtype=torch.uint8, device=device)
+               .permute(0, 3, 1, 2) for v in variants]
+    seconds = []
+
+    def work() -> None:
+        t0 = time.perf_counter()
+        for v, x in zip(variants, batches):
+            for s in range(0, n, bs):
+                inference.predict_probs(v.models, x[: min(bs, n - s)], tta, amp=cuda).float().cpu()
+        seconds.append(time.perf_counter() - t0)
+
+    thread = threading.Thread(target=work)
+    thread.start()
+    thread.join()
+    return seconds[0]
+
+
+def saturated_bytes(width: int, height: int, n: int = 4) -> float:
+    """Shard bytes/image for maps like a trained model's (0/255 but for a soft car edge): random-init models
+    give noisy maps that compress far worse, so this is the number to plan disk space with."""
+    import cv2
+
+    from carvana_seg.ensemble import ShardWriter
+
+    rng = np.random.default_rng(1)
+    with tempfile.TemporaryDirectory() as tmp:
+        writer = ShardWriter(Path(tmp) / "shard.npz")
+        for i in range(n):
+            m = np.zeros((height, width), np.float32)
+            cv2.ellipse(m, (width // 2, height // 2), (int(width * rng.uniform(0.25, 0.4)), int(height * 0.3)),
+                        0, 0, 360, 1.0, -1)
+            writer.add(f"{i:012x}_01", np.rint(cv2.GaussianBlur(m, (0, 0), 2.0) * 255).astype(np.uint8))
+        writer.close()
+        return (Path(tmp) / "shard.npz").stat().st_size / n
+
+
+def child(args: argparse.Namespace) -> None:
+    """Run the ensemble stage code on the first ``--child`` images; print timings and peak RSS as JSON.
+
+    With ``--model-only`` the same models are then timed alone, twice (best of two, so a busy machine biases the
+    ratio down, never up); peak RSS is read before that, so it is the pipeline's alone."""
+    from carvana_seg import ensemble, inference
+
+    root, n = Path(args.root), args.child
+    raw = root / f"raw{n}"
+    raw.mkdir(exist_ok=True)
+    if not (raw / "test").exists():
+        (raw / "test").symlink_to(root / "test")
+    ids = sorted(p.stem for p in (root / "test").glob("*.jpg"))[:n]
+    (raw / "sample_submission.csv").write_text("img,rle_mask\n" + "".join(f"{i}.jpg,1 1\n" for i in ids))
+    cfg = json.loads((root / "cfg.json").read_text())
+    device = inference.pick_device(args.device)
+    torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    variants = ensemble.load_variants(sorted((root / "models").glob("*/*/best.pt")), cfg, device)
+    out = root / f"probs{n}"
+    ensemble.prepare_dir(out, f"bench{n}")
+    t1 = time.perf_counter()
+    result = ensemble.write_shards(variants, raw, ids, out, cfg["predict"], device)
+    t2 = time.perf_counter()
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    rss_workers = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    model_s = [model_only(variants, cfg["predict"], n, device) for _ in range(2)] if args.model_only else []
+    size = sum(s["bytes"] for s in result["shards"])
+    print(json.dumps({"n": n, "load_s": t1 - t0, "write_s": t2 - t1, "bytes_per_image": size / n,
+                      "max_rss_mib": rss, "max_rss_workers_mib": rss_workers,
+                      "model_only_s": min(model_s) if model_s else None}))
+
+
+def _child_json(root: Path, args: argparse.Namespace, *flags: str) -> dict:
+    cmd = [sys.executable, __file__, *flags, "--root", str(root), "--device", args.device,
+           "--threads", str(args.threads)]
+    return json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=8, help="N: the small run; the large run has 8N images")
+    parser.add_argument("--width", type=int, default=1918)
+    parser.add_argument("--height", type=int, default=1280)
+    parser.add_argument("--folds", type=int, default=3, help="fold models per variant (demo variants)")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--workers", type=int, default=1, help="decode worker processes")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--model-only", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--root", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child is not None:
+        return child(args)
+    with tempfile.TemporaryDirectory(prefix="bench-test-time-") as tmp:
+        root = Path(tmp)
+        paths, cfg = fabricate(root, 8 * args.n, args.width, args.height, args.folds)
+        cfg["predict"] = {"tta_hflip": True, "batch_size": args.batch_size, "workers": args.workers,
+                          "shard_size": args.n}
+        (root / "cfg.json").write_text(json.dumps(cfg))
+        runs = {args.n: _child_json(root, args, "--child", str(args.n)),
+                8 * args.n: _child_json(root, args, "--child", str(8 * args.n), "--model-only")}
+        big = runs[8 * args.n]
+        pipeline, models = big["n"] / big["write_s"], big["n"] / big["model_only_s"]
+    names = ", ".join(f"{v['name']} {v['width']}x{v['height']}" for v in cfg["variants"])
+    print(f"setup: device={args.device} threads={args.threads} images {args.width}x{args.height}, variants [{names}] "
+          f"x {args.folds} folds, flip-TTA, batch {args.batch_size}, {args.workers} decode workers, shard {args.n}")
+    for n, r in runs.items():
+        print(f"ensemble {n:4d} images: {r['write_s']:.2f} s ({n / r['write_s']:.2f} images/s, model load "
+              f"{r['load_s']:.2f} s), {r['bytes_per_image']:.0f} shard bytes/image, "
+              f"peak RSS {r['max_rss_mib']:.0f} MiB")
+    print(f"peak RSS (main process / decode worker): N={args.n}: {runs[args.n]['max_rss_mib']:.0f} / "
+          f"{runs[args.n]['max_rss_workers_mib']:.0f} MiB, 8N={8 * args.n}: {big['max_rss_mib']:.0f} / "
+          f"{big['max_rss_workers_mib']:.0f} MiB")
+    print(f"shard bytes/image: {big['bytes_per_image']:.0f} (random-init models, noisy maps); "
+          f"{saturated_bytes(args.width, args.height):.0f} for trained-like saturated maps")
+    print(f"pipeline: {pipeline:.2f} images/s; model-only (random tensors, same batch): {models:.2f} images/s")
+    print(f"pipeline/model-only: {pipeline / models:.3f}")
+
+
+if __name__ == "__main__":
+    main()
