@@ -277,9 +277,13 @@ def run(args: argparse.Namespace, cfg: dict) -> None:
         torch.set_num_threads(max(1, args.threads))
     torch.backends.cudnn.benchmark = device.type == "cuda"
     raw, out_dir, manifest = Path(args.raw), Path(args.out_dir), Path(args.manifest)
-    ids = read_test_ids(raw / layout.SAMPLE_SUBMISSION_CSV)
+    ids, n_listed = layout.test_ids(raw)
     if not ids:
-        raise DataError(f"{raw / layout.SAMPLE_SUBMISSION_CSV}: no test images listed")
+        raise DataError(f"{raw / layout.SAMPLE_SUBMISSION_CSV}: none of the {n_listed} listed test images is in "
+                        f"{raw / layout.TEST_DIR}")
+    if len(ids) < n_listed:
+        log.warning("partial test set: %d of the %d test images listed in sample_submission.csv are present; "
+                    "predicting those (the submission will not be uploadable)", len(ids), n_listed)
     variants = load_variants(paths := [Path(p) for p in args.models], cfg, device)
     prepare_dir(out_dir, digest := run_hash(paths, cfg, ids))
     result = write_shards(variants, raw, ids, out_dir, cfg["predict"], device)
@@ -287,7 +291,7 @@ def run(args: argparse.Namespace, cfg: dict) -> None:
     total = sum(s["bytes"] for s in result["shards"])
     record = {
         "shard_dir": str(out_dir), "shard_dir_rel": os.path.relpath(out_dir.resolve(), manifest.resolve().parent),
-        "shards": result["shards"], "n_images": len(ids), "n_computed": result["n_computed"],
+        "shards": result["shards"], "n_images": len(ids), "n_listed": n_listed, "partial": len(ids) < n_listed, "n_computed": result["n_computed"],
         "n_reused": len(ids) - result["n_computed"], "seconds": round(seconds, 3),
         "images_per_s": round(result["n_computed"] / seconds, 3), "bytes_total": total,
         "bytes_per_image": round(total / len(ids), 1), "hash": digest, "config_hash": config_hash(cfg),

@@ -48,3 +48,18 @@ def list_ids(directory: Path, suffix: str = ".jpg") -> list[str]:
 def raw_dir(data_root: Path, name: str) -> Path:
     """``data/<name>/raw``: where every data source leaves the Kaggle layout."""
     return Path(data_root) / name / "raw"
+
+
+def test_ids(raw: Path) -> tuple[list[str], int]:
+    """Test ids listed in ``sample_submission.csv`` (in its order) whose photo exists, and how many are listed.
+
+    A partial local copy (e.g. a few test cars) lists more images than it holds: the pipeline then predicts the
+    present ones, and the submission it writes covers only those (and cannot be uploaded).
+    """
+    import csv
+
+    raw = Path(raw)
+    with open(raw / SAMPLE_SUBMISSION_CSV, newline="") as fh:
+        listed = [r[0].removesuffix(".jpg") for r in list(csv.reader(fh))[1:] if r]
+    present = {p.name[:-4] for p in (raw / TEST_DIR).glob("*.jpg")}
+    return [i for i in listed if i in present], len(listed)

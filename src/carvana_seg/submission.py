@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from carvana_seg import rle
+from carvana_seg import layout, rle
 from carvana_seg.errors import DataError
 from carvana_seg.threshold import binarize
 
@@ -169,6 +169,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, cfg: dict) -> None:  # noqa: ARG001 - the slice only carries the name
     threshold = float(json.loads(Path(args.threshold).read_text())["threshold"])
-    n = write_submission(shard_paths(args.manifest), threshold, args.sample_submission, Path(args.out),
+    expected: str | list[str] = args.sample_submission
+    if json.loads(Path(args.manifest).read_text()).get("partial"):
+        ids, n_listed = layout.test_ids(Path(args.sample_submission).parent)
+        expected = [layout.image_file(i) for i in ids]
+        log.warning("PARTIAL submission: %d of %d listed test images are present; Kaggle will refuse this file",
+                    len(ids), n_listed)
+    n = write_submission(shard_paths(args.manifest), threshold, expected, Path(args.out),
                          workers=max(1, args.threads))
     log.info("wrote %s: %d images at threshold %.4f (validated)", args.out, n, threshold)
