@@ -1,0 +1,90 @@
+"""JPEG decode + resize per image, and mask GIF decode: OpenCV vs alternatives; prints a table.
+
+Usage: python benchmarks/decode.py [--real ../shared/carvana-sample] [--n 24] [--size 224x160]
+Photos: real 1918x1280 JPEGs when --real is given, else freshly generated synthetic ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image
+
+from carvana_seg.images import read_image, read_mask
+from carvana_seg.resize_cache import parse_size, resize_image
+
+cv2.setNumThreads(1)
+
+
+def photos(real: Path | None, n: int, tmp: Path) -> tuple[list[Path], list[Path]]:
+    if real is not None:
+        jpgs = sorted((real / "train").glob("*.jpg"))[:n]
+        return jpgs, [real / "train_masks" / f"{p.stem}_mask.gif" for p in jpgs]
+    from carvana_seg.data.synthetic import generate
+
+    generate(tmp, n_train_cars=max(1, n // 16), n_test_cars=1, n_outlier_cars=0, seed=0)
+    jpgs = sorted((tmp / "raw" / "train").glob("*.jpg"))[:n]
+    return jpgs, [tmp / "raw" / "train_masks" / f"{p.stem}_mask.gif" for p in jpgs]
+
+
+def per_image_ms(fn, items, repeat: int = 2) -> float:
+    best = float("inf")
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        for x in items:
+            fn(x)
+        best = min(best, time.perf_counter() - t0)
+    return best / len(items) * 1e3
+
+
+def pil_decode_resize(path: Path, size: tuple[int, int]) -> np.ndarray:
+    with Image.open(path) as im:
+        im.draft("RGB", size)  # DCT-domain downscaling by 1/2, 1/4 or 1/8 where it still covers `size`
+        return resize_image(np.asarray(im.convert("RGB")), size)
+
+
+def cv2_reduced(path: Path, size: tuple[int, int]) -> np.ndarray:
+    w = 1918
+    flag = cv2.IMREAD_COLOR
+    for factor, f in ((8, cv2.IMREAD_REDUCED_COLOR_8), (4, cv2.IMREAD_REDUCED_COLOR_4), (2, cv2.IMREAD_REDUCED_COLOR_2)):
+        if w // factor >= size[0] and 1280 // factor >= size[1]:
+            flag = f
+            break
+    img = cv2.imread(str(path), flag)
+    return resize_image(cv2.cvtColor(img, cv2.COLOR_BGR2RGB), size)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--real", type=Path, default=None)
+    ap.add_argument("--n", type=int, default=24)
+    ap.add_argument("--size", default="224x160")
+    args = ap.parse_args()
+    size = parse_size(args.size)
+    with tempfile.TemporaryDirectory() as d:
+        jpgs, gifs = photos(args.real, args.n, Path(d))
+        rows = [
+            ("jpeg: OpenCV full decode", per_image_ms(read_image, jpgs)),
+            ("jpeg: PIL full decode", per_image_ms(lambda p: np.asarray(Image.open(p).convert("RGB")), jpgs)),
+            (f"jpeg->{args.size}: OpenCV full + INTER_AREA", per_image_ms(lambda p: resize_image(read_image(p), size), jpgs)),
+            (f"jpeg->{args.size}: OpenCV reduced decode + resize", per_image_ms(lambda p: cv2_reduced(p, size), jpgs)),
+            (f"jpeg->{args.size}: PIL draft + resize", per_image_ms(lambda p: pil_decode_resize(p, size), jpgs)),
+            ("gif mask: PIL (read_mask)", per_image_ms(read_mask, gifs)),
+            ("gif mask: PIL raw palette", per_image_ms(lambda p: np.asarray(Image.open(p)), gifs)),
+        ]
+        full = resize_image(read_image(jpgs[0]), size).astype(np.float32)
+        red = cv2_reduced(jpgs[0], size).astype(np.float32)
+    print(f"decode benchmark: {len(jpgs)} photos 1918x1280 ({'real' if args.real else 'synthetic'}), 1 thread")
+    print(f"{'what':52} {'ms/image':>9}")
+    for name, ms in rows:
+        print(f"{name:52} {ms:9.2f}")
+    print(f"reduced-decode vs full-decode pixel difference at {args.size}: mean |d| = {np.abs(full - red).mean():.2f} (0..255)")
+
+
+if __name__ == "__main__":
+    main()
