@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 CORES ?= all
 CONFIG ?= config/demo.yaml
 
-.PHONY: env demo test dry-run lint clean-demo
+.PHONY: env demo report test dry-run lint clean-demo
 
 env: $(STAMP)
 
@@ -20,6 +20,13 @@ $(STAMP): requirements.txt pyproject.toml
 
 demo: $(STAMP)
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/snakemake --cores $(CORES) --resources gpu=1 --configfile $(CONFIG)
+
+# The HTML report of a run: brings the run up to date first (nothing to do after `make demo`; it includes the
+# report_figures rule), then `snakemake --report results/<name>/report.html`, <name> read from $(CONFIG).
+report: $(STAMP)
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/snakemake --cores $(CORES) --resources gpu=1 --configfile $(CONFIG)
+	name=$$($(BIN)/python -c "import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))['name'])" $(CONFIG)) && \
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/snakemake --cores 1 --configfile $(CONFIG) --report results/$$name/report.html
 
 dry-run: $(STAMP)
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/snakemake -n --configfile $(CONFIG)

@@ -16,6 +16,9 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/predict.smk"
+include: "workflow/rules/outliers.smk"
+include: "workflow/rules/pseudo.smk"
+include: "workflow/rules/report.smk"
 
 
 rule all:

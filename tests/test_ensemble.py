@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from carvana_seg import cli, ensemble, inference
+from carvana_seg import cli, ensemble, inference, variant_masks
 from carvana_seg.images import read_image
 from carvana_seg.resize_cache import resize_image
 from carvana_seg.submission import shard_paths, write_submission
@@ -103,6 +103,10 @@ def test_shards_manifest_and_equality_with_direct_computation(setup):
         assert probs[image_id].dtype == np.uint8 and probs[image_id].shape == (48, 64)
         diff = np.abs(probs[image_id].astype(int) - expected[image_id])
         assert diff.max() <= 1 and (diff == 0).mean() > 0.99, image_id  # batch-size float noise only
+    vm = manifest["variant_masks"]  # each variant's own mask at 1/4 scale, for the outlier checks
+    assert vm["variants"] == ["a", "b"] and vm["files"] == [f"variants_0000{k}.npz" for k in range(4)]
+    with np.load(root / "full" / vm["files"][0]) as npz:
+        assert npz.files == ids[:5] and variant_masks.unpack(npz[ids[0]], (48, 64)).shape == (2, 12, 16)
     # the manifest is what the submission stage reads
     n = write_submission(shard_paths(root / "full.json"), 0.5, raw / "sample_submission.csv", root / "sub.csv.gz")
     assert n == 16 and (root / "sub.csv.gz").is_file()

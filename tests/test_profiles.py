@@ -7,6 +7,8 @@ import re
 import pytest
 import yaml
 
+from carvana_seg.config import resolve
+from carvana_seg.rounds import last_round, round_variants
 from tests.test_workflow import job_counts, snakemake
 
 GPU_RULES = ("train", "oof", "ensemble")
@@ -42,9 +44,12 @@ def test_profile_dry_run_plans_gpu_jobs(repo_root, tmp_path, name):
     out = res.stdout + res.stderr
     assert res.returncode == 0, out[-3000:]
     demo = yaml.safe_load((repo_root / "config" / "demo.yaml").read_text())
-    n_models = len(demo["variants"]) * demo["folds"]["k"]
+    full = resolve(demo)  # pseudo-label rounds >= 2 retrain their variants on every fold
+    n_rounds = last_round(full)
+    n_models = sum(len(round_variants(full, r)) for r in range(1, n_rounds + 1)) * demo["folds"]["k"]
     counts = job_counts(out)
-    assert counts.get("train") == n_models and counts.get("oof") == n_models and counts.get("ensemble") == 1, counts
+    assert counts.get("train") == n_models and counts.get("oof") == n_models, counts
+    assert counts.get("ensemble") == n_rounds, counts
     jobs = re.split(r"\n(?=\[.*\]\n)|\n(?=rule \w+:)", out)
     for rule in GPU_RULES:
         blocks = [b for b in jobs if b.lstrip().startswith(f"rule {rule}:")]

@@ -132,7 +132,7 @@ def test_missing_fold_or_variant_is_an_error(tmp_path):
         oof_curve(paths, raw, cfg)
 
 
-# --- the DAG: changing only threshold.value reruns threshold, submission and score, nothing else -------------
+# --- the DAG: changing only threshold.value reruns threshold, outliers, submission and score, nothing else ---
 
 STUB_TRAIN = """
 rule train:
@@ -159,7 +159,7 @@ def _snakemake(repo: Path, work: Path, *args: str) -> str:
     return res.stdout + res.stderr
 
 
-def test_changing_threshold_value_reruns_only_threshold_submission_score(repo_root, tmp_path):
+def test_changing_threshold_value_reruns_only_threshold_outliers_submission_score(repo_root, tmp_path):
     """Real Snakefile and rules (train.smk stubbed when absent): fake every output, record metadata, edit config."""
     repo, work = tmp_path / "repo", tmp_path / "work"
     repo.mkdir()
@@ -187,4 +187,4 @@ def test_changing_threshold_value_reruns_only_threshold_submission_score(repo_ro
     (work / "c.yaml").write_text(yaml.safe_dump(cfg))
     out = _snakemake(repo, work, "-n", "--configfile", str(work / "c.yaml"))
     jobs = {line.split()[1].rstrip(":") for line in out.splitlines() if line.startswith("rule ")}
-    assert jobs - {"all"} == {"threshold", "submission", "score"}, out
+    assert jobs - {"all"} == {"threshold", "outliers", "submission", "score", "report_figures"}, out

@@ -50,12 +50,17 @@ def test_competition_config_plans_15_training_jobs(repo_root, tmp_path):
     res = snakemake(repo_root, tmp_path, "-n", "--configfile", str(cfg))
     assert res.returncode == 0, res.stderr[-3000:]
     counts = job_counts(res.stdout + res.stderr)
-    assert counts.get("train") == 15, counts
-    assert counts.get("oof") == 15, counts
+    # round one: 3 variants x 5 folds; pseudo-label round two (pseudo_label.variants: null) retrains all 15
+    assert counts.get("train") == 15 + 15, counts
+    assert counts.get("oof") == 15 + 15, counts
     assert counts.get("resize_cache") == 3, counts
-    for rule in ("fetch", "validate_data", "folds", "threshold", "ensemble", "submission"):
+    assert counts.get("resize_pseudo") == 3, counts  # the round-two pseudo-labels at each variant's size
+    for rule in ("fetch", "validate_data", "folds", "pseudo_labels", "pseudo_gain"):
         assert counts.get(rule) == 1, (rule, counts)
+    for rule in ("threshold", "ensemble", "outliers", "submission", "oof_table"):
+        assert counts.get(rule) == 2, (rule, counts)  # once per round
     assert "submit" not in counts  # uploading is never part of `all`
+    assert "score" not in counts  # no test truth outside synthetic data
 
 
 def test_kaggle_source_dry_run_plans_data_stages(repo_root, tmp_path):

@@ -12,10 +12,16 @@ import argparse
 import importlib
 import json
 import logging
+import os
 import sys
 
-from carvana_seg import config as cfgmod
-from carvana_seg.errors import CarvanaSegError
+# Before any stage imports torch (libgomp reads it once): OpenMP threads that spin while they wait turn a shared
+# CPU into a 5-15x slowdown (a 35 s demo train job took 330-390 s beside other processes on 2 cores; passive:
+# ~2x, i.e. fair share), for ~5-10 % on idle cores. An explicit OMP_WAIT_POLICY in the environment wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from carvana_seg import config as cfgmod  # noqa: E402
+from carvana_seg.errors import CarvanaSegError  # noqa: E402
 
 # subcommand -> (module, config slice, help)
 STAGES: dict[str, tuple[str, str | None, str]] = {
@@ -28,14 +34,18 @@ STAGES: dict[str, tuple[str, str | None, str]] = {
     "oof-table": ("carvana_seg.oof_table", None, "combine the per-fold OOF Dice tables and log the means"),
     "threshold": ("carvana_seg.threshold", "threshold", "search the binarisation threshold on OOF predictions"),
     "ensemble": ("carvana_seg.ensemble", "ensemble", "streaming flip-TTA ensemble over the test set"),
+    "outliers": ("carvana_seg.outliers", "outliers", "flag the test cars whose masks look wrong; fix or flag them"),
+    "pseudo": ("carvana_seg.pseudo", "pseudo", "pseudo-label the most confident test images for the next round"),
+    "pseudo-gain": ("carvana_seg.pseudo_gain", None, "compare the pseudo-label rounds (OOF; test Dice on synthetic)"),
     "submission": ("carvana_seg.submission", "submission", "write and validate the RLE submission"),
     "submit": ("carvana_seg.kaggle_submit", "submit", "upload a submission to Kaggle"),
     "score": ("carvana_seg.score", None, "score a submission against true masks (RLE csv)"),
     "predict": ("carvana_seg.predict", None, "mask PNG and RGBA cut-out for any photo, with the trained ensemble"),
     "export": ("carvana_seg.export", None, "export one variant's model to ONNX and check it against PyTorch"),
+    "report-figures": ("carvana_seg.report_figures", None, "figures and tables of the HTML report (make report)"),
 }
 # stages that run models: each claims a free GPU (carvana_seg.gpu) before torch can initialise CUDA
-GPU_STAGES = {"train", "oof", "ensemble", "predict"}
+GPU_STAGES = {"train", "oof", "ensemble", "predict", "outliers"}  # outliers: only for retta: zoom
 
 
 def build_parser() -> argparse.ArgumentParser:

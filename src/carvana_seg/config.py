@@ -31,6 +31,8 @@ STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
     "oof": ("name", "predict"),
     "threshold": ("name", "threshold", "variants", "folds"),
     "ensemble": ("name", "predict", "variants", "folds"),
+    "outliers": ("name", "outliers", "variants", "predict"),  # variants, predict: for retta: zoom
+    "pseudo": ("name", "pseudo_label"),
     "submission": ("name",),
     "submit": ("name", "kaggle"),
 }
@@ -70,6 +72,14 @@ def resolve(config: dict) -> dict:
     names = [v["name"] for v in resolved["variants"]]
     if len(set(names)) != len(names):
         raise ConfigError(f"config key 'variants': duplicate variant names {names}")
+    if resolved["outliers"]["uncertain_lo"] >= resolved["outliers"]["uncertain_hi"]:
+        raise ConfigError("config key 'outliers.uncertain_lo': must be below outliers.uncertain_hi")
+    pl = resolved["pseudo_label"]
+    if pl["confidence_lo"] >= pl["confidence_hi"]:
+        raise ConfigError("config key 'pseudo_label.confidence_lo': must be below pseudo_label.confidence_hi")
+    unknown = [v for v in pl["variants"] or [] if v not in names]
+    if unknown:
+        raise ConfigError(f"config key 'pseudo_label.variants': no variant(s) {unknown} (have {names})")
     if resolved["data"]["source"] == "local" and not resolved["data"]["path"]:
         raise ConfigError("config key 'data.path': required when data.source is 'local'")
     return resolved

@@ -8,7 +8,9 @@ takes the weighted mean over variants and streams uint8 maps (``round(p * 255)``
 Shards ``shard_00000.npz`` ... hold ``shard_size`` images each (npz keyed by image id, deflated, written entry by
 entry to a temporary file and renamed when complete), so memory stays one batch plus one image whatever the test
 set size, and a killed run resumes at the first missing shard. ``shards_meta.json`` records a hash of the model
-files and of the settings that change the numbers; a different hash discards the old shards.
+files and of the settings that change the numbers; a different hash discards the old shards. Beside each shard,
+``variants_00000.npz`` ... hold every variant's own binarised mask at 1/4 scale, bit-packed (``variant_masks``),
+for the outlier checks; it is written before its shard, and a shard counts as done only when both exist.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ import cv2
 import numpy as np
 import torch
 
-from carvana_seg import inference, layout
+from carvana_seg import inference, layout, variant_masks
 from carvana_seg.config import config_hash, to_json
 from carvana_seg.errors import ConfigError, DataError
 from carvana_seg.images import read_image
@@ -136,9 +138,10 @@ def finalize(shape: tuple[int, int], probs: list[np.ndarray], weights: list[floa
     return np.clip(np.rint(acc * 255.0), 0, 255).astype(np.uint8)
 
 
-def iter_probs(variants: list[Variant], raw: Path, ids: list[str], pcfg: dict,
-               device: torch.device) -> Iterator[tuple[str, np.ndarray]]:
-    """Yield ``(id, uint8 probability map)`` for ``ids`` in order; at most a few batches are ever in flight."""
+def iter_probs(variants: list[Variant], raw: Path, ids: list[str], pcfg: dict, device: torch.device,
+               with_variants: bool = False) -> Iterator[tuple]:
+    """Yield ``(id, uint8 probability map)`` for ``ids`` in order; at most a few batches are ever in flight.
+    ``with_variants`` adds a third item, the packed per-variant masks (``variant_masks.pack``)."""
     sizes = sorted({v.size for v in variants})
     slot = [sizes.index(v.size) for v in variants]
     weights = [v.weight for v in variants]
@@ -179,7 +182,8 @@ def iter_probs(variants: list[Variant], raw: Path, ids: list[str], pcfg: dict,
                 raise item
             idx, shapes, probs = item
             for j, i in enumerate(idx):
-                yield ids[i], finalize(shapes[j], [p[j] for p in probs], weights)
+                prob, own = finalize(shapes[j], [p[j] for p in probs], weights), [p[j] for p in probs]
+                yield (ids[i], prob, variant_masks.pack(shapes[j], own)) if with_variants else (ids[i], prob)
     finally:
         stop.set()
         worker.join()
@@ -223,7 +227,7 @@ def prepare_dir(out_dir: Path, digest: str) -> None:
     meta = out_dir / META
     old = json.loads(meta.read_text()).get("hash") if meta.is_file() else None
     if old != digest:
-        for p in sorted(out_dir.glob("shard_*.npz")):
+        for p in sorted(out_dir.glob("shard_*.npz")) + sorted(out_dir.glob("variants_*.npz")):
             log.info("discarding stale %s (hash %s, now %s)", p, old, digest)
             p.unlink()
         meta.write_text(json.dumps({"hash": digest}) + "\n")
@@ -234,24 +238,28 @@ def write_shards(variants: list[Variant], raw: Path, ids: list[str], out_dir: Pa
     """Compute every missing shard in order; return per-shard records and how many images were computed."""
     size = pcfg["shard_size"]
     plan = [(k, ids[s:s + size]) for k, s in enumerate(range(0, len(ids), size))]
-    todo = [(k, chunk) for k, chunk in plan if not shard_complete(out_dir / shard_name(k), chunk)]
+    todo = [(k, chunk) for k, chunk in plan if not (shard_complete(out_dir / shard_name(k), chunk)
+                                                    and shard_complete(out_dir / variant_masks.file_name(k), chunk))]
     log.info("%d test images in %d shards; %d to compute", len(ids), len(plan), len(todo))
     pending = [i for _k, chunk in todo for i in chunk]
-    stream = iter_probs(variants, raw, pending, pcfg, device)
+    stream = iter_probs(variants, raw, pending, pcfg, device, with_variants=True)
     start, done = time.perf_counter(), 0
     try:
         for k, chunk in todo:
-            writer = ShardWriter(out_dir / shard_name(k))
+            writers = [ShardWriter(out_dir / variant_masks.file_name(k)), ShardWriter(out_dir / shard_name(k))]
             try:
                 for want in chunk:
-                    got, prob = next(stream)
+                    got, prob, packed = next(stream)
                     if got != want:
                         raise DataError(f"internal: expected test image {want}, got {got}")
-                    writer.add(got, prob)
+                    writers[0].add(got, packed)
+                    writers[1].add(got, prob)
             except BaseException:
-                writer.abort()
+                for w in writers:
+                    w.abort()
                 raise
-            writer.close()
+            for w in writers:  # variant masks first: the shard's rename marks the pair complete
+                w.close()
             done += len(chunk)
             log.info("%s: %d images (%.2f images/s so far)", shard_name(k), len(chunk),
                      done / max(time.perf_counter() - start, 1e-9))
@@ -296,6 +304,9 @@ def run(args: argparse.Namespace, cfg: dict) -> None:
         "images_per_s": round(result["n_computed"] / seconds, 3), "bytes_total": total,
         "bytes_per_image": round(total / len(ids), 1), "hash": digest, "config_hash": config_hash(cfg),
         "models": [str(p) for p in paths], "device": str(device), "tta_hflip": cfg["predict"]["tta_hflip"],
+        "variant_masks": {"files": [variant_masks.file_name(k) for k in range(len(result["shards"]))],
+                          "variants": [v.name for v in variants], "scale": variant_masks.SCALE,
+                          "threshold": variant_masks.THRESHOLD},
     }
     manifest.parent.mkdir(parents=True, exist_ok=True)
     manifest.with_name(manifest.name + ".tmp").write_text(json.dumps(record, indent=2) + "\n")

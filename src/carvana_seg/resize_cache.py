@@ -16,6 +16,7 @@ for an axis that grows (INTER_AREA degenerates to nearest-neighbour there).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import os
@@ -74,16 +75,19 @@ def build(raw: Path, ids: list[str], size: tuple[int, int], out_dir: Path, worke
         images = np.lib.format.open_memmap(tmp / "images.npy", mode="w+", dtype=np.uint8, shape=(len(ids), h, w, 3))
         masks = np.lib.format.open_memmap(tmp / "masks.npy", mode="w+", dtype=np.uint8, shape=(len(ids), h, w))
         jobs = [(str(raw), i, (w, h)) for i in ids]
+        digest = hashlib.sha256()  # of the cached masks: tells a training run when its labels changed
         with Pool(workers) if workers > 1 else _Serial() as pool:
             results = pool.imap(_load_pair, jobs, chunksize=4)
             for k, (img, mask) in enumerate(tqdm(results, total=len(ids), desc=f"resize {w}x{h}", mininterval=5)):
                 images[k] = img
                 masks[k] = mask
+                digest.update(mask.tobytes())
         images.flush()
         masks.flush()
         del images, masks
         (tmp / "ids.txt").write_text("".join(f"{i}\n" for i in ids))
-        (tmp / "meta.json").write_text(json.dumps({"width": w, "height": h, "n": len(ids)}))
+        meta = {"width": w, "height": h, "n": len(ids), "masks_sha256": digest.hexdigest()}
+        (tmp / "meta.json").write_text(json.dumps(meta))
         if out_dir.exists():
             shutil.rmtree(out_dir)
         os.replace(tmp, out_dir)

@@ -4,6 +4,8 @@ Rows are ``img,rle_mask`` in the order of ``sample_submission.csv`` (the order t
 an empty mask is an empty ``rle_mask``. The file is written to a temporary name, checked by
 ``validate_submission`` and only then renamed, so an invalid submission never exists under its final name.
 Shards are encoded in parallel worker processes, one shard each, so memory stays one shard of strings.
+With ``--fixes`` (the ``outliers`` stage's img,rle_mask CSV), the masks of those images replace the binarised
+ensemble's; they are validated like every other row, and a fix for an image outside the submission is an error.
 """
 
 from __future__ import annotations
@@ -130,10 +132,32 @@ def _encoded(jobs: list[tuple[str, float]], pool: Pool | None, window: int) -> I
         yield from (pool.imap(encode_shard, part) if pool else map(encode_shard, part))
 
 
+def read_fixes(path: str | os.PathLike | None) -> dict[str, str]:
+    """``{image name: RLE}`` of a fixes CSV (img,rle_mask; header only = no fixes); ``{}`` without a path."""
+    if path is None:
+        return {}
+    rows = read_rows(path)
+    if next(rows, None) != HEADER:
+        raise DataError(f"{path}: header must be {','.join(HEADER)}")
+    fixes: dict[str, str] = {}
+    for n, row in enumerate(rows, start=1):
+        if len(row) != 2 or row[0] in fixes:
+            raise DataError(f"{path}: row {n}: expected one img,rle_mask row per image, got {row[:1]}")
+        fixes[row[0]] = row[1]
+    return fixes
+
+
 def write_submission(shards: list[Path], threshold: float, sample_submission: str | os.PathLike, out: Path,
-                     workers: int = 1) -> int:
-    """Write ``out`` via a temporary file that must pass ``validate_submission``; return the image count."""
+                     workers: int = 1, fixes: Mapping[str, str] | None = None) -> int:
+    """Write ``out`` via a temporary file that must pass ``validate_submission``; return the image count.
+
+    ``fixes`` (image name -> RLE) replace those images' masks.
+    """
     expected = expected_images(sample_submission)
+    fixes = dict(fixes or {})
+    unknown = sorted(set(fixes) - set(expected))
+    if unknown:
+        raise DataError(f"outlier fixes for {len(unknown)} images not in the submission, first {unknown[0]}")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
     shapes: dict[str, Shape] = {}
@@ -150,7 +174,7 @@ def write_submission(shards: list[Path], threshold: float, sample_submission: st
                         raise DataError(f"shard image {img} at position {k} does not follow sample_submission order "
                                         f"(expected {expected[k] if k < len(expected) else 'no more images'})")
                     shapes[img] = shape
-                    writer.writerow([img, mask])
+                    writer.writerow([img, fixes.get(img, mask)])
         validate_submission(tmp, expected, shapes)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -165,6 +189,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sample-submission", required=True, help="raw/sample_submission.csv")
     parser.add_argument("--out", required=True, help="gzip CSV to write (results/<name>/submission.csv.gz)")
     parser.add_argument("--threads", type=int, default=1, help="encoding worker processes")
+    parser.add_argument("--fixes", help="img,rle_mask CSV of outlier fixes that replace those images' masks")
 
 
 def run(args: argparse.Namespace, cfg: dict) -> None:  # noqa: ARG001 - the slice only carries the name
@@ -175,6 +200,8 @@ def run(args: argparse.Namespace, cfg: dict) -> None:  # noqa: ARG001 - the slic
         expected = [layout.image_file(i) for i in ids]
         log.warning("PARTIAL submission: %d of %d listed test images are present; Kaggle will refuse this file",
                     len(ids), n_listed)
+    fixes = read_fixes(args.fixes)
     n = write_submission(shard_paths(args.manifest), threshold, expected, Path(args.out),
-                         workers=max(1, args.threads))
-    log.info("wrote %s: %d images at threshold %.4f (validated)", args.out, n, threshold)
+                         workers=max(1, args.threads), fixes=fixes)
+    log.info("wrote %s: %d images at threshold %.4f, %d masks from outlier fixes (validated)", args.out, n,
+             threshold, len(fixes))

@@ -1,7 +1,10 @@
 # Shared paths and helpers. Every path of the DAG is defined here, once.
 import json
+import re
 
+from carvana_seg import codedeps
 from carvana_seg import config as cs_config
+from carvana_seg import rounds as cs_rounds
 
 config.update(cs_config.resolve(config))  # same schema, plus cross-key checks and nested defaults
 
@@ -13,17 +16,27 @@ LOGS = f"{RES}/logs"
 BENCH = f"{RES}/benchmarks"
 VARIANTS = {v["name"]: v for v in config["variants"]}
 FOLDS = cs_config.fold_ids(config)
+LAST = cs_rounds.last_round(config)  # pseudo-labelling rounds (workflow/rules/pseudo.smk); 1 when disabled
+ROUNDS = list(range(1, LAST + 1))
 ENV = "../../environment.yml"  # for --software-deployment-method conda
 PY = "python -m carvana_seg"  # TODO remove once every rule spells the command out (lint)
 
 wildcard_constraints:
     variant="|".join(VARIANTS),
     fold=r"\d+",
+    rdir=re.escape(RES) + r"(?:/round(?:[2-9]|[1-9]\d+))?",  # a round's results: RES (round one) or RES/round<r>
+    sfx=r"(?:_round\d+)?",  # a round's submission/score name: '' for the last round
 
 
 def cfg(stage, variant=None):
     """The JSON config slice a stage reads; as a rule param it makes Snakemake rerun exactly what a change touches."""
     return cs_config.to_json(cs_config.stage_config(config, stage, variant))
+
+
+def code(stage):
+    """The library files `python -m carvana_seg <stage>` imports (carvana_seg.codedeps), as a rule's `code=` input:
+    Snakemake does not track imported modules, so editing one reruns the stages that import it and what follows."""
+    return [local(p) for p in codedeps.stage_sources(stage)]
 
 
 def size_of(variant):
@@ -35,8 +48,99 @@ def cache_dir(variant):
     return f"{DATA}/cache/{size_of(variant)}"
 
 
+def round_dir(r):
+    """Results directory of round ``r``: RES for round one, RES/round<r> after (carvana_seg.rounds)."""
+    return cs_rounds.round_dir(RES, r)
+
+
+def round_of(wc):
+    """The round of a job from its ``rdir`` or ``sfx`` wildcard."""
+    if hasattr(wc, "rdir"):
+        return cs_rounds.round_of_dir(RES, wc.rdir)
+    return cs_rounds.round_of_suffix(config, wc.sfx)
+
+
+def model_path(variant, fold, r):
+    return f"{round_dir(r)}/models/{variant}/fold{fold}/best.pt"
+
+
+def pseudo_dir(r):
+    """Round ``r``'s pseudo-labelled test images in the Kaggle training layout (workflow/rules/pseudo.smk)."""
+    return f"{DATA}/pseudo/round{r}"
+
+
+def pseudo_cache(variant, r):
+    return f"{DATA}/cache/pseudo_r{r}/{size_of(variant)}"
+
+
+def train_cfg(wc):
+    return cs_config.to_json(cs_rounds.train_slice(config, wc.variant, round_of(wc)))
+
+
+def _retraining(wc):
+    """(round, init round or None) of a train job; rounds >= 2 train only pseudo_label.variants."""
+    r = round_of(wc)
+    if wc.variant not in cs_rounds.round_variants(config, r):
+        raise ValueError(f"variant {wc.variant} is not retrained in round {r} (pseudo_label.variants)")
+    return r, cs_rounds.init_round(config, wc.variant, r)
+
+
+def train_extra_inputs(wc):
+    """Round >= 2: the round's pseudo-label cache at the variant's size, and the model it starts from."""
+    r, init = _retraining(wc)
+    if r == 1:
+        return []
+    c = pseudo_cache(wc.variant, r)
+    files = [f"{c}/images.npy", f"{c}/masks.npy", f"{c}/ids.txt"]
+    return files + ([model_path(wc.variant, wc.fold, init)] if init else [])
+
+
+def train_extra_args(wc):
+    r, init = _retraining(wc)
+    if r == 1:
+        return ""
+    args = f"--extra-cache {pseudo_cache(wc.variant, r)}"
+    return args + (f" --init-from {model_path(wc.variant, wc.fold, init)}" if init else "")
+
+
+def ensemble_models(wc):
+    """Every variant x fold model of a round: each variant's from the last round <= r that trained it."""
+    r = round_of(wc)
+    return [model_path(v, f, cs_rounds.latest_round(config, v, r)) for v in VARIANTS for f in FOLDS]
+
+
+def ensemble_oof(wc):
+    r = round_of(wc)
+    return [f"{round_dir(cs_rounds.latest_round(config, v, r))}/oof/{v}/fold{f}.npz" for v in VARIANTS for f in FOLDS]
+
+
+def round_oof_tables(wc):
+    """The per-fold OOF Dice tables of the variants trained in a round."""
+    r = round_of(wc)
+    return [f"{wc.rdir}/oof/{v}/fold{f}_dice.csv" for v in cs_rounds.round_variants(config, r) for f in FOLDS]
+
+
+def gain_inputs(wildcards):
+    """pseudo_gain's inputs: every round's threshold and OOF table, every later round's pseudo-labels; on synthetic
+    data every round's submission and test score too (it and score are the only readers of ground_truth/)."""
+    out = {
+        "thresholds": [f"{round_dir(r)}/threshold.json" for r in ROUNDS],
+        "oof_tables": [f"{round_dir(r)}/oof_dice.csv" for r in ROUNDS],
+        "pseudo_tables": [f"{RES}/round{r}/pseudo_labels.csv" for r in ROUNDS[1:]],
+        "pseudo_masks": [f"{pseudo_dir(r)}/train_masks.csv" for r in ROUNDS[1:]],
+    }
+    if config["data"]["source"] == "synthetic":
+        out["scores"] = [f"{RES}/test_score{cs_rounds.suffix(config, r)}.json" for r in ROUNDS]
+        out["submissions"] = [f"{RES}/submission{cs_rounds.suffix(config, r)}.csv.gz" for r in ROUNDS]
+    return out
+
+
 def final_targets():
-    targets = [f"{RES}/submission.csv.gz", f"{RES}/oof_dice.csv"]
+    targets = [f"{RES}/submission.csv.gz"] + [f"{round_dir(r)}/oof_dice.csv" for r in ROUNDS]
+    targets.append(f"{RES}/report/stage_times.csv")  # report_figures (report.smk): the figures of `make report`
     if config["data"]["source"] == "synthetic":
         targets.append(f"{RES}/test_score.json")
+    if LAST > 1:
+        targets += [f"{RES}/submission{cs_rounds.suffix(config, r)}.csv.gz" for r in ROUNDS]
+        targets.append(f"{RES}/pseudo_gain.json")
     return targets

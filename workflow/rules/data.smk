@@ -2,6 +2,8 @@
 
 
 rule fetch:
+    input:
+        code=code("fetch"),
     output:
         manifest=f"{DATA}/fetch.json",
     params:
@@ -22,6 +24,7 @@ rule fetch:
 rule validate_data:
     input:
         manifest=f"{DATA}/fetch.json",
+        code=code("validate"),
     output:
         summary=f"{RES}/data_validation.json",
     params:
@@ -42,6 +45,7 @@ rule validate_data:
 rule folds:
     input:
         summary=f"{RES}/data_validation.json",
+        code=code("folds"),
     output:
         folds=f"{RES}/folds.csv",
     params:
@@ -58,6 +62,7 @@ rule folds:
 rule resize_cache:
     input:
         summary=f"{RES}/data_validation.json",
+        code=code("resize"),
     output:
         images=f"{DATA}/cache/{{size}}/images.npy",
         masks=f"{DATA}/cache/{{size}}/masks.npy",

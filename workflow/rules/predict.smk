@@ -1,23 +1,27 @@
-# Prediction stages: OOF threshold search -> streaming test ensemble -> validated submission -> score | submit.
+# Prediction stages: OOF threshold search -> streaming test ensemble -> [outliers.smk] -> validated submission
+# (with the outlier fixes) -> score | submit.
 # The shard directory of the ensemble is a param, not an output: a failed or killed job keeps its finished
 # shards and the rerun resumes at the first missing one.
+# {rdir}: a round's results (RES, or RES/round<r> with pseudo-labelling, see pseudo.smk); {sfx}: '' for the last
+# round's submission.csv.gz / test_score.json, _round<r> for an earlier round's.
 
 
 rule threshold:
     input:
-        oof=[f"{RES}/oof/{v}/fold{f}.npz" for v in VARIANTS for f in FOLDS],
+        oof=ensemble_oof,
+        code=code("threshold"),
     output:
-        threshold=f"{RES}/threshold.json",
-        curve=f"{RES}/threshold_curve.csv",
+        threshold="{rdir}/threshold.json",
+        curve="{rdir}/threshold_curve.csv",
     params:
         cfg=cfg("threshold"),
         raw=RAW,
     conda:
         ENV
     log:
-        f"{LOGS}/threshold.log",
+        "{rdir}/logs/threshold.log",
     benchmark:
-        f"{BENCH}/threshold.tsv"
+        "{rdir}/benchmarks/threshold.tsv"
     threads: 2
     shell:
         "python -m carvana_seg threshold --cfg {params.cfg:q} --oof {input.oof} --raw {params.raw} --out {output.threshold}"
@@ -26,10 +30,11 @@ rule threshold:
 
 rule ensemble:
     input:
-        models=[f"{RES}/models/{v}/fold{f}/best.pt" for v in VARIANTS for f in FOLDS],
+        models=ensemble_models,
         summary=f"{RES}/data_validation.json",
+        code=code("ensemble"),
     output:
-        manifest=f"{RES}/test_probs.json",
+        manifest="{rdir}/test_probs.json",
     params:
         cfg=cfg("ensemble"),
         raw=RAW,
@@ -39,9 +44,9 @@ rule ensemble:
     conda:
         ENV
     log:
-        f"{LOGS}/ensemble.log",
+        "{rdir}/logs/ensemble.log",
     benchmark:
-        f"{BENCH}/ensemble.tsv"
+        "{rdir}/benchmarks/ensemble.tsv"
     threads: 2
     shell:
         "python -m carvana_seg ensemble --cfg {params.cfg:q} --models {input.models} --raw {params.raw} --out-dir {params.shards}"
@@ -50,37 +55,41 @@ rule ensemble:
 
 rule submission:
     input:
-        manifest=f"{RES}/test_probs.json",
-        threshold=f"{RES}/threshold.json",
+        manifest=lambda wc: f"{round_dir(round_of(wc))}/test_probs.json",
+        threshold=lambda wc: f"{round_dir(round_of(wc))}/threshold.json",
+        fixes=lambda wc: f"{round_dir(round_of(wc))}/outlier_fixes.csv",
+        code=code("submission"),
     output:
-        submission=f"{RES}/submission.csv.gz",
+        submission=f"{RES}/submission{{sfx}}.csv.gz",
     params:
         cfg=cfg("submission"),
         sample=f"{RAW}/sample_submission.csv",
     conda:
         ENV
     log:
-        f"{LOGS}/submission.log",
+        f"{LOGS}/submission{{sfx}}.log",
     benchmark:
-        f"{BENCH}/submission.tsv"
+        f"{BENCH}/submission{{sfx}}.tsv"
     threads: 2
     shell:
         "python -m carvana_seg submission --cfg {params.cfg:q} --manifest {input.manifest} --threshold {input.threshold}"
-        " --sample-submission {params.sample} --out {output.submission} --threads {threads} > {log} 2>&1"
+        " --fixes {input.fixes} --sample-submission {params.sample} --out {output.submission} --threads {threads}"
+        " > {log} 2>&1"
 
 
 rule score:
     input:
-        submission=f"{RES}/submission.csv.gz",
+        submission=f"{RES}/submission{{sfx}}.csv.gz",
+        code=code("score"),
     output:
-        score=f"{RES}/test_score.json",
+        score=f"{RES}/test_score{{sfx}}.json",
     params:
         truth=f"{DATA}/ground_truth/test_masks.csv",
         raw=RAW,
     conda:
         ENV
     log:
-        f"{LOGS}/score.log",
+        f"{LOGS}/score{{sfx}}.log",
     shell:
         "python -m carvana_seg score --submission {input.submission} --truth {params.truth} --raw {params.raw}"
         " --out {output.score} > {log} 2>&1"
@@ -89,6 +98,7 @@ rule score:
 rule submit:
     input:
         submission=f"{RES}/submission.csv.gz",
+        code=code("submit"),
     output:
         record=f"{RES}/kaggle_submit.json",
     params:

@@ -1,69 +1,80 @@
 # Training stages: train (variant x fold, resumable) -> oof (flip-TTA OOF predictions) -> oof_table.
 # The resume state lives in {RES}/state/<variant>/fold<k>: deliberately not an output, so Snakemake keeps it
 # when a job fails or is killed, and the rerun continues from the last finished epoch.
-
-
-def cache_files(wc):
-    d = cache_dir(wc.variant)
-    return {"images": f"{d}/images.npy", "masks": f"{d}/masks.npy", "ids": f"{d}/ids.txt"}
+# {rdir} is a round's results directory: RES for round one, RES/round<r> for pseudo-label round r (pseudo.smk),
+# which adds that round's pseudo-label cache to training (--extra-cache) and may start from an earlier model.
 
 
 rule train:
     input:
-        unpack(cache_files),
         folds=f"{RES}/folds.csv",
+        images=lambda wc: f"{cache_dir(wc.variant)}/images.npy",
+        masks=lambda wc: f"{cache_dir(wc.variant)}/masks.npy",
+        ids=lambda wc: f"{cache_dir(wc.variant)}/ids.txt",
+        extra=train_extra_inputs,
+        code=code("train"),
     output:
-        model=f"{RES}/models/{{variant}}/fold{{fold}}/best.pt",
-        metrics=f"{RES}/models/{{variant}}/fold{{fold}}/metrics.csv",
+        model="{rdir}/models/{variant}/fold{fold}/best.pt",
+        metrics="{rdir}/models/{variant}/fold{fold}/metrics.csv",
     params:
-        cfg=lambda wc: cfg("train", wc.variant),
+        cfg=train_cfg,
         cache=lambda wc: cache_dir(wc.variant),
-        state=lambda wc: f"{RES}/state/{wc.variant}/fold{wc.fold}",
+        state=lambda wc: f"{wc.rdir}/state/{wc.variant}/fold{wc.fold}",
+        extra=train_extra_args,
+    conda:
+        ENV
     log:
-        f"{LOGS}/train/{{variant}}_fold{{fold}}.log",
+        "{rdir}/logs/train/{variant}_fold{fold}.log",
     benchmark:
-        f"{BENCH}/train/{{variant}}_fold{{fold}}.tsv"
+        "{rdir}/benchmarks/train/{variant}_fold{fold}.tsv"
     threads: 2
     resources:
         gpu=1,
     shell:
-        "{PY} train --cfg {params.cfg:q} --variant {wildcards.variant} --fold {wildcards.fold}"
+        "python -m carvana_seg train --cfg {params.cfg:q} --variant {wildcards.variant} --fold {wildcards.fold}"
         " --folds {input.folds} --cache {params.cache} --out-model {output.model} --out-metrics {output.metrics}"
-        " --state-dir {params.state} --threads {threads} > {log} 2>&1"
+        " --state-dir {params.state} {params.extra} --threads {threads} > {log} 2>&1"
 
 
 rule oof:
     input:
-        unpack(cache_files),
-        model=f"{RES}/models/{{variant}}/fold{{fold}}/best.pt",
+        model="{rdir}/models/{variant}/fold{fold}/best.pt",
         folds=f"{RES}/folds.csv",
         manifest=f"{DATA}/fetch.json",
+        images=lambda wc: f"{cache_dir(wc.variant)}/images.npy",
+        ids=lambda wc: f"{cache_dir(wc.variant)}/ids.txt",
+        code=code("oof"),
     output:
-        npz=f"{RES}/oof/{{variant}}/fold{{fold}}.npz",
-        dice=f"{RES}/oof/{{variant}}/fold{{fold}}_dice.csv",
+        npz="{rdir}/oof/{variant}/fold{fold}.npz",
+        dice="{rdir}/oof/{variant}/fold{fold}_dice.csv",
     params:
         cfg=lambda wc: cfg("oof", wc.variant),
         cache=lambda wc: cache_dir(wc.variant),
         raw=RAW,
+    conda:
+        ENV
     log:
-        f"{LOGS}/oof/{{variant}}_fold{{fold}}.log",
+        "{rdir}/logs/oof/{variant}_fold{fold}.log",
     benchmark:
-        f"{BENCH}/oof/{{variant}}_fold{{fold}}.tsv"
+        "{rdir}/benchmarks/oof/{variant}_fold{fold}.tsv"
     threads: 2
     resources:
         gpu=1,
     shell:
-        "{PY} oof --cfg {params.cfg:q} --variant {wildcards.variant} --fold {wildcards.fold}"
+        "python -m carvana_seg oof --cfg {params.cfg:q} --variant {wildcards.variant} --fold {wildcards.fold}"
         " --model {input.model} --folds {input.folds} --cache {params.cache} --raw {params.raw}"
         " --out {output.npz} --out-dice {output.dice} --threads {threads} > {log} 2>&1"
 
 
 rule oof_table:
     input:
-        expand(f"{RES}/oof/{{variant}}/fold{{fold}}_dice.csv", variant=list(VARIANTS), fold=FOLDS),
+        dice=round_oof_tables,
+        code=code("oof-table"),
     output:
-        table=f"{RES}/oof_dice.csv",
+        table="{rdir}/oof_dice.csv",
+    conda:
+        ENV
     log:
-        f"{LOGS}/oof_table.log",
+        "{rdir}/logs/oof_table.log",
     shell:
-        "{PY} oof-table --inputs {input} --out {output.table} > {log} 2>&1"
+        "python -m carvana_seg oof-table --inputs {input.dice} --out {output.table} > {log} 2>&1"

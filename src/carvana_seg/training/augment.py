@@ -1,0 +1,71 @@
+"""Training augmentation (albumentations 2), built from ``train.augment``.
+
+The seed's recipe: a random HSV shift (hue ±50, saturation ±5, value ±15 in OpenCV's uint8 HSV units, which are
+the units albumentations' ``HueSaturationValue`` uses for uint8 images), a random shift (±6.25 %) and scale (±10 %)
+without rotation, and a horizontal flip. Masks are per-pixel coverage 0..255, so the affine warp resamples them
+with *linear* interpolation like the photo (nearest-neighbour would throw the sub-pixel edge away).
+
+Randomness: ``Compose`` keeps its own generator, independent of numpy/torch global seeds. The training loop
+reseeds it per epoch (and per DataLoader worker) through ``reseed`` so a resumed run replays the same epochs.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+BORDER_MODES = {"constant": cv2.BORDER_CONSTANT, "reflect": cv2.BORDER_REFLECT_101}
+
+
+def build_augment(aug: dict, seed: int | None = None):
+    """An ``A.Compose`` taking ``image`` (H, W, 3) uint8 and ``mask`` (H, W) uint8 coverage; None if it is a no-op."""
+    import albumentations as A
+
+    p = float(aug.get("probability", 0.5))
+    hue, sat, val = (float(aug.get(k, d)) for k, d in (("hue_shift", 50), ("sat_shift", 5), ("val_shift", 15)))
+    shift, scale = float(aug.get("shift", 0.0625)), float(aug.get("scale", 0.1))
+    hflip = float(aug.get("hflip", 0.5))
+    border = BORDER_MODES[aug.get("border_mode", "constant")]
+    transforms = []
+    if p > 0 and (hue or sat or val):
+        transforms.append(
+            A.HueSaturationValue(
+                hue_shift_limit=(-hue, hue), sat_shift_limit=(-sat, sat), val_shift_limit=(-val, val), p=p
+            )
+        )
+    if p > 0 and (shift or scale):
+        transforms.append(
+            A.Affine(
+                translate_percent={"x": (-shift, shift), "y": (-shift, shift)},
+                scale=(1.0 - scale, 1.0 + scale),
+                rotate=0.0,
+                interpolation=cv2.INTER_LINEAR,
+                mask_interpolation=cv2.INTER_LINEAR,
+                border_mode=border,
+                fill=0,
+                fill_mask=0,
+                p=p,
+            )
+        )
+    if hflip > 0:
+        transforms.append(A.HorizontalFlip(p=hflip))
+    if not transforms:
+        return None
+    return A.Compose(transforms, seed=seed)
+
+
+def apply(augment, image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Run ``augment`` (or nothing, if None) on one image/mask pair; returns contiguous uint8 arrays."""
+    if augment is None:
+        return image, mask
+    out = augment(image=np.ascontiguousarray(image), mask=np.ascontiguousarray(mask))
+    img, msk = out["image"], out["mask"]
+    if msk.dtype != np.uint8:  # linear interpolation of uint8 stays uint8 in OpenCV; be safe anyway
+        msk = np.clip(np.rint(msk), 0, 255).astype(np.uint8)
+    return np.ascontiguousarray(img), np.ascontiguousarray(msk)
+
+
+def reseed(augment, seed: int) -> None:
+    """Reset the augmentation's random generators (per epoch, per worker) for reproducible, resumable runs."""
+    if augment is not None:
+        augment.set_random_seed(int(seed) % (2**32))

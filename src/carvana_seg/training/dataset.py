@@ -1,0 +1,140 @@
+"""Torch dataset over the resize cache, and the fold split.
+
+Samples come from the memory-mapped cache (``resize_cache.load``) restricted to a list of image ids. The memmaps
+are opened lazily in each process and never pickled, so DataLoader workers (fork or spawn) share the page cache
+instead of receiving a copy of the arrays.
+Output per sample: image (3, H, W) uint8 — normalisation happens inside the model (``model.Normalized``) — and
+mask (1, H, W) float32 coverage 0..1.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import Dataset
+
+from carvana_seg import resize_cache
+from carvana_seg.errors import DataError
+from carvana_seg.training import augment as aug
+
+FOLD_COLUMNS = ("img", "car", "view", "fold", "area")
+
+
+def read_folds(folds_csv: str | Path) -> pd.DataFrame:
+    """``folds.csv`` (img, car, view, fold, area) with the columns checked."""
+    path = Path(folds_csv)
+    if not path.is_file():
+        raise DataError(f"{path}: folds file not found")
+    df = pd.read_csv(path, dtype={"img": str, "car": str})
+    missing = [c for c in FOLD_COLUMNS if c not in df.columns]
+    if missing:
+        raise DataError(f"{path}: missing columns {missing}")
+    return df
+
+
+def cache_ids(cache_dir: str | Path) -> list[str]:
+    """Every image id of a resize cache, in array order."""
+    path = Path(cache_dir) / "ids.txt"
+    if not path.is_file():
+        raise DataError(f"{cache_dir}: not a resize cache (ids.txt missing)")
+    return path.read_text().split()
+
+
+def split_ids(folds: pd.DataFrame, fold: int) -> tuple[list[str], list[str]]:
+    """(train ids, validation ids): validation = the fold's cars, training = every other car."""
+    if fold not in set(folds["fold"].tolist()):
+        raise DataError(f"fold {fold} does not occur in folds.csv (folds: {sorted(set(folds['fold']))})")
+    val = folds["fold"] == fold
+    return sorted(folds.loc[~val, "img"]), sorted(folds.loc[val, "img"])
+
+
+class CacheDataset(Dataset):
+    """Image/mask pairs of ``ids`` from a resize cache, optionally augmented."""
+
+    def __init__(self, cache_dir: str | Path, ids: list[str], augment=None) -> None:
+        self.cache_dir = Path(cache_dir)
+        self.ids = list(ids)
+        self.augment = augment
+        self._arrays: tuple[np.ndarray, np.ndarray] | None = None
+        all_ids = (self.cache_dir / "ids.txt").read_text().split() if (self.cache_dir / "ids.txt").is_file() else None
+        if all_ids is None:
+            raise DataError(f"{self.cache_dir}: not a resize cache (ids.txt missing)")
+        index = {i: k for k, i in enumerate(all_ids)}
+        missing = [i for i in self.ids if i not in index]
+        if missing:
+            raise DataError(f"{self.cache_dir}: {len(missing)} ids not in the cache, e.g. {missing[:3]}")
+        self.rows = np.array([index[i] for i in self.ids], dtype=np.int64)
+
+    def _open(self) -> tuple[np.ndarray, np.ndarray]:
+        if self._arrays is None:
+            images, masks, _ = resize_cache.load(self.cache_dir)
+            self._arrays = (images, masks)
+        return self._arrays
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_arrays"] = None  # workers reopen the memmaps themselves
+        return state
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(width, height) of the cached images."""
+        images, _ = self._open()
+        return int(images.shape[2]), int(images.shape[1])
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        images, masks = self._open()
+        k = self.rows[i]
+        image, mask = aug.apply(self.augment, np.asarray(images[k]), np.asarray(masks[k]))
+        x = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
+        y = torch.from_numpy(mask.astype(np.float32) / 255.0).unsqueeze(0)
+        return x, y
+
+    def reseed(self, seed: int) -> None:
+        """Reseed the augmentation (called per epoch in the main process and per DataLoader worker)."""
+        aug.reseed(self.augment, seed)
+
+
+class ConcatCacheDataset(torch.utils.data.ConcatDataset):
+    """Several ``CacheDataset``s trained as one (a fold's training cars plus extra images); reseeds them all."""
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.datasets[0].size
+
+    def reseed(self, seed: int) -> None:
+        for d in self.datasets:
+            d.reseed(seed)
+
+
+def build_datasets(cache_dir: str | Path, train_ids: list[str], val_ids: list[str], augment=None,
+                   extra_caches: list[str | Path] = ()) -> tuple[Dataset, CacheDataset]:
+    """(training set, validation set). Training: ``train_ids`` of ``cache_dir`` plus *every* image of each extra
+    cache (e.g. pseudo-labelled test images), augmented; validation: ``val_ids`` of ``cache_dir`` only."""
+    val = CacheDataset(cache_dir, val_ids)
+    parts = [CacheDataset(cache_dir, train_ids, augment)]
+    for extra in extra_caches:
+        ids = cache_ids(extra)
+        leak = sorted(set(ids) & set(val_ids))
+        if leak:
+            raise DataError(f"{extra}: {len(leak)} images of the validation fold in an extra cache, e.g. {leak[:3]}")
+        if ids:
+            part = CacheDataset(extra, ids, augment)
+            if part.size != parts[0].size:
+                raise DataError(f"{extra}: cache is {part.size}, {cache_dir} is {parts[0].size}")
+            parts.append(part)
+    return (parts[0] if len(parts) == 1 else ConcatCacheDataset(parts)), val
+
+
+def worker_init(worker_id: int) -> None:  # noqa: ARG001
+    """DataLoader ``worker_init_fn``: derive the worker's augmentation seed from the loader's per-worker seed."""
+    info = torch.utils.data.get_worker_info()
+    if info is not None and isinstance(info.dataset, (CacheDataset, ConcatCacheDataset)):
+        info.dataset.reseed(torch.initial_seed())
+    np.random.seed(torch.initial_seed() % (2**32))

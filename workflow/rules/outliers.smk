@@ -1,0 +1,38 @@
+# Outlier-car sanity check, per round ({rdir}, see predict.smk): score every test image against the training cars'
+# area profile, the car's other views and the rest of the test set; fix (largest component + wide holes filled,
+# zoomed re-prediction of cars far smaller than any training car) or flag the outliers. It reads the ensemble's
+# shards and never reruns it: changing `outliers:` reruns outliers -> submission -> score (and, with
+# pseudo-labelling, the next round, which leaves flagged cars out). Only retta: zoom runs models (a GPU job then).
+ZOOM = config["outliers"]["action"] == "fix" and config["outliers"]["retta"] == "zoom"
+
+
+rule outliers:
+    input:
+        manifest="{rdir}/test_probs.json",
+        threshold="{rdir}/threshold.json",
+        folds=f"{RES}/folds.csv",
+        models=ensemble_models,
+        code=code("outliers"),
+    output:
+        table="{rdir}/outliers.csv",
+        scores="{rdir}/outlier_scores.csv",
+        fixes="{rdir}/outlier_fixes.csv",
+        sheets="{rdir}/outliers/contact_sheets.json",  # the contact-sheet PNGs are written beside it
+    params:
+        cfg=cfg("outliers"),
+        raw=RAW,
+        device="auto" if ZOOM else "cpu",
+    resources:
+        gpu=1 if ZOOM else 0,
+    conda:
+        ENV
+    log:
+        "{rdir}/logs/outliers.log",
+    benchmark:
+        "{rdir}/benchmarks/outliers.tsv"
+    threads: 2
+    shell:
+        "python -m carvana_seg outliers --cfg {params.cfg:q} --manifest {input.manifest} --threshold {input.threshold}"
+        " --folds {input.folds} --raw {params.raw} --models {input.models} --device {params.device}"
+        " --out {output.table} --scores {output.scores} --fixes {output.fixes} --sheets {output.sheets}"
+        " --threads {threads} > {log} 2>&1"

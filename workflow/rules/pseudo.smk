@@ -1,0 +1,79 @@
+# Pseudo-labelling (config `pseudo_label:`): round r-1's ensemble -> the most confident test images, no car the
+# outlier check flagged, as a Kaggle training layout data/<name>/pseudo/round<r>/ -> its resize cache at each
+# retrained variant's size -> round r's train/oof/threshold/ensemble/outliers (the {rdir} rules of train.smk,
+# predict.smk, outliers.smk, in results/<name>/round<r>/) -> pseudo_gain.json compares the rounds.
+# With pseudo_label.enabled: false none of these jobs exist (LAST == 1).
+
+
+wildcard_constraints:
+    round=r"[2-9]|[1-9]\d+",
+
+
+rule pseudo_labels:
+    input:
+        manifest=lambda wc: f"{round_dir(int(wc.round) - 1)}/test_probs.json",
+        threshold=lambda wc: f"{round_dir(int(wc.round) - 1)}/threshold.json",
+        outliers=lambda wc: f"{round_dir(int(wc.round) - 1)}/outliers.csv",
+        code=code("pseudo"),
+    output:
+        masks_csv=f"{DATA}/pseudo/round{{round}}/train_masks.csv",  # train/ and train_masks/ are written beside it
+        table=f"{RES}/round{{round}}/pseudo_labels.csv",
+        summary=f"{RES}/round{{round}}/pseudo_labels.json",
+    params:
+        cfg=cs_config.to_json(cs_rounds.pseudo_slice(config)),
+        raw=RAW,
+    conda:
+        ENV
+    log:
+        f"{RES}/round{{round}}/logs/pseudo_labels.log",
+    benchmark:
+        f"{RES}/round{{round}}/benchmarks/pseudo_labels.tsv"
+    threads: 2
+    shell:
+        "python -m carvana_seg pseudo --cfg {params.cfg:q} --manifest {input.manifest} --threshold {input.threshold}"
+        " --outliers {input.outliers} --raw {params.raw} --out-dir $(dirname {output.masks_csv})"
+        " --table {output.table} --summary {output.summary} --round {wildcards.round} --threads {threads}"
+        " > {log} 2>&1"
+
+
+# The normal resize stage, pointed at the pseudo-label layout instead of raw/.
+use rule resize_cache as resize_pseudo with:
+    input:
+        masks_csv=f"{DATA}/pseudo/round{{round}}/train_masks.csv",
+        code=code("resize"),
+    output:
+        images=f"{DATA}/cache/pseudo_r{{round}}/{{size}}/images.npy",
+        masks=f"{DATA}/cache/pseudo_r{{round}}/{{size}}/masks.npy",
+        ids=f"{DATA}/cache/pseudo_r{{round}}/{{size}}/ids.txt",
+    params:
+        cfg=cfg("resize"),
+        raw=lambda wc: pseudo_dir(wc.round),
+    log:
+        f"{LOGS}/resize_pseudo_r{{round}}_{{size}}.log",
+    benchmark:
+        f"{BENCH}/resize_pseudo_r{{round}}_{{size}}.tsv"
+
+
+rule pseudo_gain:
+    input:
+        unpack(gain_inputs),
+        code=code("pseudo-gain"),
+    output:
+        summary=f"{RES}/pseudo_gain.json",
+    params:
+        measure=lambda wc, input: (
+            f"--truth {DATA}/ground_truth/test_masks.csv --scores {' '.join(input.scores)}"
+            f" --submissions {' '.join(input.submissions)}"
+            if config["data"]["source"] == "synthetic"
+            else ""
+        ),
+        raw=RAW,
+    conda:
+        ENV
+    log:
+        f"{LOGS}/pseudo_gain.log",
+    threads: 2
+    shell:
+        "python -m carvana_seg pseudo-gain --thresholds {input.thresholds} --oof-tables {input.oof_tables}"
+        " --pseudo-tables {input.pseudo_tables} --pseudo-masks {input.pseudo_masks} {params.measure}"
+        " --raw {params.raw} --out {output.summary} --threads {threads} > {log} 2>&1"

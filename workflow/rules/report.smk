@@ -1,0 +1,61 @@
+# HTML report: `make report` (snakemake --report results/<name>/report.html). The rule below draws the figures and
+# tables from the finished run (report-figures stage); the report embeds them with the captions in workflow/report/.
+# With pseudo-labelling (pseudo.smk) it also plots every round's training curves and pseudo-label tables; the
+# threshold, outliers and throughput are the final round's.
+
+
+report: "../report/workflow.rst"
+
+
+REPORT = f"{RES}/report"
+
+
+# (round, variant, fold) of every training job: all variants in round one, the retrained ones after
+TRAINED = [(r, v, f) for r in ROUNDS for v in cs_rounds.round_variants(config, r) for f in FOLDS]
+
+
+rule report_figures:
+    input:
+        metrics=[f"{round_dir(r)}/models/{v}/fold{f}/metrics.csv" for r, v, f in TRAINED],
+        oof_dice=f"{RES}/oof_dice.csv",  # round one: every variant on the same data (the architecture comparison)
+        threshold=f"{round_dir(LAST)}/threshold.json",  # the final round's: what the submission used
+        curve=f"{round_dir(LAST)}/threshold_curve.csv",
+        outliers=f"{round_dir(LAST)}/outliers.csv",
+        sheets=f"{round_dir(LAST)}/outliers/contact_sheets.json",
+        test_probs=f"{round_dir(LAST)}/test_probs.json",
+        submission=f"{RES}/submission.csv.gz",  # the last stage: every benchmark TSV exists by now
+        pseudo=[f"{RES}/pseudo_gain.json"] if LAST > 1 else [],
+        code=code("report-figures"),
+    output:
+        curves=[
+            report(f"{REPORT}/training_{v}_fold{f}{'' if r == 1 else f'_round{r}'}.png", caption="../report/training.rst",
+                   category="1. Training curves",
+                   subcategory=v if r == 1 else f"{v} round {r}", labels={"variant": v, "fold": f, "round": r})
+            for r, v, f in TRAINED
+        ],
+        oof_dice=report(f"{REPORT}/oof_dice.png", caption="../report/oof_dice.rst",
+                        category="2. Architecture comparison", labels={"figure": "OOF Dice per variant"}),
+        threshold=report(f"{REPORT}/threshold.png", caption="../report/threshold.rst",
+                         category="3. Threshold", labels={"figure": "threshold curve"}),
+        pseudo=report(f"{REPORT}/pseudo_labels.png", caption="../report/pseudo_labels.rst",
+                      category="4. Pseudo-labels", labels={"figure": "pseudo-label rounds"}),
+        outlier_table=report(f"{REPORT}/outliers.html", caption="../report/outlier_table.rst",
+                             category="5. Outliers", subcategory="flagged images", labels={"page": "outliers table"}),
+        gallery=report(f"{REPORT}/outlier_gallery.html", caption="../report/outlier_gallery.rst",
+                       category="5. Outliers", subcategory="contact sheets", labels={"page": "outlier gallery"}),
+        throughput=report(f"{REPORT}/throughput.png", caption="../report/throughput.rst",
+                          category="6. Throughput", labels={"figure": "time per stage"}),
+        stage_times=report(f"{REPORT}/stage_times.html", caption="../report/stage_times.rst",
+                           category="6. Throughput", labels={"figure": "time per stage (table)"}),
+        stage_csv=f"{REPORT}/stage_times.csv",
+    conda:
+        ENV
+    log:
+        f"{LOGS}/report_figures.log",
+    benchmark:
+        f"{BENCH}/report_figures.tsv"
+    shell:
+        "python -m carvana_seg report-figures --metrics {input.metrics} --oof-dice {input.oof_dice}"
+        " --threshold {input.threshold} --curve {input.curve} --outliers {input.outliers} --sheets {input.sheets}"
+        " --test-probs {input.test_probs} --results $(dirname {input.oof_dice})"
+        " --out-dir $(dirname {output.stage_csv}) > {log} 2>&1"
