@@ -3,16 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
 
 from carvana_seg import cli
 from carvana_seg.errors import DataError
@@ -131,60 +126,4 @@ def test_missing_fold_or_variant_is_an_error(tmp_path):
     with pytest.raises(DataError, match="no prediction from variant"):
         oof_curve(paths, raw, cfg)
 
-
-# --- the DAG: changing only threshold.value reruns threshold, outliers, submission and score, nothing else ---
-
-STUB_TRAIN = """
-rule train:
-    input: f"{RES}/folds.csv", lambda wc: f"{cache_dir(wc.variant)}/images.npy"
-    output: f"{RES}/models/{{variant}}/fold{{fold}}/best.pt"
-    shell: "touch {output}"
-rule oof:
-    input: f"{RES}/models/{{variant}}/fold{{fold}}/best.pt"
-    output: f"{RES}/oof/{{variant}}/fold{{fold}}.npz"
-    shell: "touch {output}"
-rule oof_dice:
-    input: [f"{RES}/oof/{v}/fold{f}.npz" for v in VARIANTS for f in FOLDS]
-    output: f"{RES}/oof_dice.csv"
-    shell: "touch {output}"
-"""
-
-
-def _snakemake(repo: Path, work: Path, *args: str) -> str:
-    exe = str(Path(sys.executable).with_name("snakemake"))
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-    res = subprocess.run([exe, *args, "-s", str(repo / "Snakefile"), "-d", str(work)],
-                         capture_output=True, text=True, env=env, timeout=240)
-    assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
-    return res.stdout + res.stderr
-
-
-def test_changing_threshold_value_reruns_only_threshold_outliers_submission_score(repo_root, tmp_path):
-    """Real Snakefile and rules (train.smk stubbed when absent): fake every output, record metadata, edit config."""
-    repo, work = tmp_path / "repo", tmp_path / "work"
-    repo.mkdir()
-    for f in repo_root.iterdir():  # Snakefile, environment.yml (conda: directives) and the other top-level files
-        if f.is_file():
-            shutil.copy(f, repo / f.name)
-    shutil.copytree(repo_root / "workflow", repo / "workflow", ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copytree(repo_root / "config", repo / "config")
-    if not (repo / "workflow/rules/train.smk").is_file():
-        (repo / "workflow/rules/train.smk").write_text(STUB_TRAIN)
-    work.mkdir()
-    cfg = yaml.safe_load((repo_root / "config/demo.yaml").read_text())
-    cfg["threshold"] = {"value": None}
-    (work / "c.yaml").write_text(yaml.safe_dump(cfg))
-    summary = _snakemake(repo, work, "--summary", "--configfile", str(work / "c.yaml"))
-    outputs = [line.split("\t")[0] for line in summary.splitlines()[1:] if "\t" in line]
-    assert any(o.endswith("threshold.json") for o in outputs), summary[-2000:]
-    for o in outputs:  # placeholders; --touch then stamps them in DAG order and records params/metadata
-        (work / o).parent.mkdir(parents=True, exist_ok=True)
-        (work / o).touch()
-    _snakemake(repo, work, "--touch", "--forceall", "--cores", "1", "--configfile", str(work / "c.yaml"))
-    assert "Nothing to be done" in _snakemake(repo, work, "-n", "--configfile", str(work / "c.yaml"))
-
-    cfg["threshold"] = {"value": 0.42}
-    (work / "c.yaml").write_text(yaml.safe_dump(cfg))
-    out = _snakemake(repo, work, "-n", "--configfile", str(work / "c.yaml"))
-    jobs = {line.split()[1].rstrip(":") for line in out.splitlines() if line.startswith("rule ")}
-    assert jobs - {"all"} == {"threshold", "outliers", "submission", "score", "report_figures"}, out
+# The DAG rerun property of threshold.value is tested in tests/test_rerun.py.

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import GroupKFold, StratifiedGroupKFold
 
-from carvana_seg import layout, rle
+from carvana_seg import layout
 from carvana_seg.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
