@@ -122,8 +122,9 @@ def summarize(args: argparse.Namespace) -> dict:
         verdict = (f"round {n} {'improves' if gain['test_dice'] > 0 else 'does NOT improve'} the end-to-end test Dice "
                    f"over round 1: {first['test_dice']:.5f} -> {last['test_dice']:.5f} ({gain['test_dice']:+.5f}; "
                    f"{gain['test_cars_improved']} of {len(cars)} test cars better)")
-        caveats.append(f"{len(prev_dice)} test images, {len(cars)} cars, one training run per round: a difference "
-                       "of a few 1e-4 is within run-to-run noise (seeds, thread timing).")
+        caveats.append(f"{len(prev_dice)} test images, {len(cars)} cars, one seed per round, and round r also trains "
+                       "longer: a difference of a few 1e-4 may be seed-to-seed variation or the extra epochs, not the "
+                       "pseudo-labels (a control retrains with select_count: 0).")
     else:
         oof = gain.get("oof_ensemble_dice")
         verdict = (f"no test truth (real data): round {n} OOF ensemble Dice {oof:+.5f} vs round 1 (see caveats); "
