@@ -1,10 +1,9 @@
-"""Pseudo-labelling: confidence score, selection, the written layout, training with an extra cache, rounds in the DAG."""
+"""Pseudo-labelling: confidence score, selection, written layout, training with an extra cache, rounds in the DAG."""
 
 from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -98,7 +97,7 @@ def test_flagged_cars_from_outliers_csv(tmp_path):
 
 @pytest.fixture(scope="module")
 def pseudo_run(tmp_path_factory) -> dict:
-    """A raw layout with 3 test cars, fabricated ensemble shards (one car blurred, one flagged), the pseudo stage run."""
+    """Raw layout with 3 test cars, fabricated ensemble shards (one car blurred, one flagged); the pseudo stage run."""
     root = tmp_path_factory.mktemp("pseudo")
     raw = make_layout(root / "raw", n_cars=3, w=64, h=48, n_test_cars=3, seed=3)
     ids, _ = layout.test_ids(raw)
