@@ -19,7 +19,6 @@ FOLDS = cs_config.fold_ids(config)
 LAST = cs_rounds.last_round(config)  # pseudo-labelling rounds (workflow/rules/pseudo.smk); 1 when disabled
 ROUNDS = list(range(1, LAST + 1))
 ENV = "../../environment.yml"  # for --software-deployment-method conda
-PY = "python -m carvana_seg"  # TODO remove once every rule spells the command out (lint)
 
 wildcard_constraints:
     variant="|".join(VARIANTS),
