@@ -73,3 +73,23 @@ def test_published_prefix_of_first_real_row(real_sample):
     first = pd.read_csv(real_sample / "train_masks.csv").iloc[0]
     assert first["img"] == "00087a6bd4dc_01.jpg"
     assert first["rle_mask"].startswith("879386 40 881253 141 883140 205")
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.integers(1, 30), st.integers(0, 6)), max_size=8), st.sampled_from([" ", "  ", "\t", "\n"]))
+def test_decode_matches_reference_on_any_runs(runs, sep):
+    """Unsorted, overlapping, zero-length runs and odd whitespace decode exactly as the reference loop does."""
+    shape = (5, 8)
+    runs = [(start, min(length, shape[0] * shape[1] - start + 1)) for start, length in runs]
+    text = sep.join(f"{s}{sep}{n}" for s, n in runs)
+    expected = np.zeros(shape[0] * shape[1], np.uint8)
+    for start, length in runs:
+        expected[start - 1:start - 1 + length] = 1
+    assert np.array_equal(rle.decode(f" {text} ", shape).ravel(), expected)
+
+
+@pytest.mark.parametrize("text", ["1 2 x 4", "1.5 2", "1 2e3", "0x10 2"])
+def test_decode_rejects_non_integers(text):
+    with pytest.raises(ValueError, match="non-integer"):
+        rle.decode(text, (40, 40))
+    assert rle.validate(text, (40, 40)) == "non-integer value"
