@@ -11,7 +11,7 @@ from PIL import Image
 
 CARS = ["0cdf5b5d0ce1", "11acc40dc0ea", "1390696b70b6", "1a17a1bd648b"]
 FLAGGED = "1a17a1bd648b"
-METRIC_COLUMNS = ["epoch", "train_loss", "val_loss", "val_dice", "lr", "seconds", "images_per_s"]
+METRIC_COLUMNS = ["epoch", "train_loss", "val_loss", "val_dice", "lr", "seconds", "images_per_s", "data_share"]
 BENCH_COLUMNS = ["s", "h:m:s", "max_rss", "max_vms", "max_uss", "max_pss", "io_in", "io_out", "mean_load", "cpu_time"]
 
 
@@ -30,7 +30,8 @@ def fabricate(res: Path, variants: list[str], folds: list[int], rounds: int = 1,
             for f in folds:
                 epochs = np.arange(1, 6)
                 rows = np.column_stack([epochs, 0.6 / epochs, 0.5 / epochs + 0.02, 0.99 - 0.2 / epochs,
-                                        np.where(epochs < 4, 5e-4, 5e-5), np.full(5, 7.5), np.full(5, 19.0)])
+                                        np.where(epochs < 4, 5e-4, 5e-5), np.full(5, 7.5), np.full(5, 19.0),
+                                        np.full(5, 0.02)])
                 path = rdir / "models" / v / f"fold{f}" / "metrics.csv"
                 path.parent.mkdir(parents=True, exist_ok=True)
                 pd.DataFrame(rows, columns=METRIC_COLUMNS).astype({"epoch": int}).to_csv(path, index=False)

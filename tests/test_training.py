@@ -185,7 +185,7 @@ def test_train_resumes_after_a_kill_and_restarts_on_config_change(
     assert second.returncode == 0, second.stderr
     assert "resuming from epoch 2" in second.stderr and "epoch 1/2" not in second.stderr
     metrics = pd.read_csv(out / "metrics.csv")
-    assert list(metrics.columns) == ["epoch", "train_loss", "val_loss", "val_dice", "lr", "seconds", "images_per_s"]
+    assert list(metrics.columns) == ["epoch", "train_loss", "val_loss", "val_dice", "lr", "seconds", "images_per_s", "data_share"]
     assert metrics["epoch"].tolist() == [1, 2]
     assert metrics.loc[0, "seconds"] == pytest.approx(state["rows"][0]["seconds"])  # the first run's epoch
     assert metrics["val_dice"].between(0, 1).all() and np.isfinite(metrics["train_loss"]).all()

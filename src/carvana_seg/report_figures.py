@@ -102,8 +102,15 @@ def training_curve(metrics_csv: Path, title: str, out: Path) -> None:
     lr_ax.plot(df["epoch"], df["lr"], "--", color="tab:purple", label="lr")
     lr_ax.set_yscale("log"), lr_ax.set_ylabel("learning rate")
     fig.suptitle(f"{title}: best val Dice {best['val_dice']:.4f} at epoch {int(best['epoch'])}, "
-                 f"{df['images_per_s'].mean():.1f} train images/s, {df['seconds'].sum():.0f} s")
+                 f"{df['images_per_s'].mean():.1f} train images/s{_data_wait(df)}, {df['seconds'].sum():.0f} s")
     _save(fig, out)
+
+
+def _data_wait(df: pd.DataFrame) -> str:
+    """' (x% waiting for data)' from metrics.csv's data_share; empty for runs written before the column existed."""
+    if "data_share" not in df or df["data_share"].isna().all():
+        return ""
+    return f" ({100 * df['data_share'].mean():.0f}% waiting for data)"
 
 
 def oof_dice(table_csv: Path, out: Path) -> pd.DataFrame:

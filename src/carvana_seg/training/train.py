@@ -38,7 +38,8 @@ from carvana_seg.training.losses import BceDiceLoss
 
 log = logging.getLogger(__name__)
 
-METRIC_COLUMNS = ["epoch", "train_loss", "val_loss", "val_dice", "lr", "seconds", "images_per_s"]
+# data_share: the fraction of the training epoch spent blocked on the DataLoader (0 = the model never waits).
+METRIC_COLUMNS = ["epoch", "train_loss", "val_loss", "val_dice", "lr", "seconds", "images_per_s", "data_share"]
 STATE_FILE = "last.pt"
 STATE_FORMAT = 1
 
@@ -192,6 +193,25 @@ def _evaluate(model, loader, criterion, device, use_amp: bool, channels_last: bo
     return loss_sum / n, float(dice_from_counts(c[:, 0], c[:, 1], c[:, 2]).mean())
 
 
+def train_step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, criterion, opt: torch.optim.Optimizer,
+               scaler: torch.amp.GradScaler, device: torch.device, use_amp: bool, channels_last: bool) -> float | None:
+    """One optimisation step on a batch; the loss, or None (and no step) when it is not finite.
+
+    Shared with benchmarks/train_speed.py so that the benchmark times exactly what training runs. Reading the loss
+    back synchronises with the GPU, so the time until the next batch arrives is the data loader's alone."""
+    x, y = _to_device(x, y, device, channels_last)
+    with autocast(device, use_amp):
+        logits = model(x)
+    loss = criterion(logits, y)
+    opt.zero_grad(set_to_none=True)
+    if not torch.isfinite(loss):
+        return None
+    scaler.scale(loss).backward()
+    scaler.step(opt)
+    scaler.update()
+    return float(loss.detach())
+
+
 def _to_device(x: torch.Tensor, y: torch.Tensor, device: torch.device, channels_last: bool):
     x = x.to(device, non_blocking=True)
     if channels_last:
@@ -273,15 +293,13 @@ def run(args: argparse.Namespace, cfg: dict) -> None:
         train_ds.reseed(seed * 100_019 + epoch)  # augmentation when num_workers == 0
         lr = opt.param_groups[0]["lr"]
         model.train()
-        loss_sum, n_seen, consecutive = 0.0, 0, 0
+        loss_sum, n_seen, consecutive, data_seconds = 0.0, 0, 0, 0.0
         bar = tqdm(train_dl, desc=f"epoch {epoch}/{epochs}", mininterval=5.0, leave=False)
+        t_ready = time.perf_counter()
         for x, y in bar:
-            x, y = _to_device(x, y, device, channels_last)
-            with autocast(device, use_amp):
-                logits = model(x)
-            loss = criterion(logits, y)
-            opt.zero_grad(set_to_none=True)
-            if not torch.isfinite(loss):
+            data_seconds += time.perf_counter() - t_ready  # blocked on the loader (the loss sync ends each step)
+            loss = train_step(model, x, y, criterion, opt, scaler, device, use_amp, channels_last)
+            if loss is None:
                 consecutive += 1
                 s["nonfinite_total"] += 1
                 log.warning("epoch %d: non-finite loss, step skipped (%d in a row)", epoch, consecutive)
@@ -289,14 +307,13 @@ def run(args: argparse.Namespace, cfg: dict) -> None:
                     raise CarvanaSegError(
                         f"{consecutive} consecutive non-finite losses (train.max_nonfinite_steps={max_bad_steps}) "
                         f"in epoch {epoch}: lower variants.{args.variant}.lr or set train.amp: false")
+                t_ready = time.perf_counter()
                 continue
             consecutive = 0
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-            loss_sum += float(loss.detach()) * x.shape[0]
+            loss_sum += loss * x.shape[0]
             n_seen += x.shape[0]
             bar.set_postfix(loss=f"{loss_sum / n_seen:.4f}", refresh=False)
+            t_ready = time.perf_counter()
         bar.close()
         train_seconds = time.perf_counter() - t0
         val_loss, val_dice = _evaluate(model, val_dl, criterion, device, use_amp, channels_last)
@@ -308,15 +325,17 @@ def run(args: argparse.Namespace, cfg: dict) -> None:
             s["bad_epochs"] += 1
         seconds = time.perf_counter() - t0
         row = {"epoch": epoch, "train_loss": loss_sum / max(n_seen, 1), "val_loss": val_loss, "val_dice": val_dice,
-               "lr": lr, "seconds": round(seconds, 3), "images_per_s": round(n_seen / max(train_seconds, 1e-9), 2)}
+               "lr": lr, "seconds": round(seconds, 3), "images_per_s": round(n_seen / max(train_seconds, 1e-9), 2),
+               "data_share": round(data_seconds / max(train_seconds, 1e-9), 4)}
         s["rows"].append(row)
         s["epoch"] = epoch
         _save_atomic({**s, "format": STATE_FORMAT, "identity": identity, "cfg": cfg,
                       "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
                       "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "scaler": scaler.state_dict(),
                       "rng": _rng_state()}, state_dir / STATE_FILE)
-        log.info("epoch %d/%d: train loss %.4f, val loss %.4f, val Dice %.5f, lr %.2e, %.1f s, %.1f img/s",
-                 epoch, epochs, row["train_loss"], val_loss, val_dice, lr, seconds, row["images_per_s"])
+        log.info("epoch %d/%d: train loss %.4f, val loss %.4f, val Dice %.5f, lr %.2e, %.1f s, %.1f img/s, "
+                 "%.1f%% waiting for data", epoch, epochs, row["train_loss"], val_loss, val_dice, lr, seconds,
+                 row["images_per_s"], 100 * row["data_share"])
         if s["bad_epochs"] >= patience:
             log.info("early stopping: no val Dice improvement for %d epochs", patience)
         run_epochs += 1
