@@ -82,11 +82,11 @@ def saturated_bytes(width: int, height: int, n: int = 4) -> float:
     give noisy maps that compress far worse, so this is the number to plan disk space with."""
     import cv2
 
-    from carvana_seg.ensemble import ShardWriter
+    from carvana_seg.staging import NpzWriter
 
     rng = np.random.default_rng(1)
     with tempfile.TemporaryDirectory() as tmp:
-        writer = ShardWriter(Path(tmp) / "shard.npz")
+        writer = NpzWriter(Path(tmp) / "shard.npz")
         for i in range(n):
             m = np.zeros((height, width), np.float32)
             cv2.ellipse(m, (width // 2, height // 2), (int(width * rng.uniform(0.25, 0.4)), int(height * 0.3)),

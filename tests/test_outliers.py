@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from carvana_seg import cli, config, rle, variant_masks
-from carvana_seg.ensemble import ShardWriter
+from carvana_seg.staging import NpzWriter
 from carvana_seg.images import write_jpeg
 from carvana_seg.outlier_features import fix_mask, image_features
 from carvana_seg.outlier_profile import robust_z
@@ -61,8 +61,8 @@ def fabricate(root: Path, n_train: int = 8, n_test: int = 6) -> dict:
     (root / "probs").mkdir()
     shards = []
     for k, chunk in enumerate((ids[:50], ids[50:])):
-        writers = [ShardWriter(root / "probs" / f"shard_{k:05d}.npz"),
-                   ShardWriter(root / "probs" / variant_masks.file_name(k))]
+        writers = [NpzWriter(root / "probs" / f"shard_{k:05d}.npz"),
+                   NpzWriter(root / "probs" / variant_masks.file_name(k))]
         for i in chunk:
             write_jpeg(raw / "test" / f"{i}.jpg", np.full((H, W, 3), 200, np.uint8))
             writers[0].add(i, probs[i])

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from carvana_seg import cli, kaggle_submit, rle
-from carvana_seg.ensemble import ShardWriter
+from carvana_seg.staging import NpzWriter
 from carvana_seg.errors import CarvanaSegError, CredentialsError, DataError
 from carvana_seg.images import write_jpeg
 from carvana_seg.score import score
@@ -35,7 +35,7 @@ def fabricate(root: Path, seed: int = 0) -> tuple[Path, Path, Path, dict[str, np
     (root / "probs").mkdir()
     shards = []
     for k, chunk in enumerate((IDS[:4], IDS[4:])):
-        writer = ShardWriter(root / "probs" / f"shard_{k:05d}.npz")
+        writer = NpzWriter(root / "probs" / f"shard_{k:05d}.npz")
         for i in chunk:
             writer.add(i, probs[i])
         writer.close()

@@ -33,7 +33,7 @@ import cv2
 import numpy as np
 import torch
 
-from carvana_seg import inference, layout, variant_masks
+from carvana_seg import inference, layout, staging, variant_masks
 from carvana_seg.config import config_hash, to_json
 from carvana_seg.errors import ConfigError, DataError
 from carvana_seg.images import read_image
@@ -190,26 +190,6 @@ def iter_probs(variants: list[Variant], raw: Path, ids: list[str], pcfg: dict, d
         del batches
 
 
-class ShardWriter:
-    """Stream arrays into ``<path>.tmp`` as npz entries; ``close()`` renames it to ``path``, ``abort()`` drops it."""
-
-    def __init__(self, path: Path) -> None:
-        self.path, self.tmp = path, path.with_name(path.name + ".tmp")
-        self.zip = zipfile.ZipFile(self.tmp, "w", compression=zipfile.ZIP_DEFLATED)
-
-    def add(self, key: str, arr: np.ndarray) -> None:
-        with self.zip.open(f"{key}.npy", "w", force_zip64=True) as fh:
-            np.lib.format.write_array(fh, np.ascontiguousarray(arr), allow_pickle=False)
-
-    def close(self) -> None:
-        self.zip.close()
-        os.replace(self.tmp, self.path)
-
-    def abort(self) -> None:
-        self.zip.close()
-        self.tmp.unlink(missing_ok=True)
-
-
 def shard_complete(path: Path, ids: list[str]) -> bool:
     """Whether ``path`` is a finished shard holding exactly ``ids`` (reads only the zip directory)."""
     try:
@@ -246,7 +226,8 @@ def write_shards(variants: list[Variant], raw: Path, ids: list[str], out_dir: Pa
     start, done = time.perf_counter(), 0
     try:
         for k, chunk in todo:
-            writers = [ShardWriter(out_dir / variant_masks.file_name(k)), ShardWriter(out_dir / shard_name(k))]
+            writers = [staging.NpzWriter(out_dir / variant_masks.file_name(k)),
+                       staging.NpzWriter(out_dir / shard_name(k))]
             try:
                 for want in chunk:
                     got, prob, packed = next(stream)
@@ -308,8 +289,6 @@ def run(args: argparse.Namespace, cfg: dict) -> None:
                           "variants": [v.name for v in variants], "scale": variant_masks.SCALE,
                           "threshold": variant_masks.THRESHOLD},
     }
-    manifest.parent.mkdir(parents=True, exist_ok=True)
-    manifest.with_name(manifest.name + ".tmp").write_text(json.dumps(record, indent=2) + "\n")
-    os.replace(manifest.with_name(manifest.name + ".tmp"), manifest)
+    staging.write_text(manifest, json.dumps(record, indent=2) + "\n")
     log.info("ensemble: %d images (%d computed) in %.1f s, %.2f images/s, %.0f bytes/image",
              len(ids), result["n_computed"], seconds, record["images_per_s"], record["bytes_per_image"])

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
-import zipfile
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -25,7 +23,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from carvana_seg import inference, layout, resize_cache
+from carvana_seg import inference, layout, resize_cache, staging
 from carvana_seg.errors import DataError
 from carvana_seg.images import image_size, read_mask
 from carvana_seg.metrics import dice
@@ -68,31 +66,6 @@ def to_original(prob: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.clip(np.rint(p * 255.0), 0, 255).astype(np.uint8)
 
 
-class NpzWriter:
-    """Write arrays one by one into an ``np.savez_compressed``-compatible npz; atomic (``*.tmp.npz`` + rename)."""
-
-    def __init__(self, path: str | os.PathLike) -> None:
-        self.path = Path(path)
-        stem = self.path.name[:-4] if self.path.name.endswith(".npz") else self.path.name
-        self.tmp = self.path.with_name(f"{stem}.tmp.npz")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._zip = zipfile.ZipFile(self.tmp, "w", compression=zipfile.ZIP_DEFLATED, allowZip64=True)
-
-    def add(self, key: str, array: np.ndarray) -> None:
-        with self._zip.open(f"{key}.npy", "w", force_zip64=True) as fh:
-            np.lib.format.write_array(fh, np.asanyarray(array), allow_pickle=False)
-
-    def __enter__(self) -> "NpzWriter":
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        self._zip.close()
-        if exc_type is None:
-            os.replace(self.tmp, self.path)
-        else:
-            self.tmp.unlink(missing_ok=True)
-
-
 def _postprocess(job: tuple[str, np.ndarray, Path]) -> tuple[np.ndarray, float]:
     """Original-size uint8 probabilities of one image and its Dice against the full-resolution mask."""
     image_id, prob, raw = job
@@ -129,7 +102,7 @@ def run(args: argparse.Namespace, cfg: dict) -> None:
     raw = Path(args.raw)
     cars = dict(zip(folds["img"], folds["car"]))
     scores: list[float] = []
-    with NpzWriter(args.out) as npz, ThreadPoolExecutor(max(1, pc.get("workers", 1))) as pool:
+    with staging.NpzWriter(args.out) as npz, ThreadPoolExecutor(max(1, pc.get("workers", 1))) as pool:
         preds = predict_rows([model], images, rows, device, pc["batch_size"], pc["tta_hflip"], channels_last)
         batch: list[tuple[str, np.ndarray, Path]] = []
         for n, (row, prob) in enumerate(preds, 1):
@@ -141,11 +114,7 @@ def run(args: argparse.Namespace, cfg: dict) -> None:
                 batch = []
     table = pd.DataFrame({"img": val_ids, "car": [cars[i] for i in val_ids], "fold": args.fold,
                           "variant": args.variant, "dice": scores}, columns=DICE_COLUMNS)
-    out_dice = Path(args.out_dice)
-    out_dice.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dice.with_name(f"{out_dice.name}.tmp-{os.getpid()}")
-    table.to_csv(tmp, index=False)
-    os.replace(tmp, out_dice)
+    staging.write_text(Path(args.out_dice), table.to_csv(index=False))
     log.info("variant %s fold %d: %d OOF images (tta_hflip=%s), mean Dice %.5f at original size",
              args.variant, args.fold, len(table), pc["tta_hflip"], table["dice"].mean())
 

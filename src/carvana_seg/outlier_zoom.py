@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from carvana_seg import inference, layout
-from carvana_seg.ensemble import ShardWriter, Variant, finalize, load_variants
+from carvana_seg import inference, layout, staging
+from carvana_seg.ensemble import Variant, finalize, load_variants
 from carvana_seg.images import read_image
 from carvana_seg.resize_cache import resize_image
 from carvana_seg.threshold import level
@@ -79,7 +79,7 @@ def zoom_images(images: list[tuple[str, str]], raw: Path, models: list[Path], cf
     variants = load_variants(models, cfg, dev)
     predict = ensemble_predictor(variants, cfg["predict"]["tta_hflip"], dev)
     ocfg, done, shards = cfg["outliers"], [], {}
-    writer = ShardWriter(out)
+    writer = staging.NpzWriter(out)
     try:
         for image_id, shard in images:
             shards.setdefault(shard, np.load(shard))

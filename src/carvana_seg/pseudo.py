@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from carvana_seg import layout, rle
+from carvana_seg import layout, rle, staging
 from carvana_seg.errors import ConfigError, DataError
 from carvana_seg.images import write_mask_gif
 from carvana_seg.submission import shard_paths
@@ -135,26 +135,17 @@ def _write_shard(job: tuple[str, list[str], float, str, str, str]) -> list[tuple
 
 def write_layout(df: pd.DataFrame, threshold: float, raw: Path, out_dir: Path, workers: int = 1) -> int:
     """Write the selected images of ``df`` as a Kaggle training layout in ``out_dir`` (atomically); return the count."""
-    out_dir = Path(out_dir)
-    tmp = out_dir.with_name(out_dir.name + f".tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    for sub in (layout.TRAIN_DIR, layout.MASK_DIR):
-        (tmp / sub).mkdir(parents=True)
     chosen = df[df["selected"]].sort_values("id")
-    link_base = os.path.abspath(out_dir / layout.TRAIN_DIR)
-    jobs = [(shard, list(g["id"]), threshold, str(tmp), os.path.abspath(Path(raw) / layout.TEST_DIR), link_base)
-            for shard, g in chosen.groupby("shard", sort=True)]
-    try:
+    link_base = os.path.abspath(Path(out_dir) / layout.TRAIN_DIR)
+    with staging.staged_dir(Path(out_dir)) as tmp:
+        for sub in (layout.TRAIN_DIR, layout.MASK_DIR):
+            (tmp / sub).mkdir()
+        jobs = [(shard, list(g["id"]), threshold, str(tmp), os.path.abspath(Path(raw) / layout.TEST_DIR), link_base)
+                for shard, g in chosen.groupby("shard", sort=True)]
         with Pool(min(workers, len(jobs))) if workers > 1 and len(jobs) > 1 else nullcontext() as pool:
             parts = pool.map(_write_shard, jobs, chunksize=1) if pool else [_write_shard(j) for j in jobs]
         rows = sorted(r for part in parts for r in part)
         pd.DataFrame(rows, columns=["img", "rle_mask"]).to_csv(tmp / layout.TRAIN_MASKS_CSV, index=False)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return len(rows)
 
 
@@ -182,13 +173,6 @@ def summarize(df: pd.DataFrame, cfg: dict, threshold: float, round_: int | None)
     }
 
 
-def _write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--manifest", required=True, help="ensemble manifest of the previous round (test_probs.json)")
     parser.add_argument("--threshold", required=True, help="threshold JSON of the previous round")
@@ -213,9 +197,9 @@ def run(args: argparse.Namespace, cfg: dict) -> None:
     n = write_layout(df, threshold, Path(args.raw), Path(args.out_dir), workers)
     table = df.assign(img=df["id"].map(layout.image_file)).sort_values("img")[COLUMNS]
     table = table.assign(flagged_car=table["flagged_car"].astype(int), selected=table["selected"].astype(int))
-    _write_text(Path(args.table), table.round(6).to_csv(index=False))
+    staging.write_text(Path(args.table), table.round(6).to_csv(index=False))
     summary = summarize(df, pc, threshold, args.round)
-    _write_text(Path(args.summary), json.dumps(summary, indent=2) + "\n")
+    staging.write_text(Path(args.summary), json.dumps(summary, indent=2) + "\n")
     u = summary["uncertain_share"]["selected"]
     log.info("pseudo-labels: %d of %d test images selected (%d cars; %d images of %d flagged cars excluded) at "
              "threshold %.4f -> %s", n, len(df), summary["n_selected_cars"], summary["n_flagged_car_images"],

@@ -19,8 +19,6 @@ import argparse
 import hashlib
 import json
 import logging
-import os
-import shutil
 from multiprocessing import Pool
 from pathlib import Path
 
@@ -28,7 +26,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from carvana_seg import layout
+from carvana_seg import layout, staging
 from carvana_seg.images import read_image, read_mask
 
 log = logging.getLogger(__name__)
@@ -67,11 +65,7 @@ def _load_pair(job: tuple[str, str, tuple[int, int]]) -> tuple[np.ndarray, np.nd
 def build(raw: Path, ids: list[str], size: tuple[int, int], out_dir: Path, workers: int = 1) -> None:
     """Write the cache for ``ids`` at ``size`` = (W, H) into ``out_dir``, atomically (tmp dir, then rename)."""
     w, h = size
-    out_dir = Path(out_dir)
-    tmp = out_dir.with_name(out_dir.name + f".tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+    with staging.staged_dir(Path(out_dir)) as tmp:
         images = np.lib.format.open_memmap(tmp / "images.npy", mode="w+", dtype=np.uint8, shape=(len(ids), h, w, 3))
         masks = np.lib.format.open_memmap(tmp / "masks.npy", mode="w+", dtype=np.uint8, shape=(len(ids), h, w))
         jobs = [(str(raw), i, (w, h)) for i in ids]
@@ -88,12 +82,6 @@ def build(raw: Path, ids: list[str], size: tuple[int, int], out_dir: Path, worke
         (tmp / "ids.txt").write_text("".join(f"{i}\n" for i in ids))
         meta = {"width": w, "height": h, "n": len(ids), "masks_sha256": digest.hexdigest()}
         (tmp / "meta.json").write_text(json.dumps(meta))
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 class _Serial:

@@ -13,14 +13,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 from collections.abc import Iterator
 from multiprocessing import Pool
 from pathlib import Path
 
 import numpy as np
 
-from carvana_seg import layout
+from carvana_seg import layout, staging
 from carvana_seg.config import fold_ids
 from carvana_seg.errors import ConfigError, DataError
 from carvana_seg.images import read_mask
@@ -156,13 +155,6 @@ def choose(curve: np.ndarray, n_images: int, cfg: dict) -> dict:
             "n_images": n_images}
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--oof", nargs="+", required=True,
                         help="every OOF npz (results/<name>/oof/<variant>/fold<k>.npz)")
@@ -176,7 +168,7 @@ def run(args: argparse.Namespace, cfg: dict) -> None:
     curve, n = oof_curve([Path(p) for p in args.oof], Path(args.raw), cfg, workers=max(1, args.threads))
     result = choose(curve, n, cfg)
     rows = "".join(f"{lv / 255.0:.6f},{d:.6f}\n" for lv, d in enumerate(curve))
-    _write_atomic(Path(args.curve), "threshold,mean_dice\n" + rows)
-    _write_atomic(Path(args.out), json.dumps(result, indent=2) + "\n")
+    staging.write_text(Path(args.curve), "threshold,mean_dice\n" + rows)
+    staging.write_text(Path(args.out), json.dumps(result, indent=2) + "\n")
     log.info("threshold %.4f (level %d, %s): OOF mean Dice %.5f on %d images",
              result["threshold"], result["level"], result["source"], result["mean_dice"], n)

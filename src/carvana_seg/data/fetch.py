@@ -14,11 +14,11 @@ import argparse
 import json
 import logging
 import os
-import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
+from carvana_seg import staging
 from carvana_seg.data import kaggle_source, local_source
 from carvana_seg.data.validate import validate_raw
 from carvana_seg.errors import ConfigError
@@ -41,26 +41,6 @@ def _key(section: dict, key: str, prefix: str = "data") -> Any:
     return section[key]
 
 
-def _remove(path: Path) -> None:
-    """Remove a file, a symlink or a directory tree (symlinks inside are unlinked, never followed)."""
-    if path.is_symlink() or path.is_file():
-        path.unlink()
-    elif path.exists():
-        shutil.rmtree(path)
-
-
-def _install(staging: Path, out: Path) -> None:
-    """Rename the finished ``staging`` directory to ``out``, replacing whatever ``out`` was."""
-    if out.exists() or out.is_symlink():
-        log.info("replacing existing %s", out)
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        os.replace(out, old)
-        os.replace(staging, out)
-        _remove(old)
-    else:
-        os.replace(staging, out)
-
-
 def _fetch_synthetic(data: dict, out: Path, threads: int) -> dict:
     if out.name != "raw":
         raise ConfigError(f"--out {out}: the synthetic source writes <root>/raw, so --out must end in 'raw'")
@@ -72,7 +52,7 @@ def _fetch_synthetic(data: dict, out: Path, threads: int) -> dict:
     try:
         return validate_raw(out, quick=True, workers=threads)
     except BaseException:
-        _remove(out)
+        staging.remove(out)
         raise
 
 
@@ -80,36 +60,36 @@ def _fetch_local(data: dict, out: Path, threads: int) -> dict:
     path = _key(data, "path")
     if not path:
         raise ConfigError("config key 'data.path': required when data.source is 'local'")
-    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial-"))
+    partial = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial-"))
     umask = os.umask(0)
     os.umask(umask)
-    staging.chmod(0o777 & ~umask)  # mkdtemp makes it 0700; the final raw dir gets ordinary permissions
+    partial.chmod(0o777 & ~umask)  # mkdtemp makes it 0700; the final raw dir gets ordinary permissions
     try:
-        local_source.link_local(Path(path), staging, hq=bool(data.get("hq", False)))
-        summary = validate_raw(staging, quick=True, workers=threads)
-        _install(staging, out)
+        local_source.link_local(Path(path), partial, hq=bool(data.get("hq", False)))
+        summary = validate_raw(partial, quick=True, workers=threads)
+        staging.replace_dir(partial, out)
     except BaseException:
-        _remove(staging)
+        staging.remove(partial)
         raise
     return summary
 
 
 def _fetch_kaggle(data: dict, out: Path, threads: int) -> dict:
     kaggle_source.check_credentials()  # before anything is created on disk
-    staging = out.with_name(f".{out.name}.kaggle-partial")
+    partial = out.with_name(f".{out.name}.kaggle-partial")
     try:
         kaggle_source.download(
-            _key(data, "competition"), staging, hq=bool(_key(data, "hq")), include_test=bool(_key(data, "include_test"))
+            _key(data, "competition"), partial, hq=bool(_key(data, "hq")), include_test=bool(_key(data, "include_test"))
         )
-        summary = validate_raw(staging, quick=True, workers=threads)
+        summary = validate_raw(partial, quick=True, workers=threads)
     except BaseException:
-        if not any((staging / kaggle_source.DOWNLOAD_DIR).glob("*.ok")):
-            _remove(staging)
+        if not any((partial / kaggle_source.DOWNLOAD_DIR).glob("*.ok")):
+            staging.remove(partial)
         else:
-            log.info("keeping %s: verified archives there are reused by the next run", staging)
+            log.info("keeping %s: verified archives there are reused by the next run", partial)
         raise
-    _remove(staging / kaggle_source.DOWNLOAD_DIR)
-    _install(staging, out)
+    staging.remove(partial / kaggle_source.DOWNLOAD_DIR)
+    staging.replace_dir(partial, out)
     return summary
 
 
@@ -131,10 +111,7 @@ def fetch_raw(data: dict, out: Path, threads: int = 1) -> dict:
 
 def write_manifest(path: Path, data: dict, summary: dict) -> None:
     """Write the fetch manifest (source settings + quick summary) atomically: it marks ``raw`` as complete."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps({"data": data, "summary": summary}, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    staging.write_text(path, json.dumps({"data": data, "summary": summary}, indent=2, sort_keys=True) + "\n")
 
 
 def run(args: argparse.Namespace, cfg: dict) -> None:
