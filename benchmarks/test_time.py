@@ -1,10 +1,10 @@
 """Test-time throughput of the streaming ensemble vs. its models alone, and peak RSS for N and 8N test images.
 
-    python benchmarks/test_time.py [--n 8] [--width 1918 --height 1280] [--folds 3] [--batch-size 8] ...
+    python benchmarks/test_time.py [--n 8] [--multiples 1 2 4 8] [--width 1918 --height 1280] [--folds 3] ...
 
 Fabricates test photos at the given size and random-init checkpoints of the demo config's variants, runs the
 ``ensemble`` stage code (decode workers, flip-TTA over every fold model, resize back, weighted mean, uint8 shards)
-in a fresh process for N and for 8N images, and times the same models on random tensors of the same batch size.
+in a fresh process for N and for 8N images (and any other ``--multiples`` of N: the peak-RSS table), and times the same models on random tensors of the same batch size.
 The ratio on the last line is what the rest of the pipeline costs: 1.0 means the models are never starved.
 Not a pytest test (pytest only collects ``tests/``).
 """
@@ -138,6 +138,9 @@ def _child_json(root: Path, args: argparse.Namespace, *flags: str) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=8, help="N: the small run; the large run has 8N images")
+    parser.add_argument("--multiples", type=int, nargs="+", default=[1, 8],
+                        help="test-set sizes, in multiples of N, for the peak-RSS table (the largest also times "
+                             "the models alone)")
     parser.add_argument("--width", type=int, default=1918)
     parser.add_argument("--height", type=int, default=1280)
     parser.add_argument("--folds", type=int, default=3, help="fold models per variant (demo variants)")
@@ -153,24 +156,27 @@ def main() -> None:
         return child(args)
     with tempfile.TemporaryDirectory(prefix="bench-test-time-") as tmp:
         root = Path(tmp)
-        paths, cfg = fabricate(root, 8 * args.n, args.width, args.height, args.folds)
+        sizes = sorted({args.n * m for m in args.multiples} | {args.n, 8 * args.n})
+        paths, cfg = fabricate(root, sizes[-1], args.width, args.height, args.folds)
         cfg["predict"] = {"tta_hflip": True, "batch_size": args.batch_size, "workers": args.workers,
                           "shard_size": args.n}
         (root / "cfg.json").write_text(json.dumps(cfg))
-        runs = {args.n: _child_json(root, args, "--child", str(args.n)),
-                8 * args.n: _child_json(root, args, "--child", str(8 * args.n), "--model-only")}
-        big = runs[8 * args.n]
+        runs = {n: _child_json(root, args, "--child", str(n), *(["--model-only"] if n == sizes[-1] else []))
+                for n in sizes}
+        big = runs[sizes[-1]]
         pipeline, models = big["n"] / big["write_s"], big["n"] / big["model_only_s"]
     names = ", ".join(f"{v['name']} {v['width']}x{v['height']}" for v in cfg["variants"])
     print(f"setup: device={args.device} threads={args.threads} images {args.width}x{args.height}, variants [{names}] "
           f"x {args.folds} folds, flip-TTA, batch {args.batch_size}, {args.workers} decode workers, shard {args.n}")
+    small = runs[args.n]
+    print(f"{'images':>7} {'seconds':>8} {'images/s':>9} {'peak RSS main MiB':>18} {'decode worker MiB':>18} "
+          f"{'main vs N':>10}")
     for n, r in runs.items():
-        print(f"ensemble {n:4d} images: {r['write_s']:.2f} s ({n / r['write_s']:.2f} images/s, model load "
-              f"{r['load_s']:.2f} s), {r['bytes_per_image']:.0f} shard bytes/image, "
-              f"peak RSS {r['max_rss_mib']:.0f} MiB")
-    print(f"peak RSS (main process / decode worker): N={args.n}: {runs[args.n]['max_rss_mib']:.0f} / "
-          f"{runs[args.n]['max_rss_workers_mib']:.0f} MiB, 8N={8 * args.n}: {big['max_rss_mib']:.0f} / "
-          f"{big['max_rss_workers_mib']:.0f} MiB")
+        print(f"{n:7d} {r['write_s']:8.2f} {n / r['write_s']:9.2f} {r['max_rss_mib']:18.0f} "
+              f"{r['max_rss_workers_mib']:18.0f} {r['max_rss_mib'] / small['max_rss_mib']:10.3f}")
+    print(f"peak RSS (main process / decode worker): N={args.n}: {small['max_rss_mib']:.0f} / "
+          f"{small['max_rss_workers_mib']:.0f} MiB, 8N={8 * args.n}: {runs[8 * args.n]['max_rss_mib']:.0f} / "
+          f"{runs[8 * args.n]['max_rss_workers_mib']:.0f} MiB")
     print(f"shard bytes/image: {big['bytes_per_image']:.0f} (random-init models, noisy maps); "
           f"{saturated_bytes(args.width, args.height):.0f} for trained-like saturated maps")
     print(f"pipeline: {pipeline:.2f} images/s; model-only (random tensors, same batch): {models:.2f} images/s")
