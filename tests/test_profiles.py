@@ -56,3 +56,22 @@ def test_profile_dry_run_plans_gpu_jobs(repo_root, tmp_path, name):
         assert blocks and all(re.search(r"resources:.*\bgpu=1\b", b) for b in blocks), (rule, blocks[:1])
     fetch = next(b for b in jobs if b.lstrip().startswith("rule fetch:"))
     assert not re.search(r"resources:.*\bgpu=", fetch)
+
+
+def test_cpu_profile_runs_model_jobs_single_threaded(repo_root, tmp_path):
+    """`make demo` without a GPU: model jobs get one thread each (two at once on 2 cores), other rules keep theirs."""
+    prof = _profile(repo_root, "cpu")
+    assert prof["set-threads"] == {rule: 1 for rule in GPU_RULES}
+    assert "resources" not in prof  # no gpu limit: only the cores bound the number of jobs
+    res = snakemake(repo_root, tmp_path, "-n", "--profile", str(repo_root / "workflow" / "profiles" / "cpu"),
+                    "--configfile", str(repo_root / "config" / "demo.yaml"))
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, out[-3000:]
+    jobs = re.split(r"\n(?=\[.*\]\n)|\n(?=rule \w+:)", out)
+    for rule in GPU_RULES:
+        blocks = [b for b in jobs if b.lstrip().startswith(f"rule {rule}:")]
+        assert blocks and not any(re.search(r"threads: [2-9]", b) for b in blocks), (rule, blocks[:1])
+    fetch = next(b for b in jobs if b.lstrip().startswith("rule fetch:"))
+    assert re.search(r"threads: 2\b", fetch), fetch
+    makefile = (repo_root / "Makefile").read_text()
+    assert "--profile workflow/profiles/cpu" in makefile and "nvidia-smi -L" in makefile
