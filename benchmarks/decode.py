@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-import time
 from pathlib import Path
 
 import cv2
 import numpy as np
 from PIL import Image
 
+from _timing import per_item_ms
 from carvana_seg.images import read_image, read_mask
 from carvana_seg.resize_cache import parse_size, resize_image
 
@@ -30,16 +30,6 @@ def photos(real: Path | None, n: int, tmp: Path) -> tuple[list[Path], list[Path]
     generate(tmp, n_train_cars=max(1, n // 16), n_test_cars=1, n_outlier_cars=0, seed=0)
     jpgs = sorted((tmp / "raw" / "train").glob("*.jpg"))[:n]
     return jpgs, [tmp / "raw" / "train_masks" / f"{p.stem}_mask.gif" for p in jpgs]
-
-
-def per_image_ms(fn, items, repeat: int = 2) -> float:
-    best = float("inf")
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        for x in items:
-            fn(x)
-        best = min(best, time.perf_counter() - t0)
-    return best / len(items) * 1e3
 
 
 def pil_decode_resize(path: Path, size: tuple[int, int]) -> np.ndarray:
@@ -69,13 +59,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as d:
         jpgs, gifs = photos(args.real, args.n, Path(d))
         rows = [
-            ("jpeg: OpenCV full decode", per_image_ms(read_image, jpgs)),
-            ("jpeg: PIL full decode", per_image_ms(lambda p: np.asarray(Image.open(p).convert("RGB")), jpgs)),
-            (f"jpeg->{args.size}: OpenCV full + INTER_AREA", per_image_ms(lambda p: resize_image(read_image(p), size), jpgs)),
-            (f"jpeg->{args.size}: OpenCV reduced decode + resize", per_image_ms(lambda p: cv2_reduced(p, size), jpgs)),
-            (f"jpeg->{args.size}: PIL draft + resize", per_image_ms(lambda p: pil_decode_resize(p, size), jpgs)),
-            ("gif mask: PIL (read_mask)", per_image_ms(read_mask, gifs)),
-            ("gif mask: PIL raw palette", per_image_ms(lambda p: np.asarray(Image.open(p)), gifs)),
+            ("jpeg: OpenCV full decode", per_item_ms(read_image, jpgs)),
+            ("jpeg: PIL full decode", per_item_ms(lambda p: np.asarray(Image.open(p).convert("RGB")), jpgs)),
+            (f"jpeg->{args.size}: OpenCV full + INTER_AREA", per_item_ms(lambda p: resize_image(read_image(p), size), jpgs)),
+            (f"jpeg->{args.size}: OpenCV reduced decode + resize", per_item_ms(lambda p: cv2_reduced(p, size), jpgs)),
+            (f"jpeg->{args.size}: PIL draft + resize", per_item_ms(lambda p: pil_decode_resize(p, size), jpgs)),
+            ("gif mask: PIL (read_mask)", per_item_ms(read_mask, gifs)),
+            ("gif mask: PIL raw palette", per_item_ms(lambda p: np.asarray(Image.open(p)), gifs)),
         ]
         full = resize_image(read_image(jpgs[0]), size).astype(np.float32)
         red = cv2_reduced(jpgs[0], size).astype(np.float32)

@@ -7,11 +7,11 @@ Masks: real GIFs when --real is given, else car-like ellipses. Outputs are check
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 
 import numpy as np
 
+from _timing import per_item_ms
 from carvana_seg import rle
 
 
@@ -29,16 +29,6 @@ def masks(real: Path | None, n: int) -> list[np.ndarray]:
     return out
 
 
-def timeit(fn, items, repeat: int = 3) -> float:
-    best = float("inf")
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        for x in items:
-            fn(x)
-        best = min(best, time.perf_counter() - t0)
-    return best / len(items) * 1e3
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--real", type=Path, default=None)
@@ -50,8 +40,8 @@ def main() -> None:
     shape = ms[0].shape
     assert all(np.array_equal(rle.decode(t, shape), rle.decode_reference(t, shape)) for t in texts)
     rows = [
-        ("encode", timeit(rle.encode_reference, ms), timeit(rle.encode, ms)),
-        ("decode", timeit(lambda t: rle.decode_reference(t, shape), texts), timeit(lambda t: rle.decode(t, shape), texts)),
+        ("encode", per_item_ms(rle.encode_reference, ms), per_item_ms(rle.encode, ms)),
+        ("decode", per_item_ms(lambda t: rle.decode_reference(t, shape), texts), per_item_ms(lambda t: rle.decode(t, shape), texts)),
     ]
     print(f"{'op':8} {'reference ms':>13} {'carvana_seg ms':>15} {'speed-up':>9}   ({len(ms)} masks {shape[1]}x{shape[0]})")
     for op, ref, ours in rows:
