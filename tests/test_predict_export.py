@@ -12,7 +12,7 @@ from PIL import Image
 
 from carvana_seg import cli, ensemble, inference, predict
 from carvana_seg.images import read_image, write_jpeg
-from carvana_seg.resize_cache import resize_image
+from carvana_seg.resize_cache import load_resized
 from carvana_seg.threshold import binarize
 from carvana_seg.training.model import build_model, save_checkpoint
 
@@ -74,8 +74,9 @@ def test_predict_writes_mask_and_cutout_of_the_photo_size(results, tmp_path, cap
     # the same numbers as the test ensemble: per-variant flip-TTA, resized back, weighted mean, binarised
     variants = predict.load_ensemble(predict.find_checkpoints(results), torch.device("cpu"))
     cpu = torch.device("cpu")
-    probs = [inference.predict_probs(v.models, inference.to_tensor(resize_image(rgb, v.size)[None], cpu))[0].numpy()
-             for v in variants]
+    _, images = load_resized(jpg, [v.size for v in variants])
+    probs = [inference.predict_probs(v.models, inference.to_tensor(x[None], cpu))[0].numpy()
+             for v, x in zip(variants, images)]
     want = binarize(ensemble.finalize(rgb.shape[:2], probs, [v.weight for v in variants]), threshold)
     assert np.array_equal(mask == 255, want)
     assert [v.weight for v in variants] == [1.0, 3.0]

