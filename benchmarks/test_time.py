@@ -28,12 +28,13 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def fabricate(root: Path, n: int, width: int, height: int, folds: int) -> tuple[list[Path], dict]:
+def fabricate(root: Path, n: int, width: int, height: int, folds: int,
+              config: Path = ROOT / "config" / "demo.yaml") -> tuple[list[Path], dict]:
     """``n`` test photos (noisy ellipse 'cars'), the stage config and one checkpoint per variant x fold."""
     from carvana_seg.images import write_jpeg
     from carvana_seg.training.model import build_model, save_checkpoint
 
-    demo = yaml.safe_load((ROOT / "config" / "demo.yaml").read_text())
+    demo = yaml.safe_load(Path(config).read_text())
     variants = [dict(v, encoder_weights=None, weight=1.0) for v in demo["variants"]]
     rng = np.random.default_rng(0)
     (root / "test").mkdir(parents=True)
@@ -143,7 +144,9 @@ def main() -> None:
                              "the models alone)")
     parser.add_argument("--width", type=int, default=1918)
     parser.add_argument("--height", type=int, default=1280)
-    parser.add_argument("--folds", type=int, default=3, help="fold models per variant (demo variants)")
+    parser.add_argument("--folds", type=int, default=3, help="fold models per variant")
+    parser.add_argument("--config", type=Path, default=ROOT / "config" / "demo.yaml",
+                        help="whose variants to fabricate (config/config.yaml: the competition's, for a GPU)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--workers", type=int, default=1, help="decode worker processes")
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
@@ -157,7 +160,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-test-time-") as tmp:
         root = Path(tmp)
         sizes = sorted({args.n * m for m in args.multiples} | {args.n, 8 * args.n})
-        paths, cfg = fabricate(root, sizes[-1], args.width, args.height, args.folds)
+        paths, cfg = fabricate(root, sizes[-1], args.width, args.height, args.folds, args.config)
         cfg["predict"] = {"tta_hflip": True, "batch_size": args.batch_size, "workers": args.workers,
                           "shard_size": args.n}
         (root / "cfg.json").write_text(json.dumps(cfg))
