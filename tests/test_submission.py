@@ -64,7 +64,7 @@ def test_submission_order_empty_masks_and_gzip(tmp_path, threads):
     assert table["rle_mask"][0] == ""  # empty mask: empty string
     for img, mask in zip(table["img"], table["rle_mask"]):
         np.testing.assert_array_equal(rle.decode(mask, (H, W)), binarize(probs[img[:-4]], 0.5))
-    assert not list(tmp_path.glob("*.tmp"))
+    assert not list(tmp_path.glob("*.tmp*"))
 
 
 def _rows(**changes) -> list[list[str]]:
@@ -92,7 +92,7 @@ def test_invalid_output_is_never_finalised(tmp_path, monkeypatch):
     raw, manifest, threshold, _ = fabricate(tmp_path)
     monkeypatch.setattr(rle, "encode", lambda mask: "5 10 8 2")  # overlapping runs
     rc, out = write(tmp_path, raw, manifest, threshold)
-    assert rc == 2 and not out.exists() and not list(tmp_path.glob("*.tmp"))
+    assert rc == 2 and not out.exists() and not list(tmp_path.glob("*.tmp*"))
     monkeypatch.undo()
     (raw / "sample_submission.csv").write_text("img,rle_mask\n" + "".join(f"{i},1 1\n" for i in reversed(IMGS)))
     rc, out = write(tmp_path, raw, manifest, threshold)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import warnings
 from pathlib import Path
 
@@ -23,6 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from carvana_seg import staging
 from carvana_seg.errors import CarvanaSegError
 
 log = logging.getLogger(__name__)
@@ -50,30 +50,27 @@ def export(checkpoint: Path, out: Path, opset: int = 17) -> dict:
     variant = cfg["variant"]
     wrapped = Probabilities(model).eval()
     sample = torch.zeros(1, 3, int(variant["height"]), int(variant["width"]))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the TorchScript exporter is deprecated (dynamo), still supported
-            torch.onnx.export(
-                wrapped, (sample,), str(tmp), dynamo=False, opset_version=opset,
-                input_names=["image"], output_names=["probability"],
-                dynamic_axes={"image": {0: "batch"}, "probability": {0: "batch"}},
-            )
-        proto = onnx.load(str(tmp))
-        onnx.checker.check_model(proto)
-    except Exception as exc:
-        tmp.unlink(missing_ok=True)
-        first = (str(exc).splitlines() or [""])[0][:200]
-        msg = f"{checkpoint}: ONNX export at opset {opset} failed ({type(exc).__name__}: {first})"
-        raise CarvanaSegError(msg) from exc
-    meta = {"carvana_seg.variant": json.dumps(variant, sort_keys=True),
-            "carvana_seg.input": "float32 RGB 0..255, NCHW", "carvana_seg.output": "sigmoid probability"}
-    for key, value in meta.items():
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = key, value
-    onnx.save(proto, str(tmp))
-    os.replace(tmp, out)
+    with staging.staged_file(out) as tmp:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # the TorchScript exporter is deprecated (dynamo), still supported
+                torch.onnx.export(
+                    wrapped, (sample,), str(tmp), dynamo=False, opset_version=opset,
+                    input_names=["image"], output_names=["probability"],
+                    dynamic_axes={"image": {0: "batch"}, "probability": {0: "batch"}},
+                )
+            proto = onnx.load(str(tmp))
+            onnx.checker.check_model(proto)
+        except Exception as exc:
+            first = (str(exc).splitlines() or [""])[0][:200]
+            msg = f"{checkpoint}: ONNX export at opset {opset} failed ({type(exc).__name__}: {first})"
+            raise CarvanaSegError(msg) from exc
+        meta = {"carvana_seg.variant": json.dumps(variant, sort_keys=True),
+                "carvana_seg.input": "float32 RGB 0..255, NCHW", "carvana_seg.output": "sigmoid probability"}
+        for key, value in meta.items():
+            entry = proto.metadata_props.add()
+            entry.key, entry.value = key, value
+        onnx.save(proto, str(tmp))
     return variant
 
 

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from sklearn.model_selection import GroupKFold, StratifiedGroupKFold
 
-from carvana_seg import layout
+from carvana_seg import layout, staging
 from carvana_seg.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -82,10 +81,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, cfg: dict) -> None:
     fc = cfg["folds"]
     folds = assign_folds(mask_areas(Path(args.raw)), fc["k"], fc["seed"], fc["stratify_by_area"])
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    folds.to_csv(tmp, index=False)
-    os.replace(tmp, out)
+    staging.write_text(Path(args.out), folds.to_csv(index=False))
     summary = folds.groupby("fold").agg(cars=("car", "nunique"), images=("img", "size"), area=("area", "mean"))
     log.info("folds:\n%s", summary.to_string())

@@ -13,6 +13,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from carvana_seg import staging
 from carvana_seg.errors import DataError
 
 cv2.setNumThreads(1)  # parallelism comes from our own workers, never nested inside OpenCV
@@ -66,9 +67,8 @@ def write_mask_gif(path: str | os.PathLike, mask: np.ndarray) -> None:
     """Write a 0/1 mask as a single-frame palette GIF, the Kaggle training-mask format."""
     im = Image.fromarray((np.asarray(mask) != 0).astype(np.uint8), mode="P")
     im.putpalette([0, 0, 0, 255, 255, 255] + [0, 0, 0] * 254)
-    tmp = Path(str(path) + ".tmp")
-    im.save(tmp, format="GIF")
-    os.replace(tmp, path)
+    with staging.staged_file(Path(path)) as tmp:
+        im.save(tmp, format="GIF")
 
 
 def write_jpeg(path: str | os.PathLike, rgb: np.ndarray, quality: int = 92) -> None:
@@ -76,9 +76,7 @@ def write_jpeg(path: str | os.PathLike, rgb: np.ndarray, quality: int = 92) -> N
     ok, buf = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
     if not ok:
         raise DataError(f"{path}: JPEG encoding failed")
-    tmp = Path(str(path) + ".tmp")
-    tmp.write_bytes(buf.tobytes())
-    os.replace(tmp, path)
+    staging.write_bytes(Path(path), buf.tobytes())
 
 
 def image_size(path: str | os.PathLike) -> tuple[int, int]:

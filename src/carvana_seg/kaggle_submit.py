@@ -13,13 +13,12 @@ import argparse
 import hashlib
 import json
 import logging
-import os
 from collections.abc import Iterator, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from carvana_seg import layout
+from carvana_seg import layout, staging
 from carvana_seg.data import kaggle_source
 from carvana_seg.errors import CredentialsError, DataError
 from carvana_seg.images import image_size
@@ -104,9 +103,5 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, cfg: dict) -> None:
     record = submit(Path(args.submission), args.competition, message_for(cfg, args.config_hash), Path(args.raw))
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(record, indent=2) + "\n")
-    os.replace(tmp, out)
+    staging.write_text(Path(args.out), json.dumps(record, indent=2) + "\n")
     log.info("submitted to %s: %s", args.competition, record["message"])

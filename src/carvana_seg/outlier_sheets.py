@@ -7,13 +7,12 @@ decoded at reduced size by libjpeg (``IMREAD_REDUCED_COLOR_4``), so a sheet cost
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from carvana_seg import layout
+from carvana_seg import layout, staging
 
 GRID = 4  # 4 x 4 = the 16 turntable views
 TITLE_H = 28  # pixels of the title band above the grid
@@ -82,9 +81,7 @@ def write_png(path: Path, rgb: np.ndarray) -> None:
     ok, buf = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
     if not ok:
         raise OSError(f"{path}: PNG encoding failed")
-    tmp = Path(f"{path}.tmp")
-    tmp.write_bytes(buf.tobytes())
-    os.replace(tmp, path)
+    staging.write_bytes(path, buf.tobytes())
 
 
 def photo_path(raw: Path, image_id: str) -> Path:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import time
 from pathlib import Path
 
@@ -24,7 +23,7 @@ import cv2
 import numpy as np
 import torch
 
-from carvana_seg import inference
+from carvana_seg import inference, staging
 from carvana_seg.ensemble import Variant, finalize
 from carvana_seg.errors import CarvanaSegError, DataError
 from carvana_seg.images import read_image
@@ -100,9 +99,7 @@ def _write_png(path: Path, image: np.ndarray) -> None:
     ok, buf = cv2.imencode(".png", image)
     if not ok:
         raise DataError(f"{path}: PNG encoding failed")
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(buf.tobytes())
-    os.replace(tmp, path)
+    staging.write_bytes(path, buf.tobytes())
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from carvana_seg import layout, rle
+from carvana_seg import layout, rle, staging
 from carvana_seg.errors import DataError
 from carvana_seg.images import image_size
 from carvana_seg.metrics import dice
@@ -149,11 +149,7 @@ def run(args: argparse.Namespace, cfg: dict) -> None:  # noqa: ARG001 - no confi
     if args.truth and (len(args.scores) != len(args.thresholds) or len(args.submissions) != len(args.thresholds)):
         raise DataError("--truth needs one --scores and one --submissions file per round")
     record = summarize(args)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(record, indent=2) + "\n")
-    os.replace(tmp, out)
+    staging.write_text(Path(args.out), json.dumps(record, indent=2) + "\n")
     for rec in record["rounds"]:
         pl = rec.get("pseudo_labels", {})
         log.info("round %d: OOF ensemble Dice %s, test Dice %s, %s pseudo-labels (their Dice %s)", rec["round"],

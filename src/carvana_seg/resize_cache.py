@@ -52,8 +52,8 @@ def resize_image(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 # JPEG decode reductions allowed. On 16 real photos, against a full decode + INTER_AREA, 1/2 differs by a mean of
 # 0.03-0.08 levels (99th percentile 1) at 96x64 to 240x160 and decodes in 4.3 ms instead of 11.7. 1/4 and 1/8
 # (2.0-2.7 ms) differ by 0.5-1.1 levels (99th percentile 9-16, at the car's edges: their chroma is coarser than the
-# target grid). In one demo run that used them, the test Dice was 0.001 lower, which is about seed noise but could
-# be real. So the reduction stops at 1/2, which gives identical inputs at a third of the decode time.
+# target grid). The demo's test Dice cannot separate them (its run-to-run noise is ~0.001, docs/benchmarks.md), so
+# the reduction stops at 1/2: a full decode's inputs at 40-60 % of the decode time.
 REDUCTIONS = (2,)
 
 
@@ -70,9 +70,9 @@ def load_resized(path: str | os.PathLike, sizes: list[tuple[int, int]]) -> tuple
 
     Each size is decoded at the largest allowed reduction that keeps at least its pixels (a JPEG's 1/2 decode
     scales in the DCT domain, ~2.7x faster than a full decode; ``REDUCTIONS``, ``benchmarks/decode.py``) and
-    shrunk from there with INTER_AREA. The factor depends only on the photo's and the target's size, so the training cache, the
-    OOF predictions (which read the cache) and the test ensemble see identical inputs for a variant. Photos
-    decoded at the same factor are decoded once."""
+    shrunk from there with INTER_AREA. The factor depends only on the photo's and the target's size, so the
+    training cache, the OOF predictions (which read the cache) and the test ensemble see identical inputs for a
+    variant. Sizes that share a factor share one decode."""
     width, height = image_size(path)
     decoded: dict[int, np.ndarray] = {}
     out = []

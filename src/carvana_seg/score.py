@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from carvana_seg import layout, rle
+from carvana_seg import layout, rle, staging
 from carvana_seg.errors import DataError
 from carvana_seg.images import image_size
 from carvana_seg.metrics import dice
@@ -96,9 +96,5 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, cfg: dict) -> None:  # noqa: ARG001 - no config slice
     result = score(args.submission, args.truth, shape=args.shape, raw=args.raw)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    os.replace(tmp, out)
+    staging.write_text(Path(args.out), json.dumps(result, indent=2) + "\n")
     log.info("test Dice %.5f over %d images (%d cars)", result["mean_dice"], result["n_images"], len(result["per_car"]))

@@ -76,6 +76,12 @@ def write_text(path: Path, text: str) -> None:
         tmp.write_text(text)
 
 
+def write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically."""
+    with staged_file(path) as tmp:
+        tmp.write_bytes(data)
+
+
 # zlib level of every npz the pipeline streams (OOF maps, test-probability shards, per-variant masks), chosen by
 # benchmarks/npz_compression.py (docs/benchmarks.md): against numpy's default 6, level 3 writes 2x faster
 # (5.3 vs 10.5 ms per 1918x1280 map shaped like a trained model's, 12 vs 27 ms on the demo's noisier maps) for

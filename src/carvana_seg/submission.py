@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from carvana_seg import layout, rle
+from carvana_seg import layout, rle, staging
 from carvana_seg.errors import DataError
 from carvana_seg.threshold import binarize
 
@@ -158,11 +158,9 @@ def write_submission(shards: list[Path], threshold: float, sample_submission: st
     unknown = sorted(set(fixes) - set(expected))
     if unknown:
         raise DataError(f"outlier fixes for {len(unknown)} images not in the submission, first {unknown[0]}")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
     shapes: dict[str, Shape] = {}
     jobs = [(str(p), threshold) for p in shards]
-    try:
+    with staging.staged_file(out) as tmp:  # an invalid submission is an error, never a file
         gz = str(out).endswith(".gz")
         with open_text(tmp, "wt", gz=gz) as fh, (Pool(workers) if workers > 1 else nullcontext()) as pool:
             writer = csv.writer(fh, lineterminator="\n")
@@ -176,10 +174,6 @@ def write_submission(shards: list[Path], threshold: float, sample_submission: st
                     shapes[img] = shape
                     writer.writerow([img, fixes.get(img, mask)])
         validate_submission(tmp, expected, shapes)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    os.replace(tmp, out)
     return len(shapes)
 
 
