@@ -13,6 +13,7 @@ rule threshold:
     output:
         threshold="{rdir}/threshold.json",
         curve="{rdir}/threshold_curve.csv",
+        images="{rdir}/oof_image_dice.csv",
     params:
         cfg=cfg("threshold"),
         raw=RAW,
@@ -25,7 +26,7 @@ rule threshold:
     threads: 2
     shell:
         "python -m carvana_seg threshold --cfg {params.cfg:q} --oof {input.oof} --raw {params.raw} --out {output.threshold}"
-        " --curve {output.curve} --threads {threads} > {log} 2>&1"
+        " --curve {output.curve} --out-images {output.images} --threads {threads} > {log} 2>&1"
 
 
 rule ensemble:
