@@ -28,7 +28,7 @@ BARE_PATH = os.pathsep.join(p for p in ("/usr/local/bin", "/usr/bin", "/bin") if
 
 def _run(cmd: list[str], workdir: Path, env: dict) -> subprocess.CompletedProcess:
     (workdir / "tiny.yaml").write_text(yaml.safe_dump(TINY))
-    args = [*cmd, "--cores", "2", "--configfile", "tiny.yaml", "-s", str(ROOT / "Snakefile"), *TARGETS]
+    args = [*cmd, "--cores", "all", "--configfile", "tiny.yaml", "-s", str(ROOT / "Snakefile"), *TARGETS]
     return subprocess.run(args, cwd=workdir, env=env, capture_output=True, text=True, timeout=300)
 
 
@@ -50,7 +50,7 @@ def _check(res: subprocess.CompletedProcess, workdir: Path) -> None:
 def test_venv_snakemake_from_a_shell_without_the_venv_on_path(tmp_path):
     env = _clean_env(PATH=BARE_PATH)
     assert subprocess.run(["sh", "-c", "command -v snakemake"], env=env, capture_output=True).returncode != 0
-    _check(_run([str(BIN / "snakemake")], tmp_path, env), tmp_path)
+    _check(_run([str(BIN / "snakemake"), "--resources", "gpu=1"], tmp_path, env), tmp_path)
 
 
 @pytest.mark.slow
