@@ -25,16 +25,14 @@ import logging
 import time
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 
-from carvana_seg.core.images import read_image
+from carvana_seg.core.images import read_image, write_png
 from carvana_seg.core.masks import binarize
 from carvana_seg.data.resize_cache import load_resized
 from carvana_seg.inference.ensemble import Variant, finalize
 from carvana_seg.models import runtime
-from carvana_seg.pipeline import staging
 from carvana_seg.pipeline.errors import CarvanaSegError, DataError
 
 log = logging.getLogger(__name__)
@@ -109,16 +107,6 @@ def cutout(rgb: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return np.dstack([rgb, np.where(mask, 255, 0).astype(np.uint8)])
 
 
-def _write_png(path: Path, image: np.ndarray) -> None:
-    """Write a grey, RGB or RGBA uint8 PNG atomically."""
-    if image.ndim == 3:
-        image = cv2.cvtColor(image, cv2.COLOR_RGBA2BGRA if image.shape[2] == 4 else cv2.COLOR_RGB2BGR)
-    ok, buf = cv2.imencode(".png", image)
-    if not ok:
-        raise DataError(f"{path}: PNG encoding failed")
-    staging.write_bytes(path, buf.tobytes())
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="photos (JPEG, PNG, ...; any size)")
     parser.add_argument("--models", required=True,
@@ -150,7 +138,7 @@ def run(args: argparse.Namespace, cfg: dict) -> None:  # noqa: ARG001 - predict 
         t0 = time.perf_counter()
         rgb = read_image(path)
         mask = binarize(predict_prob(variants, path, device, args.tta), threshold)
-        _write_png(out / f"{path.stem}_mask.png", np.where(mask, 255, 0).astype(np.uint8))
-        _write_png(out / f"{path.stem}_cutout.png", cutout(rgb, mask))
+        write_png(out / f"{path.stem}_mask.png", np.where(mask, 255, 0).astype(np.uint8))
+        write_png(out / f"{path.stem}_cutout.png", cutout(rgb, mask))
         log.info("%s: %dx%d, car %.1f%% of pixels, %.2f s", path, rgb.shape[1], rgb.shape[0],
                  100.0 * mask.mean(), time.perf_counter() - t0)

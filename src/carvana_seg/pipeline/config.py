@@ -31,7 +31,7 @@ STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
     "oof": ("name", "predict"),
     "threshold": ("name", "threshold", "variants", "folds"),
     "ensemble": ("name", "predict", "variants", "folds"),
-    "outliers": ("name", "outliers", "variants", "predict"),  # variants, predict: for retta: zoom
+    "outliers": ("name", "outliers", "variants", "predict"),  # variants, predict: for repredict: zoom
     "pseudo": ("name", "pseudo_label"),
     "submission": ("name",),
     "submit": ("name", "kaggle"),

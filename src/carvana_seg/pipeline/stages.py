@@ -28,4 +28,4 @@ STAGES: dict[str, tuple[str, str | None, str]] = {
     "report-figures": ("carvana_seg.report.figures", None, "figures and tables of the HTML report (make report)"),
 }
 # stages that run models: each claims a free GPU (carvana_seg.pipeline.gpu) before torch can initialise CUDA
-GPU_STAGES = {"train", "oof", "ensemble", "predict", "outliers"}  # outliers: only for retta: zoom
+GPU_STAGES = {"train", "oof", "ensemble", "predict", "outliers"}  # outliers: only for repredict: zoom

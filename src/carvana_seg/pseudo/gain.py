@@ -70,7 +70,7 @@ def pseudo_record(table: str | os.PathLike, masks_csv: str | os.PathLike, truth:
     sel = df[df["selected"] == 1]
     rec = {"n_test_images": len(df), "n_selected": len(sel), "n_selected_cars": int(sel["car"].nunique()),
            "n_flagged_car_images": int(df["flagged_car"].sum()),
-           "uncertain_share_selected": _stats(sel["uncertain_share"])}
+           "uncertain_of_candidates_selected": _stats(sel["uncertain_of_candidates"])}
     if truth is None:
         return rec
     masks = read_rle_csv(masks_csv)
