@@ -21,9 +21,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from carvana_seg import layout, refine  # noqa: E402
-from carvana_seg.images import read_image, read_mask  # noqa: E402
-from carvana_seg.metrics import dice  # noqa: E402
+from carvana_seg.core import layout  # noqa: E402
+from carvana_seg.core.images import read_image, read_mask  # noqa: E402
+from carvana_seg.core.metrics import dice  # noqa: E402
+from carvana_seg.inference import refine  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:

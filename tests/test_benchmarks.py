@@ -9,11 +9,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers import ROOT
 
 
 def _run(script: str, *args: str, timeout: int = 240) -> str:
@@ -55,9 +54,9 @@ def test_test_time_benchmark_prints_the_ratio():
 def test_edge_refine_benchmark_prints_gain_and_cost(tmp_path):
     import numpy as np
 
-    from carvana_seg import layout
-    from carvana_seg.images import read_mask
-    from tests.conftest import make_layout
+    from carvana_seg.core import layout
+    from carvana_seg.core.images import read_mask
+    from tests.helpers import make_layout
 
     raw = make_layout(tmp_path / "raw", n_cars=1, w=96, h=64)
     ids = [p.stem for p in sorted((raw / layout.TRAIN_DIR).glob("*.jpg"))][:3]

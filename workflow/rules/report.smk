@@ -32,7 +32,6 @@ rule report_figures:
         folds=f"{RES}/folds.csv",
         oof_npz=LAST_OOF,
         score=[f"{RES}/test_score.json"] if config["data"]["source"] == "synthetic" else [],
-        code=code("report-figures"),
     output:
         curves=[
             report(f"{REPORT}/training_{v}_fold{f}{'' if r == 1 else f'_round{r}'}.png", caption="../report/training.rst",
@@ -59,6 +58,7 @@ rule report_figures:
                     labels={"page": "OOF Dice per car and view, worst cars' outlines"}),
         cars_csv=f"{REPORT}/cars.csv",
     params:
+        code=code("report-figures"),
         weights=" ".join(str(float(VARIANTS[p.split("/")[-2]].get("weight", 1.0))) for p in LAST_OOF),
         raw=RAW,
         score=lambda wc, input: f"--test-score {input.score}" if input.score else "",
