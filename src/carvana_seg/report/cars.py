@@ -89,11 +89,12 @@ def car_sheet(car: str, images: pd.DataFrame, oof: dict[int, list[tuple[Path, fl
                 arrays.append(npz[r.img])
         prob = ensemble_u8(arrays, [w for _p, w in sources])
         shape = prob.shape
-        truth = read_mask(raw / layout.MASK_DIR / layout.mask_file(r.img))
+        mask_path = raw / layout.MASK_DIR / layout.mask_file(r.img)
+        truth = read_mask(mask_path) if mask_path.is_file() else None  # no mask: the predicted outline only
         photo = read_small(raw / layout.TRAIN_DIR / layout.image_file(r.img), (tile_width, round(tile_width * shape[0] / shape[1])))
         k = int(r.view) - 1
         if 0 <= k < 16:
-            tiles[k] = outline_tile(photo, binarize(prob, threshold), truth != 0)
+            tiles[k] = outline_tile(photo, binarize(prob, threshold), None if truth is None else truth != 0)
             labels[k] = f"{int(r.view):02d}  Dice {r.dice:.4f}"
     title = f"car {car} (fold {int(rows['fold'].iloc[0])}): OOF Dice mean {rows['dice'].mean():.4f}, " \
             f"worst {rows['dice'].min():.4f}; red = predicted outline, green = true outline"
