@@ -84,3 +84,17 @@ def test_oof_postprocess_refines_with_the_training_photo(tmp_path) -> None:
     full0, d0 = oof._postprocess(("abc_01", low, tmp_path, {}))
     full1, d1 = oof._postprocess(("abc_01", low, tmp_path, {"method": "guided", "scale": 2}))
     assert full0.shape == full1.shape == truth.shape and d1 > d0
+
+
+def test_band_keeps_confident_pixels() -> None:
+    photo, _ = _scene()
+    low = np.zeros((12, 18), np.float32)
+    low[4:9, 5:13] = 1.0
+    import cv2
+
+    up = cv2.resize(low, (144, 96), interpolation=cv2.INTER_LINEAR)
+    q = refine.refine(low, photo, {"method": "guided", "scale": 2, "band": 0.05})
+    sure = (up <= 0.05) | (up >= 0.95)
+    assert sure.any() and (~sure).any()
+    np.testing.assert_array_equal(q[sure], up[sure])
+    assert not np.allclose(q[~sure], up[~sure])

@@ -73,7 +73,14 @@ def refine(prob: np.ndarray, guide: np.ndarray | None, cfg: dict) -> np.ndarray:
         raise ValueError(f"unknown edge_refine method {method!r} (one of {METHODS})")
     if guide is None:
         raise ValueError("edge_refine: guided needs the photo")
-    return guided_filter(guide, prob, cfg.get("radius", 8), cfg.get("eps", 1e-3), cfg.get("scale", 4))
+    q = guided_filter(guide, prob, cfg.get("radius", 8), cfg.get("eps", 1e-3), cfg.get("scale", 4))
+    band = float(cfg.get("band", 0.0))
+    if band > 0:  # only pixels the network was unsure of change; a confident pixel keeps its upsampled value
+        h, w = guide.shape[:2]
+        up = prob if prob.shape == (h, w) else cv2.resize(prob.astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
+        sure = (up <= band) | (up >= 1.0 - band)
+        q[sure] = up[sure]
+    return q
 
 
 def enabled(cfg: dict | None) -> bool:
