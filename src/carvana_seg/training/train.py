@@ -31,6 +31,7 @@ from tqdm import tqdm
 from carvana_seg.errors import CarvanaSegError, DataError
 from carvana_seg.inference import autocast, pick_device
 from carvana_seg.metrics import dice_from_counts
+from carvana_seg.training import encoder_weights
 from carvana_seg.training import model as modelmod
 from carvana_seg.training.augment import build_augment
 from carvana_seg.training.dataset import build_datasets, cache_ids, read_folds, split_ids, worker_init
@@ -119,7 +120,7 @@ def _init_weights(model: torch.nn.Module, path: str, variant: dict) -> None:
     if not same:
         raise DataError(f"{path}: checkpoint of variant {v.get('name')} ({v.get('width')}x{v.get('height')}), "
                         f"cannot initialise {variant['name']} ({variant['width']}x{variant['height']})")
-    model.load_state_dict(ckpt["state_dict"])
+    model.load_state_dict(modelmod.with_order(ckpt["state_dict"]))
     log.info("initialised from %s (epoch %s, val Dice %s)", path, ckpt.get("epoch"), ckpt.get("val_dice"))
 
 
@@ -221,6 +222,7 @@ def _to_device(x: torch.Tensor, y: torch.Tensor, device: torch.device, channels_
 
 def run(args: argparse.Namespace, cfg: dict) -> None:
     tc, variant = cfg["train"], cfg["variant"]
+    encoder_weights.ensure_available(variant)  # before any data is read: one error naming the missing file
     device = pick_device(tc.get("device", "auto"))
     cuda = device.type == "cuda"
     if cuda:
