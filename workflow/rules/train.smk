@@ -21,6 +21,8 @@ rule train:
         cache=lambda wc: cache_dir(wc.variant),
         state=lambda wc: f"{wc.rdir}/state/{wc.variant}/fold{wc.fold}",
         extra=train_extra_args,
+        # live curves (make tensorboard), like the state not an output: a rerun resumes the run's event steps
+        tb=lambda wc: f"{RES}/tensorboard/{wc.variant}_fold{wc.fold}_round{round_of(wc)}",
     conda:
         ENV
     log:
@@ -33,7 +35,7 @@ rule train:
     shell:
         "python -m carvana_seg train --cfg {params.cfg:q} --variant {wildcards.variant} --fold {wildcards.fold}"
         " --folds {input.folds} --cache {params.cache} --out-model {output.model} --out-metrics {output.metrics}"
-        " --state-dir {params.state} {params.extra} --threads {threads} > {log} 2>&1"
+        " --state-dir {params.state} --tensorboard {params.tb} {params.extra} --threads {threads} > {log} 2>&1"
 
 
 rule oof:

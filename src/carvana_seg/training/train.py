@@ -36,6 +36,7 @@ from carvana_seg.training import model as modelmod
 from carvana_seg.training.augment import build_augment
 from carvana_seg.training.dataset import build_datasets, cache_ids, read_folds, split_ids, worker_init
 from carvana_seg.training.losses import BceDiceLoss
+from carvana_seg.training.tensorboard_log import Board
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(pseudo-labelled test images); repeatable")
     parser.add_argument("--init-from", default=None, metavar="BEST_PT",
                         help="start from this checkpoint's weights (same variant) instead of random init")
+    parser.add_argument("--tensorboard", default=None, metavar="DIR",
+                        help="TensorBoard run directory for live curves (tensorboard_log); none when omitted")
     # Testing aid: stop (as if killed) after N epochs of this invocation, outputs unwritten.
     parser.add_argument("--max-epochs-this-run", type=int, default=None, help=argparse.SUPPRESS)
 
@@ -287,6 +290,8 @@ def run(args: argparse.Namespace, cfg: dict) -> None:
              "%d epochs", args.variant, args.fold, len(train_ds), len(train_ds) - len(train_ids), len(val_ds),
              *train_ds.size, device, ("fp16" if fp16 else "bf16") if use_amp else "off", epochs)
 
+    live = s["epoch"] < epochs and s["bad_epochs"] < patience
+    board = Board(args.tensorboard if live else None, s["epoch"] + 1, tc.get("tensorboard_images", 4))
     run_epochs = 0
     while s["epoch"] < epochs and s["bad_epochs"] < patience:
         epoch = s["epoch"] + 1
@@ -331,6 +336,7 @@ def run(args: argparse.Namespace, cfg: dict) -> None:
                "data_share": round(data_seconds / max(train_seconds, 1e-9), 4)}
         s["rows"].append(row)
         s["epoch"] = epoch
+        board.epoch(epoch, row, model, val_ds, device)
         _save_atomic({**s, "format": STATE_FORMAT, "identity": identity, "cfg": cfg,
                       "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
                       "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "scaler": scaler.state_dict(),
@@ -345,7 +351,7 @@ def run(args: argparse.Namespace, cfg: dict) -> None:
         if args.max_epochs_this_run is not None and run_epochs >= args.max_epochs_this_run and not done:
             raise CarvanaSegError(f"stopped after {run_epochs} epoch(s) this run (--max-epochs-this-run); "
                                   f"state kept in {state_dir}, rerun to resume")
-
+    board.close()
     _write_outputs(args, cfg, model, s)
 
 
