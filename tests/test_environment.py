@@ -52,9 +52,45 @@ def test_pyproject_lists_every_runtime_dependency_the_package_imports(repo_root)
     dists = md.packages_distributions()
     norm = lambda name: re.sub(r"[-_.]+", "-", name.lower())  # noqa: E731
     imported = {norm(d) for m in modules - set(sys.stdlib_module_names) - {"carvana_seg"} for d in dists.get(m, [m])}
-    project = tomllib.loads((repo_root / "pyproject.toml").read_text())["project"]["dependencies"]
+    meta = tomllib.loads((repo_root / "pyproject.toml").read_text())["project"]
+    project = meta["dependencies"] + meta["optional-dependencies"]["models"]
     declared = {norm(re.split(r"[<>=!~; \[]", d, maxsplit=1)[0]) for d in project}
     assert imported, "found no imports"
     assert imported | IMPORTED_THROUGH_TORCH <= declared, sorted(imported | IMPORTED_THROUGH_TORCH - declared)
     req = _pins((repo_root / "requirements.txt").read_text().splitlines())
     assert declared <= set(req), sorted(declared - set(req))  # and each has an exact pin
+
+
+def _env_pip(path):
+    env = yaml.safe_load(path.read_text())
+    return next(d["pip"] for d in env["dependencies"] if isinstance(d, dict) and "pip" in d)
+
+
+def test_rule_environments_are_narrow_pinned_and_install_the_package(repo_root):
+    """workflow/envs/*.yaml pin what requirements.txt pins; the light one has no torch; each installs the package
+    (`-e ../..`: resolved against the env file's directory, two levels below the root, see base.yaml)."""
+    req = _pins((repo_root / "requirements.txt").read_text().splitlines())
+    base, torch_env = (_env_pip(repo_root / "workflow" / "envs" / f) for f in ("base.yaml", "torch.yaml"))
+    for pins in (_pins(base), _pins(torch_env)):
+        assert pins and all(req.get(k) == v for k, v in pins.items()), pins
+    assert not {"torch", "torchvision", "segmentation-models-pytorch"} & set(_pins(base))
+    assert set(_pins(base)) < set(_pins(torch_env))
+    assert "-e ../.." in base and "-e ../..[models]" in torch_env
+
+
+def test_each_rule_uses_the_environment_its_stage_needs(repo_root):
+    """A rule whose stage imports torch (its codedeps closure) uses ENV_TORCH; every other rule ENV_BASE."""
+    from carvana_seg import codedeps
+
+    seen = 0
+    for smk in (repo_root / "workflow" / "rules").glob("*.smk"):
+        for rule in re.split(r"(?m)^rule ", smk.read_text())[1:]:
+            env = re.search(r"conda:\s+(\w+)", rule)
+            stage = re.search(r"python -m carvana_seg ([\w-]+)", rule)
+            if not stage:
+                continue
+            sources = "".join(open(s).read() for s in codedeps.stage_sources(stage.group(1)))
+            needs_torch = re.search(r"(?m)^\s*(import|from) torch\b", sources) is not None
+            assert env and env.group(1) == ("ENV_TORCH" if needs_torch else "ENV_BASE"), rule.split(":")[0]
+            seen += 1
+    assert seen >= 15

@@ -49,7 +49,7 @@ rule report_figures:
                            category="6. Throughput", labels={"figure": "time per stage (table)"}),
         stage_csv=f"{REPORT}/stage_times.csv",
     conda:
-        ENV
+        ENV_BASE
     log:
         f"{LOGS}/report_figures.log",
     benchmark:

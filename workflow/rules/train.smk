@@ -24,7 +24,7 @@ rule train:
         # live curves (make tensorboard), like the state not an output: a rerun resumes the run's event steps
         tb=lambda wc: f"{RES}/tensorboard/{wc.variant}_fold{wc.fold}_round{round_of(wc)}",
     conda:
-        ENV
+        ENV_TORCH
     log:
         "{rdir}/logs/train/{variant}_fold{fold}.log",
     benchmark:
@@ -54,7 +54,7 @@ rule oof:
         cache=lambda wc: cache_dir(wc.variant),
         raw=RAW,
     conda:
-        ENV
+        ENV_TORCH
     log:
         "{rdir}/logs/oof/{variant}_fold{fold}.log",
     benchmark:
@@ -75,7 +75,7 @@ rule oof_table:
     output:
         table="{rdir}/oof_dice.csv",
     conda:
-        ENV
+        ENV_TORCH
     log:
         "{rdir}/logs/oof_table.log",
     shell:

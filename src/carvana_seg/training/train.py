@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from carvana_seg.errors import CarvanaSegError, DataError
-from carvana_seg.inference import autocast, pick_device
+from carvana_seg.inference import autocast, maybe_compile, pick_device
 from carvana_seg.metrics import dice_from_counts
 from carvana_seg.training import encoder_weights
 from carvana_seg.training import model as modelmod
@@ -257,6 +257,7 @@ def run(args: argparse.Namespace, cfg: dict) -> None:
     model = modelmod.build_model(variant).to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
+    fwd = maybe_compile(model, tc.get("compile", False))  # shares model's parameters; state dicts come from model
     criterion = BceDiceLoss.from_config(tc.get("loss", {}))
     opt = torch.optim.RMSprop(model.parameters(), lr=variant["lr"], weight_decay=tc.get("weight_decay", 0.0))
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
@@ -305,7 +306,7 @@ def run(args: argparse.Namespace, cfg: dict) -> None:
         t_ready = time.perf_counter()
         for x, y in bar:
             data_seconds += time.perf_counter() - t_ready  # blocked on the loader (the loss sync ends each step)
-            loss = train_step(model, x, y, criterion, opt, scaler, device, use_amp, channels_last)
+            loss = train_step(fwd, x, y, criterion, opt, scaler, device, use_amp, channels_last)
             if loss is None:
                 consecutive += 1
                 s["nonfinite_total"] += 1
@@ -323,7 +324,7 @@ def run(args: argparse.Namespace, cfg: dict) -> None:
             t_ready = time.perf_counter()
         bar.close()
         train_seconds = time.perf_counter() - t0
-        val_loss, val_dice = _evaluate(model, val_dl, criterion, device, use_amp, channels_last)
+        val_loss, val_dice = _evaluate(fwd, val_dl, criterion, device, use_amp, channels_last)
         sched.step(val_dice)
         if val_dice > s["best_dice"]:
             s.update(best_dice=val_dice, best_epoch=epoch, bad_epochs=0,
