@@ -17,9 +17,9 @@ import time
 
 import torch
 
-from carvana_seg import config as cfgmod
-from carvana_seg.inference import autocast, maybe_compile, pick_device, predict_probs
-from carvana_seg.training import model as modelmod
+from carvana_seg.models import model as modelmod
+from carvana_seg.models.runtime import autocast, maybe_compile, pick_device, predict_probs
+from carvana_seg.pipeline import config as cfgmod
 from carvana_seg.training.losses import BceDiceLoss
 from carvana_seg.training.train import train_step
 
