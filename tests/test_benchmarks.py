@@ -51,6 +51,12 @@ def test_compile_speed_benchmark_prints_its_table():
     assert row[0] == "eager" and all(float(v) > 0 for v in row[1:4])
 
 
+def test_outlier_ops_benchmark_finds_the_same_masks():
+    out = _run("outlier_ops.py", "--width", "320", "--height", "200", "--repeat", "1")
+    rows = [line.split() for line in out.splitlines()[2:]]
+    assert len(rows) == 2 and all(r[-1] == "True" for r in rows)
+
+
 @pytest.mark.slow
 def test_test_time_benchmark_prints_the_ratio():
     out = _run("test_time.py", "--n", "1", "--width", "192", "--height", "128", "--folds", "1", "--batch-size", "2",
