@@ -54,6 +54,8 @@ def export(checkpoint: Path, out: Path, opset: int = OPSET) -> dict:
     variant = cfg["variant"]
     wrapped = Probabilities(model).eval()
     sample = torch.zeros(1, 3, int(variant["height"]), int(variant["width"]))
+    for name in ("onnx_ir", "onnxscript"):  # one INFO line per graph rewrite otherwise
+        logging.getLogger(name).setLevel(logging.WARNING)
     with staging.staged_file(out) as tmp:
         try:
             with warnings.catch_warnings():
