@@ -93,7 +93,8 @@ def main() -> None:
         print(f"{r['mode']:<8} {r['first_step_s']:>12.2f} {r['train_ips']:>12.1f} {r['infer_ips']:>12.1f}")
     if len(rows) == 2:
         e, c = rows
-        print(f"{'speed-up':<8} {'':>12} {c['train_ips'] / e['train_ips']:>11.2f}x {c['infer_ips'] / e['infer_ips']:>11.2f}x")
+        train, infer = c["train_ips"] / e["train_ips"], c["infer_ips"] / e["infer_ips"]
+        print(f"{'speed-up':<8} {'':>12} {train:>11.2f}x {infer:>11.2f}x")
 
 
 if __name__ == "__main__":

@@ -59,7 +59,7 @@ def main() -> None:
     print(f"{'operation':<22} {'opencv ms':>10} {'skimage ms':>11} {'same mask':>10}")
     for name, cv_fn, sk_fn in rows:
         same = np.array_equal(cv_fn(), sk_fn())
-        print(f"{name:<22} {_ms(cv_fn, args.repeat):>10.1f} {_ms(sk_fn, args.repeat):>11.1f} {str(same):>10}")
+        print(f"{name:<22} {_ms(cv_fn, args.repeat):>10.1f} {_ms(sk_fn, args.repeat):>11.1f} {same!s:>10}")
 
 
 if __name__ == "__main__":

@@ -11,12 +11,13 @@ import pytest
 import torch
 from huggingface_hub import constants, file_download
 
+from carvana_seg.models import encoder_weights as ew
+from carvana_seg.models.model import build_model, load_model
 from carvana_seg.pipeline import cli
 from carvana_seg.pipeline import config as cfgmod
 from carvana_seg.pipeline.errors import ConfigError
-from carvana_seg.models import encoder_weights as ew
-from carvana_seg.models.model import build_model, load_model
-from tests.training.test_training import _train_cmd, tiny_cache, tiny_config  # noqa: F401  (tiny_cache: a fixture)
+# tiny_cache is a fixture: importing it makes it available here
+from tests.training.test_training import _train_cmd, tiny_cache, tiny_config
 
 # A distinctive normalisation (0..255 input range, BGR) so that a test sees it was followed.
 PARAMS = {"input_space": "BGR", "input_range": [0, 255], "mean": [100.0, 110.0, 120.0], "std": [50.0, 60.0, 70.0]}
@@ -62,7 +63,8 @@ def test_training_step_from_a_local_weights_file(tiny_cache: dict[str, Path], tm
         assert torch.equal(model.net.encoder.state_dict()[k], v), k
     assert model.order.tolist() == [2, 1, 0] and model.mean.flatten().tolist() == PARAMS["mean"]
     x = torch.randint(0, 256, (1, 3, 32, 32), dtype=torch.uint8)  # the wrapper applies the encoder's own recipe
-    expected = (x.float().flip(1) - torch.tensor(PARAMS["mean"]).view(1, 3, 1, 1)) / torch.tensor(PARAMS["std"]).view(1, 3, 1, 1)
+    mean, std = (torch.tensor(PARAMS[k]).view(1, 3, 1, 1) for k in ("mean", "std"))
+    expected = (x.float().flip(1) - mean) / std
     torch.testing.assert_close((x.float().index_select(1, model.order) - model.mean) / model.std, expected)
 
     out = tmp_path / "run"

@@ -19,6 +19,7 @@ from torch import nn
 from carvana_seg.models import encoder_weights
 from carvana_seg.pipeline.errors import ConfigError, DataError
 
+
 class Normalized(nn.Module):
     """Wrap a segmentation net: input 0..255 RGB (float or uint8), output logits (N, 1, H, W).
 
