@@ -71,6 +71,8 @@ def _identity(cfg: dict, fold: int, train_ids: list[str], val_ids: list[str], ex
     with ``extra`` (extra caches' ids and mask digests, init weights' digest) those too."""
     c = copy.deepcopy(cfg)
     c.get("variant", {}).pop("weight", None)  # ensemble weight does not change training
+    for key in ("compile", "tensorboard_images"):  # nor how it runs or what it shows: a saved state still resumes
+        c.get("train", {}).pop(key, None)
     digest = hashlib.sha256("\n".join(train_ids + ["|"] + val_ids).encode()).hexdigest()[:16]
     out = {"cfg": c, "fold": fold, "split": digest}
     if extra:
