@@ -18,7 +18,7 @@ rule threshold:
         cfg=cfg("threshold"),
         raw=RAW,
     conda:
-        ENV
+        ENV_BASE
     log:
         "{rdir}/logs/threshold.log",
     benchmark:
@@ -43,7 +43,7 @@ rule ensemble:
     resources:
         gpu=1,
     conda:
-        ENV
+        ENV_TORCH
     log:
         "{rdir}/logs/ensemble.log",
     benchmark:
@@ -66,7 +66,7 @@ rule submission:
         cfg=cfg("submission"),
         sample=f"{RAW}/sample_submission.csv",
     conda:
-        ENV
+        ENV_BASE
     log:
         f"{LOGS}/submission{{sfx}}.log",
     benchmark:
@@ -88,7 +88,7 @@ rule score:
         truth=f"{DATA}/ground_truth/test_masks.csv",
         raw=RAW,
     conda:
-        ENV
+        ENV_BASE
     log:
         f"{LOGS}/score{{sfx}}.log",
     shell:
@@ -108,7 +108,7 @@ rule submit:
         config_hash=cs_config.config_hash(config),
         raw=RAW,
     conda:
-        ENV
+        ENV_BASE
     log:
         f"{LOGS}/submit.log",
     shell:

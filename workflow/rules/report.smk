@@ -63,7 +63,7 @@ rule report_figures:
         raw=RAW,
         score=lambda wc, input: f"--test-score {input.score}" if input.score else "",
     conda:
-        ENV
+        ENV_BASE
     log:
         f"{LOGS}/report_figures.log",
     benchmark:

@@ -16,7 +16,6 @@ for the outlier checks; it is written before its shard, and a shard counts as do
 from __future__ import annotations
 
 import argparse
-import csv
 import hashlib
 import json
 import logging
@@ -60,12 +59,6 @@ class Variant:
     models: list[torch.nn.Module]
 
 
-def read_test_ids(sample_submission: Path) -> list[str]:
-    """Test image ids in the order of ``sample_submission.csv``."""
-    with open(sample_submission, newline="") as fh:
-        return [r[0].removesuffix(".jpg") for r in list(csv.reader(fh))[1:] if r]
-
-
 def load_variants(paths: list[Path], cfg: dict, device: torch.device) -> list[Variant]:
     """Load every checkpoint and group them by the variant recorded in it, in config order."""
     from carvana_seg.models.model import load_model
@@ -82,7 +75,9 @@ def load_variants(paths: list[Path], cfg: dict, device: torch.device) -> list[Va
                               f"says {want['width']}x{want['height']}")
         # the loader's (N, H, W, 3) batches arrive as channels-last tensors: match the weights once, on CUDA
         cuda = device.type == "cuda"
-        loaded.setdefault(v["name"], []).append(model.to(memory_format=torch.channels_last) if cuda else model)
+        model = model.to(memory_format=torch.channels_last) if cuda else model
+        compiled = runtime.maybe_compile(model, cfg.get("predict", {}).get("compile", False))
+        loaded.setdefault(v["name"], []).append(compiled)
     missing = [c["name"] for c in cfg["variants"] if c["name"] not in loaded]
     if missing:
         raise ConfigError(f"no model checkpoints given for variant(s) {missing}")

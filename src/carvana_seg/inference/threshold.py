@@ -14,7 +14,6 @@ import argparse
 import json
 import logging
 from collections.abc import Iterator
-from multiprocessing import Pool
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +25,7 @@ from carvana_seg.core.metrics import dice_from_counts
 from carvana_seg.pipeline import staging
 from carvana_seg.pipeline.config import fold_ids
 from carvana_seg.pipeline.errors import ConfigError, DataError
+from carvana_seg.pipeline.pool import worker_pool
 
 log = logging.getLogger(__name__)
 LEVELS = 256
@@ -120,11 +120,8 @@ def oof_image_curves(paths: list[Path], raw: Path, cfg: dict, workers: int = 1) 
     by_variant = _oof_files([Path(p) for p in paths], cfg)
     weights = {v["name"]: float(v.get("weight", 1.0)) for v in cfg["variants"]}
     jobs = [(i, src, weights, str(raw)) for i, src in _jobs(by_variant)]  # ids and paths only: small
-    if workers > 1:
-        with Pool(workers) as pool:
-            curves = list(pool.imap(_image_job, jobs, chunksize=8))
-    else:
-        curves = [_image_job(job) for job in jobs]
+    with worker_pool(workers, len(jobs)) as pool:
+        curves = list(pool.imap(_image_job, jobs, chunksize=8))
         _NPZ.clear()
     if not curves:
         raise DataError("no OOF images in " + ", ".join(str(p) for p in paths))

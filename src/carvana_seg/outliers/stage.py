@@ -25,7 +25,6 @@ import os
 import tempfile
 from contextlib import nullcontext
 from dataclasses import dataclass
-from multiprocessing import Pool
 from pathlib import Path
 from typing import NamedTuple
 
@@ -41,6 +40,7 @@ from carvana_seg.outliers import sheets
 from carvana_seg.outliers.features import fix_mask, image_features
 from carvana_seg.outliers.profile import choose_variant, learn_profile, score
 from carvana_seg.pipeline.errors import ConfigError
+from carvana_seg.pipeline.pool import worker_pool
 
 log = logging.getLogger(__name__)
 COLUMNS = ["img", "car", "view", "reasons", "action", "fix", "changed_px", "score", "area", "z_train", "z_view",
@@ -71,11 +71,8 @@ def compute_features(manifest: Path, threshold: float, cfg: dict, workers: int =
     if not vm:
         log.warning("%s has no per-variant masks (older ensemble): no disagreement check, no variant choice", manifest)
     jobs = [(str(p), v, names, threshold, cfg) for p, v in zip(shards, vfiles)]
-    if workers > 1 and len(jobs) > 1:
-        with Pool(min(workers, len(jobs))) as pool:
-            parts = pool.map(_shard_features, jobs, chunksize=1)
-    else:
-        parts = [_shard_features(j) for j in jobs]
+    with worker_pool(workers, len(jobs)) as pool:
+        parts = pool.map(_shard_features, jobs, chunksize=1)
     return pd.DataFrame([row for part in parts for row in part]), names
 
 
@@ -225,11 +222,8 @@ def run(args: argparse.Namespace, cfg: dict) -> None:
     jobs = plan(df, names, profile, ocfg, threshold, Path(args.raw), sheet_manifest.parent)
     with tempfile.TemporaryDirectory(dir=sheet_manifest.parent, prefix=".zoom-") as tmp_dir:
         zoom(jobs, df, args, cfg, threshold, Path(tmp_dir))
-        if workers > 1 and len(jobs) > 1:
-            with Pool(min(workers, len(jobs))) as pool:
-                results = pool.map(_car_job, jobs, chunksize=1)
-        else:
-            results = [_car_job(j) for j in jobs]
+        with worker_pool(workers, len(jobs)) as pool:
+            results = pool.map(_car_job, jobs, chunksize=1)
     fixes = [[layout.image_file(i), m] for res in results for i, m, _ in res if m is not None]
     changed = {i: n for res in results for i, _, n in res}
     df["changed_px"] = df["img"].map(changed).fillna(0).astype(int)

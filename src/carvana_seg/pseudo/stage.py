@@ -25,8 +25,6 @@ import logging
 import math
 import os
 import shutil
-from contextlib import nullcontext
-from multiprocessing import Pool
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +36,7 @@ from carvana_seg.core.masks import binarize, level
 from carvana_seg.inference.shards import shard_paths
 from carvana_seg.pipeline import staging
 from carvana_seg.pipeline.errors import ConfigError, DataError
+from carvana_seg.pipeline.pool import worker_pool
 
 log = logging.getLogger(__name__)
 COLUMNS = ["img", "car", "view", "uncertain_of_candidates", "confidence", "area", "flagged_car", "selected", "rank"]
@@ -69,8 +68,8 @@ def _score_shard(job: tuple[str, float, float, float]) -> list[dict]:
 def score_images(shards: list[Path], lo: float, hi: float, threshold: float, workers: int = 1) -> pd.DataFrame:
     """One row per test image: id, car, view, shard, uncertain_of_candidates, confidence (= 1 - uncertain_of_candidates), area."""
     jobs = [(str(p), lo, hi, threshold) for p in shards]
-    with Pool(min(workers, len(jobs))) if workers > 1 and len(jobs) > 1 else nullcontext() as pool:
-        parts = pool.map(_score_shard, jobs, chunksize=1) if pool else [_score_shard(j) for j in jobs]
+    with worker_pool(workers, len(jobs)) as pool:
+        parts = pool.map(_score_shard, jobs, chunksize=1)
     df = pd.DataFrame([r for part in parts for r in part],
                       columns=["id", "shard", "uncertain_of_candidates", "area"])
     df["car"] = df["id"].map(layout.car_id)
@@ -143,8 +142,8 @@ def write_layout(df: pd.DataFrame, threshold: float, raw: Path, out_dir: Path, w
             (tmp / sub).mkdir()
         jobs = [(shard, list(g["id"]), threshold, str(tmp), os.path.abspath(Path(raw) / layout.TEST_DIR), link_base)
                 for shard, g in chosen.groupby("shard", sort=True)]
-        with Pool(min(workers, len(jobs))) if workers > 1 and len(jobs) > 1 else nullcontext() as pool:
-            parts = pool.map(_write_shard, jobs, chunksize=1) if pool else [_write_shard(j) for j in jobs]
+        with worker_pool(workers, len(jobs)) as pool:
+            parts = pool.map(_write_shard, jobs, chunksize=1)
         rows = sorted(r for part in parts for r in part)
         pd.DataFrame(rows, columns=["img", "rle_mask"]).to_csv(tmp / layout.TRAIN_MASKS_CSV, index=False)
     return len(rows)
