@@ -59,7 +59,7 @@ rule report_figures:
         cars_csv=f"{REPORT}/cars.csv",
     params:
         code=code("report-figures"),
-        weights=" ".join(str(float(VARIANTS[p.split("/")[-2]].get("weight", 1.0))) for p in LAST_OOF),
+        weights=" ".join(str(float(VARIANTS[v].get("weight", 1.0))) for v in VARIANTS for f in FOLDS),  # LAST_OOF's order
         raw=RAW,
         score=lambda wc, input: f"--test-score {input.score}" if input.score else "",
     conda:
