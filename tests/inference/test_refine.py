@@ -98,3 +98,17 @@ def test_band_keeps_confident_pixels() -> None:
     assert sure.any() and (~sure).any()
     np.testing.assert_array_equal(q[sure], up[sure])
     assert not np.allclose(q[~sure], up[~sure])
+
+
+def test_ensemble_shards_are_recomputed_when_the_refinement_changes(tmp_path) -> None:
+    from carvana_seg.inference import ensemble
+
+    model = tmp_path / "best.pt"
+    model.write_bytes(b"weights")
+    cfg = {"predict": {"tta_hflip": True, "shard_size": 8, "edge_refine": {"method": "none"}}, "variants": [],
+           "folds": {"k": 2}}
+    plain = ensemble.run_hash([model], cfg, ["a_01"])
+    cfg["predict"]["edge_refine"] = {"method": "guided", "radius": 16}
+    guided = ensemble.run_hash([model], cfg, ["a_01"])
+    cfg["predict"]["edge_refine"] = {"method": "guided", "radius": 8}
+    assert len({plain, guided, ensemble.run_hash([model], cfg, ["a_01"])}) == 3

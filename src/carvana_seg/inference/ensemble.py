@@ -86,12 +86,15 @@ def load_variants(paths: list[Path], cfg: dict, device: torch.device) -> list[Va
 
 
 def run_hash(paths: list[Path], cfg: dict, ids: list[str]) -> str:
-    """Hash of what determines the shards: model file contents, TTA, variants, folds, shard size, test ids."""
+    """Hash of what determines the shards: model file contents, TTA, edge refinement, variants, folds, shard size,
+    test ids."""
     h = hashlib.sha256()
     for digest in sorted(_file_sha(p) for p in paths):
         h.update(digest.encode())  # contents, not names or mtimes: a retrained model always invalidates
     p = cfg["predict"]
     h.update(to_json({"tta": p["tta_hflip"], "n": p["shard_size"], "v": cfg["variants"], "f": cfg["folds"]}).encode())
+    if refine.enabled(p.get("edge_refine")):  # only when on: shards of runs without it keep their hash
+        h.update(to_json({"edge_refine": p["edge_refine"]}).encode())
     h.update("\n".join(ids).encode())
     return h.hexdigest()[:16]
 
