@@ -93,11 +93,16 @@ def resize_mask(mask01: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.clip(np.rint(m), 0, 255).astype(np.uint8)
 
 
-def _load_pair(job: tuple[str, str, tuple[int, int]]) -> tuple[np.ndarray, np.ndarray]:
-    raw, image_id, size = job
+def load_pair(raw: str | os.PathLike, image_id: str, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """One training photo and its mask of a Kaggle layout at ``size`` (W, H): exactly what the cache stores for it
+    (the training DataLoader also calls it for the pseudo-labelled layouts, which are never cached)."""
     (_, [img]) = load_resized(Path(raw) / layout.TRAIN_DIR / layout.image_file(image_id), [size])
     mask = read_mask(Path(raw) / layout.MASK_DIR / layout.mask_file(image_id))
     return img, resize_mask(mask, size)
+
+
+def _load_pair(job: tuple[str, str, tuple[int, int]]) -> tuple[np.ndarray, np.ndarray]:
+    return load_pair(*job)
 
 
 def build(raw: Path, ids: list[str], size: tuple[int, int], out_dir: Path, workers: int = 1) -> None:

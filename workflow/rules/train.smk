@@ -2,7 +2,7 @@
 # The resume state lives in {RES}/state/<variant>/fold<k>: deliberately not an output, so Snakemake keeps it
 # when a job fails or is killed, and the rerun continues from the last finished epoch.
 # {rdir} is a round's results directory: RES for round one, RES/round<r> for pseudo-label round r (pseudo.smk),
-# which adds that round's pseudo-label cache to training (--extra-cache) and may start from an earlier model.
+# which adds that round's pseudo-label layout to training (--extra-layout) and may start from an earlier model.
 
 
 rule train:
