@@ -11,7 +11,7 @@ CONFIG ?= config/demo.yaml
 NGPUS := $(shell nvidia-smi -L 2>/dev/null | grep -c '^GPU')
 RUN_FLAGS ?= $(if $(filter-out 0,$(NGPUS)),--resources gpu=1,--profile workflow/profiles/cpu)
 
-.PHONY: env demo report test dry-run lint clean-demo
+.PHONY: env demo report test dry-run lint plan clean-demo
 
 env: $(STAMP)
 
@@ -34,6 +34,11 @@ report: $(STAMP)
 
 dry-run: $(STAMP)
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/snakemake -n --configfile $(CONFIG)
+
+# What $(CONFIG) will cost before its first job: jobs, images, disk, FLOPs and hours on $(GPU) per stage.
+GPU ?= h100
+plan: $(STAMP)
+	$(BIN)/python -m carvana_seg plan --configfile $(CONFIG) --gpu $(GPU)
 
 lint: $(STAMP)
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/snakemake --lint --configfile $(CONFIG)

@@ -43,6 +43,7 @@ STAGES: dict[str, tuple[str, str | None, str]] = {
     "predict": ("carvana_seg.predict", None, "mask PNG and RGBA cut-out for any photo, with the trained ensemble"),
     "export": ("carvana_seg.export", None, "export one variant's model to ONNX and check it against PyTorch"),
     "report-figures": ("carvana_seg.report_figures", None, "figures and tables of the HTML report (make report)"),
+    "plan": ("carvana_seg.plan.command", None, "what a config will cost: jobs, images, disk, FLOPs, device-hours"),
 }
 # stages that run models: each claims a free GPU (carvana_seg.gpu) before torch can initialise CUDA
 GPU_STAGES = {"train", "oof", "ensemble", "predict", "outliers"}  # outliers: only for retta: zoom

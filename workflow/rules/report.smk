@@ -26,6 +26,8 @@ rule report_figures:
         submission=f"{RES}/submission.csv.gz",  # the last stage: every benchmark TSV exists by now
         pseudo=[f"{RES}/pseudo_gain.json"] if LAST > 1 else [],
         code=code("report-figures"),
+    params:
+        plan=cs_config.to_json(config),  # planned next to measured (carvana_seg.plan)
     output:
         curves=[
             report(f"{REPORT}/training_{v}_fold{f}{'' if r == 1 else f'_round{r}'}.png", caption="../report/training.rst",
@@ -58,4 +60,4 @@ rule report_figures:
         "python -m carvana_seg report-figures --metrics {input.metrics} --oof-dice {input.oof_dice}"
         " --threshold {input.threshold} --curve {input.curve} --outliers {input.outliers} --sheets {input.sheets}"
         " --test-probs {input.test_probs} --results $(dirname {input.oof_dice})"
-        " --out-dir $(dirname {output.stage_csv}) > {log} 2>&1"
+        " --out-dir $(dirname {output.stage_csv}) --plan-config {params.plan:q} > {log} 2>&1"
