@@ -10,14 +10,14 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-
 from _timing import per_item_ms
-from carvana_seg import rle
+
+from carvana_seg.core import rle
 
 
 def masks(real: Path | None, n: int) -> list[np.ndarray]:
     if real is not None:
-        from carvana_seg.images import read_mask
+        from carvana_seg.core.images import read_mask
 
         return [read_mask(p) for p in sorted((real / "train_masks").glob("*.gif"))[:n]]
     yy, xx = np.mgrid[0:1280, 0:1918]

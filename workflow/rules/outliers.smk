@@ -12,13 +12,13 @@ rule outliers:
         threshold="{rdir}/threshold.json",
         folds=f"{RES}/folds.csv",
         models=ensemble_models,
-        code=code("outliers"),
     output:
         table="{rdir}/outliers.csv",
         scores="{rdir}/outlier_scores.csv",
         fixes="{rdir}/outlier_fixes.csv",
         sheets="{rdir}/outliers/contact_sheets.json",  # the contact-sheet PNGs are written beside it
     params:
+        code=code("outliers"),
         cfg=cfg("outliers"),
         raw=RAW,
         device="auto" if ZOOM else "cpu",

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from carvana_seg.data.local_source import extract_zip
-from carvana_seg.errors import CredentialsError, DataError
+from carvana_seg.pipeline.errors import CredentialsError, DataError
 
 log = logging.getLogger(__name__)
 

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import yaml
 
-from carvana_seg import config as cfgmod
-from carvana_seg import staging
-from carvana_seg.errors import ConfigError
+from carvana_seg.pipeline import config as cfgmod
+from carvana_seg.pipeline import staging
+from carvana_seg.pipeline.errors import ConfigError
 from carvana_seg.plan import throughput as tp
 from carvana_seg.plan.data import data_size
 from carvana_seg.plan.stages import Stage, peak_disk, plan_stages

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from carvana_seg import layout
+from carvana_seg.core import layout
 
 # Measured on ../shared/carvana-sample (768 train photos, 80 test photos of 1918x1280, their GIF masks and
 # train_masks.csv): `du -b` of each directory / its file count.
@@ -92,7 +92,7 @@ def fold_sizes(n_train: int, k: int) -> tuple[float, float]:
 
 def n_pseudo(config: dict, n_test: int) -> int:
     """Test images pseudo-labelled per round (``pseudo.n_to_select``; flagged cars are not subtracted)."""
-    from carvana_seg.pseudo import n_to_select
+    from carvana_seg.pseudo.stage import n_to_select
 
     pl = config["pseudo_label"]
     return min(n_test, n_to_select(n_test, pl.get("select_share"), pl.get("select_count")))

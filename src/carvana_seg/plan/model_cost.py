@@ -25,7 +25,7 @@ def _count(arch: str, encoder: str, width: int, height: int) -> ModelCost:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from carvana_seg.training.model import build_model
+    from carvana_seg.models.model import build_model
 
     with torch.device("meta"):
         model = build_model({"name": "plan", "arch": arch, "encoder": encoder, "encoder_weights": None})

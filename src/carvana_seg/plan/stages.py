@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from carvana_seg import rounds
-from carvana_seg.config import fold_ids
+from carvana_seg.pipeline import rounds
+from carvana_seg.pipeline.config import fold_ids
 from carvana_seg.plan import throughput as tp
 from carvana_seg.plan.data import DataSize, fold_sizes, n_pseudo
 from carvana_seg.plan.model_cost import BYTES_PER_PARAM, model_cost

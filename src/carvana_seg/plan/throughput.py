@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from carvana_seg.errors import ConfigError
+from carvana_seg.pipeline.errors import ConfigError
 
 TRAIN_UTIL, INFER_UTIL = 0.20, 0.25
 

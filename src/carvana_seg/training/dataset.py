@@ -18,8 +18,9 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
-from carvana_seg import layout, resize_cache
-from carvana_seg.errors import DataError
+from carvana_seg.core import layout
+from carvana_seg.data import resize_cache
+from carvana_seg.pipeline.errors import DataError
 from carvana_seg.training import augment as aug
 
 FOLD_COLUMNS = ("img", "car", "view", "fold", "area")
