@@ -11,7 +11,7 @@ CONFIG ?= config/demo.yaml
 NGPUS := $(shell nvidia-smi -L 2>/dev/null | grep -c '^GPU')
 RUN_FLAGS ?= $(if $(filter-out 0,$(NGPUS)),--resources gpu=1,--workflow-profile cpu)
 
-.PHONY: env demo report test dry-run lint plan clean-demo
+.PHONY: env demo report test dry-run lint plan rehearse clean-demo
 
 env: $(STAMP)
 
@@ -39,6 +39,14 @@ dry-run: $(STAMP)
 GPU ?= h100
 plan: $(STAMP)
 	$(BIN)/python -m carvana_seg plan --configfile $(CONFIG) --gpu $(GPU)
+
+# The competition DAG end to end at toy sizes: config/config.yaml itself with config/rehearse.yaml over it (sizes,
+# epochs, the real sample in ../shared/carvana-sample; the synthetic set where that is absent).
+SAMPLE := ../shared/carvana-sample/train_masks.csv
+REHEARSE := config/config.yaml config/rehearse.yaml $(if $(wildcard $(SAMPLE)),,config/rehearse-synthetic.yaml)
+rehearse: $(STAMP)
+	$(BIN)/python -m carvana_seg plan --configfile $(REHEARSE) --gpu $(if $(filter-out 0,$(NGPUS)),$(GPU),cpu)
+	$(BIN)/snakemake --cores $(CORES) $(RUN_FLAGS) --configfile $(REHEARSE)
 
 lint: $(STAMP)
 	$(BIN)/snakemake --lint --configfile $(CONFIG)
