@@ -5,6 +5,7 @@ import re
 from carvana_seg.pipeline import codedeps
 from carvana_seg.pipeline import config as cs_config
 from carvana_seg.pipeline import launch as cs_launch
+from carvana_seg.pipeline import resources as cs_resources
 from carvana_seg.pipeline import rounds as cs_rounds
 
 config.update(cs_config.resolve(config))  # same schema, plus cross-key checks and nested defaults

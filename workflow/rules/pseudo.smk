@@ -29,7 +29,7 @@ rule pseudo_labels:
         f"{RES}/round{{round}}/logs/pseudo_labels.log",
     benchmark:
         f"{RES}/round{{round}}/benchmarks/pseudo_labels.tsv"
-    threads: 2
+    threads: cs_resources.threads(config, "pseudo_labels")
     shell:
         "python -m carvana_seg pseudo --cfg {params.cfg:q} --manifest {input.manifest} --threshold {input.threshold}"
         " --outliers {input.outliers} --raw {params.raw} --out-dir $(dirname {output.masks_csv})"
@@ -55,7 +55,7 @@ rule pseudo_gain:
         ENV
     log:
         f"{LOGS}/pseudo_gain.log",
-    threads: 2
+    threads: cs_resources.threads(config, "pseudo_gain")
     shell:
         "python -m carvana_seg pseudo-gain --thresholds {input.thresholds} --oof-tables {input.oof_tables}"
         " --pseudo-tables {input.pseudo_tables} --pseudo-masks {input.pseudo_masks} {params.measure}"

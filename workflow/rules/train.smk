@@ -27,9 +27,9 @@ rule train:
         "{rdir}/logs/train/{variant}_fold{fold}.log",
     benchmark:
         "{rdir}/benchmarks/train/{variant}_fold{fold}.tsv"
-    threads: 2
+    threads: cs_resources.threads(config, "train")
     resources:
-        gpu=1,
+        gpu=cs_resources.gpus(config, "train"),
     shell:
         "python -m carvana_seg train --cfg {params.cfg:q} --variant {wildcards.variant} --fold {wildcards.fold}"
         " --folds {input.folds} --cache {params.cache} --out-model {output.model} --out-metrics {output.metrics}"
@@ -57,9 +57,9 @@ rule oof:
         "{rdir}/logs/oof/{variant}_fold{fold}.log",
     benchmark:
         "{rdir}/benchmarks/oof/{variant}_fold{fold}.tsv"
-    threads: 2
+    threads: cs_resources.threads(config, "oof")
     resources:
-        gpu=1,
+        gpu=cs_resources.gpus(config, "oof"),
     shell:
         "python -m carvana_seg oof --cfg {params.cfg:q} --variant {wildcards.variant} --fold {wildcards.fold}"
         " --model {input.model} --folds {input.folds} --cache {params.cache} --raw {params.raw}"

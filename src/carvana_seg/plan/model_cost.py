@@ -29,13 +29,13 @@ def _count(arch: str, encoder: str, width: int, height: int) -> ModelCost:
 
     with torch.device("meta"):
         model = build_model({"name": "plan", "arch": arch, "encoder": encoder, "encoder_weights": None})
-        x = torch.zeros(1, 3, height, width)
+        x = torch.zeros(2, 3, height, width)  # 2: batch norm in training mode needs more than one value
         with FlopCounterMode(display=False) as fwd:
             model(x)
         with FlopCounterMode(display=False) as both:
             model(x).sum().backward()
-    return ModelCost(sum(p.numel() for p in model.parameters()), float(fwd.get_total_flops()),
-                     float(both.get_total_flops()))
+    return ModelCost(sum(p.numel() for p in model.parameters()), fwd.get_total_flops() / 2,
+                     both.get_total_flops() / 2)
 
 
 def model_cost(variant: dict) -> ModelCost:

@@ -32,6 +32,7 @@ from carvana_seg.core.metrics import dice_from_counts
 from carvana_seg.models import model as modelmod
 from carvana_seg.models.runtime import autocast, pick_device
 from carvana_seg.pipeline.errors import CarvanaSegError, DataError
+from carvana_seg.pipeline.resources import torch_threads
 from carvana_seg.training.augment import build_augment
 from carvana_seg.training.dataset import build_datasets, read_folds, split_ids, worker_init
 from carvana_seg.training.losses import BceDiceLoss
@@ -52,7 +53,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out-model", required=True, help="best.pt to write when training ends")
     parser.add_argument("--out-metrics", required=True, help="metrics.csv to write when training ends")
     parser.add_argument("--state-dir", required=True, help="resume state directory (kept across failed runs)")
-    parser.add_argument("--threads", type=int, default=2, help="CPU threads for torch on CPU")
+    parser.add_argument("--threads", type=int, default=2,
+                        help="the job's CPU threads: torch gets what the DataLoader workers (train.num_workers) leave")
     parser.add_argument("--extra-layout", action="append", default=[], metavar="DIR",
                         help="Kaggle training layout whose images are all added to the training set, never to "
                              "validation, decoded by the DataLoader (pseudo-labelled test images); repeatable")
@@ -219,7 +221,7 @@ def run(args: argparse.Namespace, cfg: dict) -> None:
     if cuda:
         torch.backends.cudnn.benchmark = True
     else:
-        torch.set_num_threads(max(1, args.threads))
+        torch.set_num_threads(torch_threads(args.threads, tc.get("num_workers", 0)))
     channels_last = cuda and tc.get("channels_last", True)
     use_amp = cuda and tc.get("amp", True)
     fp16 = use_amp and not torch.cuda.is_bf16_supported()
