@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from carvana_seg.core import layout
 from carvana_seg.core.images import read_image
 from carvana_seg.data.resize_cache import resize_image
 from carvana_seg.inference import ensemble, variant_masks
@@ -75,7 +76,7 @@ def direct(raw: Path, ids: list[str], models: list[Path]) -> dict[str, np.ndarra
 def test_shards_manifest_and_equality_with_direct_computation(setup):
     root, raw, models = setup
     manifest = run_stage(root, raw, models, stage_cfg(), out="full")
-    ids = ensemble.read_test_ids(raw / "sample_submission.csv")
+    ids = layout.test_ids(raw)[0]
     assert manifest["n_images"] == len(ids) == 16 and manifest["n_computed"] == 16
     assert [s["file"] for s in manifest["shards"]] == [f"shard_0000{k}.npz" for k in range(4)]
     assert [s["n_images"] for s in manifest["shards"]] == [5, 5, 5, 1]
@@ -137,7 +138,7 @@ def test_stream_is_a_generator_and_closing_it_stops_producer_and_workers(setup):
     assert inspect.isgeneratorfunction(ensemble.iter_probs)
     cfg = stage_cfg(batch_size=2, workers=1)  # also exercises the DataLoader worker process
     stream = ensemble.iter_probs(ensemble.load_variants(models, cfg, torch.device("cpu")), raw,
-                                 ensemble.read_test_ids(raw / "sample_submission.csv"), cfg["predict"],
+                                 layout.test_ids(raw)[0], cfg["predict"],
                                  torch.device("cpu"))
     image_id, prob = next(stream)
     assert prob.shape == (48, 64)
@@ -159,7 +160,7 @@ def test_memory_does_not_grow_with_the_number_of_images(tmp_path, setup):
         out = tmp_path / f"probs{n}"
         ensemble.prepare_dir(out, "x")
         tracemalloc.start()
-        ensemble.write_shards(variants, raw, ensemble.read_test_ids(raw / "sample_submission.csv"), out,
+        ensemble.write_shards(variants, raw, layout.test_ids(raw)[0], out,
                               cfg["predict"], torch.device("cpu"))
         peaks.append(tracemalloc.get_traced_memory()[1])
         tracemalloc.stop()

@@ -97,6 +97,17 @@ def test_predict_threshold_file_and_default(tmp_path, caplog):
     assert predict.read_threshold(res, 0.25) == 0.25
 
 
+def test_predict_uses_the_last_rounds_models_and_threshold(tmp_path):
+    """With pseudo-labelling, the final ensemble is each variant's model from the highest round that retrained it
+    (round two retrained variant a only) and the last round's threshold: what the final submission used."""
+    res = make_results(tmp_path / "res", VARIANTS, folds=1, threshold=0.4)
+    make_results(res / "round2", VARIANTS[:1], folds=1, threshold=0.6)
+    paths = predict.find_checkpoints(res)
+    assert [p.relative_to(res).as_posix() for p in paths] == ["round2/models/a/fold0/best.pt",
+                                                              "models/b/fold0/best.pt"]
+    assert predict.read_threshold(res, None) == 0.6
+
+
 def test_predict_unreadable_photo_is_one_error_naming_it(results, tmp_path, capsys):
     good = photo(tmp_path / "good.jpg")
     bad = tmp_path / "bad.jpg"

@@ -17,7 +17,7 @@ from carvana_seg.pipeline import cli
 from carvana_seg.pipeline.errors import DataError
 
 H, W = 40, 56
-VARIANTS = [{"name": "a", "weight": 1.0}, {"name": "b", "weight": 3.0}]
+VARIANTS = [{"name": "a", "width": 64, "height": 64, "weight": 1.0}, {"name": "b", "width": 96, "height": 64, "weight": 3.0}]
 
 
 def make_oof(root: Path, n_per_fold: int = 6, folds: int = 2, seed: int = 0) -> tuple[Path, list[Path], dict]:

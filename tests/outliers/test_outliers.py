@@ -109,7 +109,7 @@ def test_features_on_a_fabricated_mask():
     assert f["n_components"] == 2 and f["extra_share"] == pytest.approx(6 / 790)
     assert f["hole_share"] == pytest.approx(16 / 806)
     assert (f["border_top"], f["border_left"], f["border_bottom"], f["border_right"]) == (3, 2, 0, 0)
-    assert f["uncertain_share"] == pytest.approx(40 / 790)
+    assert f["uncertain_per_mask_px"] == pytest.approx(40 / 790)
     assert 0.6 < f["variant_dice"] < 0.72 and f["area_a"] > f["area_b"]
     fixed = fix_mask(mask)
     expected = np.zeros_like(mask)
@@ -129,7 +129,7 @@ def test_robust_z_floor_and_nan():
 
 def test_stage_flags_the_planted_car_fixes_it_and_the_submission_uses_the_fix(tmp_path):
     data = fabricate(tmp_path)
-    assert run_stage(tmp_path, data["raw"], outlier_cfg(retta="none")) == 0
+    assert run_stage(tmp_path, data["raw"], outlier_cfg(repredict="none")) == 0
     table = pd.read_csv(tmp_path / "outliers.csv", keep_default_na=False)
     assert list(table.columns) == COLUMNS
     assert set(table["car"].astype(str).str.zfill(12)) == {PLANTED}  # every normal car passes

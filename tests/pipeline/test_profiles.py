@@ -104,7 +104,7 @@ def test_threads_follow_the_workers_each_job_starts(repo_root, tmp_path):
     assert re.search(r"localrules:\s*" + r",\s*".join(LOCAL_RULES) + ",", snakefile)
     off = tmp_path / "off.yaml"
     off.write_text(yaml.safe_dump({**yaml.safe_load((repo_root / "config" / "config.yaml").read_text()),
-                                   "outliers": {"retta": "none"}}))
+                                   "outliers": {"repredict": "none"}}))
     res = snakemake(repo_root, tmp_path, "-n", "--configfile", str(off))
     block = next(b for b in re.split(r"\n(?=\[.*\]\n)|\n(?=(?:local)?rule \w+:)", res.stdout + res.stderr)
                  if re.match(r"\s*rule outliers:", b))

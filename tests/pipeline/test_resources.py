@@ -17,7 +17,7 @@ def test_threads_follow_the_configured_workers():
     assert threads(cfg, "resize_cache") == threads(cfg, "validate_data") == 6
     assert threads(cfg, "train") == 6 and threads(cfg, "ensemble") == 4 and threads(cfg, "outliers") == 4
     assert threads(cfg, "submission") == 3 and threads(cfg, "folds") == 1 and threads(cfg, "all") == 1
-    no_zoom = _cfg(predict={"workers": 3}, outliers={"retta": "none"})
+    no_zoom = _cfg(predict={"workers": 3}, outliers={"repredict": "none"})
     assert threads(no_zoom, "outliers") == 3 and gpus(no_zoom, "outliers") == 0 and gpus(cfg, "outliers") == 1
     assert set(rule_threads(cfg)) <= set(RULES)
 

@@ -33,17 +33,17 @@ def _prob(h: int = 40, w: int = 60, blur: int = 0, value: int = 255) -> np.ndarr
 
 
 def test_uncertain_share_of_fabricated_maps():
-    assert pseudo.uncertain_share(_prob(), LO, HI) == 0.0  # sharp 0/255 mask: fully confident
-    assert pseudo.uncertain_share(np.zeros((8, 8), np.uint8), LO, HI) == 1.0  # nothing that may be car
+    assert pseudo.uncertain_of_candidates(_prob(), LO, HI) == 0.0  # sharp 0/255 mask: fully confident
+    assert pseudo.uncertain_of_candidates(np.zeros((8, 8), np.uint8), LO, HI) == 1.0  # nothing that may be car
     blurred = _prob(blur=2)
     n_car, n_band = 20 * 30, 24 * 34 - 20 * 30
-    assert pseudo.uncertain_share(blurred, LO, HI) == pytest.approx(n_band / (n_car + n_band))
+    assert pseudo.uncertain_of_candidates(blurred, LO, HI) == pytest.approx(n_band / (n_car + n_band))
     soft = _prob(value=200)  # 200/255 = 0.78 < hi: every candidate pixel is uncertain
-    assert pseudo.uncertain_share(soft, LO, HI) == 1.0
-    assert pseudo.uncertain_share(soft, LO, 0.7) == 0.0
+    assert pseudo.uncertain_of_candidates(soft, LO, HI) == 1.0
+    assert pseudo.uncertain_of_candidates(soft, LO, 0.7) == 0.0
     # the bounds are exclusive, on the stored uint8 levels (level(0.1) = 26, level(0.9) = 230)
     edge = np.array([[25, 26, 27, 229, 230, 231]], np.uint8)
-    assert pseudo.uncertain_share(edge, LO, HI) == pytest.approx(2 / 4)
+    assert pseudo.uncertain_of_candidates(edge, LO, HI) == pytest.approx(2 / 4)
 
 
 # ---- selection -------------------------------------------------------------------------------------------------
@@ -54,7 +54,7 @@ def _scores(n_cars: int = 3, n_views: int = 4) -> pd.DataFrame:
     for c in range(n_cars):
         car = f"{c:012x}"
         for v in range(1, n_views + 1):
-            rows.append({"id": f"{car}_{v:02d}", "car": car, "view": v, "uncertain_share": (c * n_views + v) / 100})
+            rows.append({"id": f"{car}_{v:02d}", "car": car, "view": v, "uncertain_of_candidates": (c * n_views + v) / 100})
     return pd.DataFrame(rows)
 
 
@@ -68,7 +68,7 @@ def test_select_by_share_and_count_most_confident_first():
     assert pseudo.select(df, set(), share=0.3, count=None)["selected"].sum() == 4  # ceil(3.6)
     by_count = pseudo.select(df, set(), share=0.9, count=5)  # count wins over share
     assert by_count["selected"].sum() == 5
-    assert set(by_count.loc[by_count["selected"], "uncertain_share"]) == {0.01, 0.02, 0.03, 0.04, 0.05}
+    assert set(by_count.loc[by_count["selected"], "uncertain_of_candidates"]) == {0.01, 0.02, 0.03, 0.04, 0.05}
     assert pseudo.select(df, set(), share=None, count=0)["selected"].sum() == 0
 
 
@@ -146,7 +146,7 @@ def test_pseudo_stage_selects_confident_unflagged_images(pseudo_run):
     assert (table.loc[table["car"] == cars[2], "flagged_car"] == 1).all()
     summary = json.loads((pseudo_run["root"] / "res" / "round2" / "pseudo_labels.json").read_text())
     assert summary["n_selected"] == 10 and summary["n_flagged_cars"] == 1 and summary["n_eligible"] == 32
-    assert summary["uncertain_share"]["selected"]["max"] < summary["uncertain_share"]["eligible_not_selected"]["max"]
+    assert summary["uncertain_of_candidates"]["selected"]["max"] < summary["uncertain_of_candidates"]["eligible_not_selected"]["max"]
 
 
 def test_written_layout_reads_like_training_data(pseudo_run):

@@ -2,7 +2,7 @@
 # area profile, the car's other views and the rest of the test set; fix (largest component + wide holes filled,
 # zoomed re-prediction of cars far smaller than any training car) or flag the outliers. It reads the ensemble's
 # shards and never reruns it: changing `outliers:` reruns outliers -> submission -> score (and, with
-# pseudo-labelling, the next round, which leaves flagged cars out). Only retta: zoom runs models (a GPU job then).
+# pseudo-labelling, the next round, which leaves flagged cars out). Only repredict: zoom runs models (a GPU job then).
 ZOOM = cs_resources.zoom(config)
 
 

@@ -79,6 +79,16 @@ def write_jpeg(path: str | os.PathLike, rgb: np.ndarray, quality: int = 92) -> N
     staging.write_bytes(Path(path), buf.tobytes())
 
 
+def write_png(path: str | os.PathLike, image: np.ndarray) -> None:
+    """Write a grey, RGB or RGBA uint8 image as PNG atomically."""
+    if image.ndim == 3:
+        image = cv2.cvtColor(image, cv2.COLOR_RGBA2BGRA if image.shape[2] == 4 else cv2.COLOR_RGB2BGR)
+    ok, buf = cv2.imencode(".png", image)
+    if not ok:
+        raise DataError(f"{path}: PNG encoding failed")
+    staging.write_bytes(Path(path), buf.tobytes())
+
+
 def image_size(path: str | os.PathLike) -> tuple[int, int]:
     """(width, height) of an image file without decoding the pixels."""
     try:

@@ -45,11 +45,6 @@ def list_ids(directory: Path, suffix: str = ".jpg") -> list[str]:
     return sorted(p.name[: -len(suffix)] for p in Path(directory).glob(f"*{suffix}"))
 
 
-def raw_dir(data_root: Path, name: str) -> Path:
-    """``data/<name>/raw``: where every data source leaves the Kaggle layout."""
-    return Path(data_root) / name / "raw"
-
-
 def test_ids(raw: Path) -> tuple[list[str], int]:
     """Test ids listed in ``sample_submission.csv`` (in its order) whose photo exists, and how many are listed.
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 import numpy as np
 
 
@@ -17,12 +15,6 @@ def dice(pred: np.ndarray, truth: np.ndarray) -> float:
     if total == 0:
         return 1.0
     return 2.0 * int(np.logical_and(p, t).sum()) / total
-
-
-def mean_dice(pairs: Iterable[tuple[np.ndarray, np.ndarray]]) -> float:
-    """Mean per-image Dice over ``(pred, truth)`` pairs; NaN for an empty set."""
-    scores = [dice(p, t) for p, t in pairs]
-    return float(np.mean(scores)) if scores else float("nan")
 
 
 def dice_from_counts(intersection: np.ndarray, pred_sum: np.ndarray, truth_sum: np.ndarray) -> np.ndarray:

@@ -1,7 +1,7 @@
 """Run-length encoding in the Carvana convention: row-major flattening, 1-indexed starts, ``start length`` pairs.
 
 ``encode`` works on the raw bytes (no int64 copies of the 2.4 M-pixel image), which is what makes it faster
-than the straightforward numpy version kept here as ``encode_reference`` for tests and benchmarks. ``decode``
+than the straightforward numpy version of the usual Kaggle kernel (the baseline in benchmarks/rle.py). ``decode``
 parses the text in C (``np.fromstring``) and builds the mask with one ``np.repeat`` over the alternating
 background/car segments instead of a Python loop over runs (benchmarks/rle.py).
 """
@@ -81,26 +81,6 @@ def decode(rle: str, shape: tuple[int, int]) -> np.ndarray:
     values01 = np.zeros(segments.size, dtype=np.uint8)
     values01[1::2] = 1
     return np.repeat(values01, segments).reshape(height, width)
-
-
-def encode_reference(mask: np.ndarray) -> str:
-    """The straightforward numpy encoder (the usual Kaggle kernel); kept as the benchmark baseline."""
-    pixels = mask.flatten()
-    pixels = np.concatenate([[0], pixels, [0]])
-    runs = np.where(pixels[1:] != pixels[:-1])[0] + 1
-    runs[1::2] -= runs[::2]
-    return " ".join(str(x) for x in runs)
-
-
-def decode_reference(rle: str, shape: tuple[int, int]) -> np.ndarray:
-    """The straightforward numpy decoder; kept as the benchmark baseline."""
-    s = rle.split()
-    starts, lengths = (np.asarray(x, dtype=int) for x in (s[0::2], s[1::2]))
-    starts -= 1
-    img = np.zeros(shape[0] * shape[1], dtype=np.uint8)
-    for lo, hi in zip(starts, starts + lengths):
-        img[lo:hi] = 1
-    return img.reshape(shape)
 
 
 def validate(rle: str, shape: tuple[int, int]) -> str | None:

@@ -16,7 +16,6 @@ for the outlier checks; it is written before its shard, and a shard counts as do
 from __future__ import annotations
 
 import argparse
-import csv
 import hashlib
 import json
 import logging
@@ -58,12 +57,6 @@ class Variant:
     size: tuple[int, int]
     weight: float
     models: list[torch.nn.Module]
-
-
-def read_test_ids(sample_submission: Path) -> list[str]:
-    """Test image ids in the order of ``sample_submission.csv``."""
-    with open(sample_submission, newline="") as fh:
-        return [r[0].removesuffix(".jpg") for r in list(csv.reader(fh))[1:] if r]
 
 
 def load_variants(paths: list[Path], cfg: dict, device: torch.device) -> list[Variant]:

@@ -1,11 +1,17 @@
-"""``predict``: a mask PNG and an RGBA cut-out for any photo, with the trained ensemble of a results directory.
+"""``predict``: a mask PNG and an RGBA cut-out for any photo, with the final trained ensemble of a results directory.
 
-``python -m carvana_seg predict IMAGE... --models results/<name> --out DIR`` loads every
-``models/<variant>/fold<k>/best.pt`` (each checkpoint records its variant: network size and ensemble weight) and
-``threshold.json``. Each photo, of any size, is resized to every variant's network size, run through the
-variant's folds with flip-TTA, resized back (INTER_LINEAR), averaged over variants by weight and binarised: the
-same code path as the test ensemble and the submission (``ensemble.finalize``, ``threshold.binarize``), so a
-photo from the test set gets exactly the mask its submission row encodes.
+``python -m carvana_seg predict IMAGE... --models results/<name> --out DIR`` uses the models and threshold of the
+run's *last* round: with pseudo-labelling on, each variant's ``round<r>/models/<variant>/fold<k>/best.pt`` from
+the highest round that trained it (round one's ``models/`` otherwise), and the highest round's ``threshold.json``,
+exactly what the final test ensemble and submission use. Each checkpoint records its variant (network size and
+ensemble weight). Each photo, of any size, goes through the same preprocessing, flip-TTA, upsampling, weighting and
+binarisation as the test ensemble and the submission (``resize_cache.load_resized``, ``ensemble.finalize``,
+``core.masks.binarize``).
+
+What it does not apply: the outlier check's per-car fixes (``outliers.action: fix``: zoom re-prediction of a car
+far smaller than every training car, and the mask clean-ups). Those judge a photo against its car's other 15
+views and the whole test set, which a single photo does not have. So a test photo gets exactly its submission
+row's mask unless ``results/<name>/outliers.csv`` lists its car as fixed.
 
 Outputs per photo: ``<stem>_mask.png`` (8-bit grey, 0 background / 255 car) and ``<stem>_cutout.png``
 (RGBA, the photo with alpha = mask: background removed).
@@ -19,28 +25,35 @@ import logging
 import time
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 
-from carvana_seg.core.images import read_image
+from carvana_seg.core.images import read_image, write_png
 from carvana_seg.core.masks import binarize
 from carvana_seg.data.resize_cache import load_resized
 from carvana_seg.inference.ensemble import Variant, finalize
 from carvana_seg.models import runtime
-from carvana_seg.pipeline import staging
 from carvana_seg.pipeline.errors import CarvanaSegError, DataError
 
 log = logging.getLogger(__name__)
 DEFAULT_THRESHOLD = 0.5
 
 
+def _round_dirs(results: Path) -> list[Path]:
+    """The run's round directories, last round first: ``round<r>`` (r >= 2, highest first), then ``results``."""
+    rounds = [d for d in Path(results).glob("round*") if d.is_dir() and d.name[5:].isdigit()]
+    return sorted(rounds, key=lambda d: int(d.name[5:]), reverse=True) + [Path(results)]
+
+
 def find_checkpoints(results: Path) -> list[Path]:
-    """Every ``models/<variant>/fold<k>/best.pt`` under a results directory, sorted."""
-    paths = sorted(Path(results).glob("models/*/fold*/best.pt"))
-    if not paths:
+    """The final ensemble's ``best.pt`` files: for every variant x fold, the one of the highest round holding it."""
+    chosen: dict[tuple[str, str], Path] = {}
+    for rdir in _round_dirs(results):
+        for path in sorted(rdir.glob("models/*/fold*/best.pt")):
+            chosen.setdefault((path.parent.parent.name, path.parent.name), path)
+    if not chosen:
         raise DataError(f"{results}: no trained models (expected models/<variant>/fold<k>/best.pt)")
-    return paths
+    return [chosen[k] for k in sorted(chosen)]
 
 
 def load_ensemble(paths: list[Path], device: torch.device) -> list[Variant]:
@@ -61,12 +74,13 @@ def load_ensemble(paths: list[Path], device: torch.device) -> list[Variant]:
 
 
 def read_threshold(results: Path, override: float | None) -> float:
-    """``--threshold``, else ``threshold.json`` of the results directory, else 0.5 with a warning."""
+    """``--threshold``, else the last round's ``threshold.json``, else 0.5 with a warning."""
     if override is not None:
         if not 0.0 <= override <= 1.0:
             raise CarvanaSegError(f"--threshold must be in [0, 1], got {override}")
         return float(override)
-    path = Path(results) / "threshold.json"
+    path = next((d / "threshold.json" for d in _round_dirs(results) if (d / "threshold.json").is_file()),
+                Path(results) / "threshold.json")
     if not path.is_file():
         log.warning("%s not found; binarising at %.2f (pass --threshold to choose)", path, DEFAULT_THRESHOLD)
         return DEFAULT_THRESHOLD
@@ -93,20 +107,10 @@ def cutout(rgb: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return np.dstack([rgb, np.where(mask, 255, 0).astype(np.uint8)])
 
 
-def _write_png(path: Path, image: np.ndarray) -> None:
-    """Write a grey, RGB or RGBA uint8 PNG atomically."""
-    if image.ndim == 3:
-        image = cv2.cvtColor(image, cv2.COLOR_RGBA2BGRA if image.shape[2] == 4 else cv2.COLOR_RGB2BGR)
-    ok, buf = cv2.imencode(".png", image)
-    if not ok:
-        raise DataError(f"{path}: PNG encoding failed")
-    staging.write_bytes(path, buf.tobytes())
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="photos (JPEG, PNG, ...; any size)")
     parser.add_argument("--models", required=True,
-                        help="results directory: results/<name>/ with models/ and threshold.json")
+                        help="results directory results/<name>/: its last round's models and threshold.json")
     parser.add_argument("--out", required=True, help="output directory for <stem>_mask.png and <stem>_cutout.png")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--threshold", type=float, default=None,
@@ -134,7 +138,7 @@ def run(args: argparse.Namespace, cfg: dict) -> None:  # noqa: ARG001 - predict 
         t0 = time.perf_counter()
         rgb = read_image(path)
         mask = binarize(predict_prob(variants, path, device, args.tta), threshold)
-        _write_png(out / f"{path.stem}_mask.png", np.where(mask, 255, 0).astype(np.uint8))
-        _write_png(out / f"{path.stem}_cutout.png", cutout(rgb, mask))
+        write_png(out / f"{path.stem}_mask.png", np.where(mask, 255, 0).astype(np.uint8))
+        write_png(out / f"{path.stem}_cutout.png", cutout(rgb, mask))
         log.info("%s: %dx%d, car %.1f%% of pixels, %.2f s", path, rgb.shape[1], rgb.shape[0],
                  100.0 * mask.mean(), time.perf_counter() - t0)

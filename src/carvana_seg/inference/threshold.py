@@ -14,7 +14,6 @@ import argparse
 import json
 import logging
 from collections.abc import Iterator
-from multiprocessing import Pool
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +25,7 @@ from carvana_seg.core.metrics import dice_from_counts
 from carvana_seg.pipeline import staging
 from carvana_seg.pipeline.config import fold_ids
 from carvana_seg.pipeline.errors import ConfigError, DataError
+from carvana_seg.pipeline.pool import worker_pool
 
 log = logging.getLogger(__name__)
 LEVELS = 256
@@ -121,13 +121,9 @@ def oof_curve(paths: list[Path], raw: Path, cfg: dict, workers: int = 1) -> tupl
     weights = {v["name"]: float(v.get("weight", 1.0)) for v in cfg["variants"]}
     jobs = [(i, src, weights, str(raw)) for i, src in _jobs(by_variant)]  # ids and paths only: small
     total, n = np.zeros(LEVELS), 0
-    if workers > 1:
-        with Pool(workers) as pool:
-            for curve in pool.imap(_image_job, jobs, chunksize=8):
-                total, n = total + curve, n + 1
-    else:
-        for job in jobs:
-            total, n = total + _image_job(job), n + 1
+    with worker_pool(workers, len(jobs)) as pool:
+        for curve in pool.imap(_image_job, jobs, chunksize=8):
+            total, n = total + curve, n + 1
         _NPZ.clear()
     if n == 0:
         raise DataError("no OOF images in " + ", ".join(str(p) for p in paths))

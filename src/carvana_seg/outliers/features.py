@@ -21,6 +21,7 @@ import cv2
 import numpy as np
 
 from carvana_seg.core.masks import level
+from carvana_seg.core.metrics import dice
 from carvana_seg.inference import variant_masks
 
 SIDES = ("top", "bottom", "left", "right")
@@ -90,12 +91,6 @@ def border_pixels(mask: np.ndarray) -> dict[str, int]:
             "right": int(m[:, -1].sum())}
 
 
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    """Dice of two boolean masks, 1 when both are empty."""
-    total = int(a.sum()) + int(b.sum())
-    return 2.0 * int(np.logical_and(a, b).sum()) / total if total else 1.0
-
-
 def min_pair_dice(masks: np.ndarray) -> float:
     """Lowest Dice between any two variant masks (n_variants, h, w); NaN with fewer than two variants."""
     pairs = [dice(masks[i], masks[j]) for i, j in combinations(range(len(masks)), 2)]
@@ -115,7 +110,7 @@ def image_features(prob_u8: np.ndarray, threshold: float, lo: float, hi: float, 
     out: dict[str, float] = {
         "height": prob_u8.shape[0], "width": prob_u8.shape[1], "area": n_car / mask.size,
         "n_components": n_comp, "extra_share": extra, "hole_share": hole_share(small, hole_radius / scale),
-        "uncertain_share": uncertain / max(n_car, 1),
+        "uncertain_per_mask_px": uncertain / max(n_car, 1),
         **{f"border_{s}": v for s, v in border_pixels(mask).items()},
         "variant_dice": math.nan,
     }

@@ -29,7 +29,7 @@ from carvana_seg.outliers.features import SIDES
 from carvana_seg.pipeline.errors import DataError
 
 MAD_K = 1.4826  # MAD -> standard deviation for normal data
-TEST_FEATURES = {"components": "extra_share", "holes": "hole_share", "uncertain": "uncertain_share",
+TEST_FEATURES = {"components": "extra_share", "holes": "hole_share", "uncertain": "uncertain_per_mask_px",
                  "disagreement": "disagreement"}
 SOFT = {"uncertain", "disagreement"}  # difficulty more than failure: judged against z_max_soft
 

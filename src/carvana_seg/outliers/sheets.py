@@ -13,7 +13,6 @@ import cv2
 import numpy as np
 
 from carvana_seg.core import layout
-from carvana_seg.pipeline import staging
 
 GRID = 4  # 4 x 4 = the 16 turntable views
 TITLE_H = 28  # pixels of the title band above the grid
@@ -75,14 +74,6 @@ def contact_sheet(tiles: list[np.ndarray | None], labels: list[str], title: str,
         cv2.rectangle(sheet, (x, y), (x + tw - 1, y + th - 1), (0, 0, 0), 1)
         _text(sheet, labels[k] if k < len(labels) else f"{k + 1:02d}", (x + 2, y + 16), 0.4, tw)
     return sheet
-
-
-def write_png(path: Path, rgb: np.ndarray) -> None:
-    """Write an RGB image as PNG atomically."""
-    ok, buf = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
-    if not ok:
-        raise OSError(f"{path}: PNG encoding failed")
-    staging.write_bytes(path, buf.tobytes())
 
 
 def photo_path(raw: Path, image_id: str) -> Path:

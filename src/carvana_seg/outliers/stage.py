@@ -7,7 +7,7 @@ pixels and disagreement between variants against the rest of the test set; edges
 never touch them. A score above ``z_max`` is a reason; an image with a reason is flagged.
 
 ``action: fix`` keeps each flagged image's largest component and fills its wide holes. Before that, with
-``retta: zoom``, the views of a car far smaller than every training car are predicted again on a crop around the
+``repredict: zoom``, the views of a car far smaller than every training car are predicted again on a crop around the
 car (``outlier_zoom``, the only part that runs models); with ``fix_variant``, an image whose area does not fit its
 car's other views takes the mask of the variant whose area does (from the 1/4-scale variant masks, upsampled).
 ``action: flag`` changes nothing. Every flagged image is one row of ``outliers.csv`` and one log line; every
@@ -25,7 +25,6 @@ import os
 import tempfile
 from contextlib import nullcontext
 from dataclasses import dataclass
-from multiprocessing import Pool
 from pathlib import Path
 from typing import NamedTuple
 
@@ -33,6 +32,7 @@ import numpy as np
 import pandas as pd
 
 from carvana_seg.core import layout, rle
+from carvana_seg.core.images import write_png
 from carvana_seg.core.masks import level
 from carvana_seg.inference import variant_masks
 from carvana_seg.inference.shards import shard_paths
@@ -40,10 +40,11 @@ from carvana_seg.outliers import sheets
 from carvana_seg.outliers.features import fix_mask, image_features
 from carvana_seg.outliers.profile import choose_variant, learn_profile, score
 from carvana_seg.pipeline.errors import ConfigError
+from carvana_seg.pipeline.pool import worker_pool
 
 log = logging.getLogger(__name__)
 COLUMNS = ["img", "car", "view", "reasons", "action", "fix", "changed_px", "score", "area", "z_train", "z_view",
-           "z_car", "n_components", "extra_share", "z_components", "hole_share", "z_holes", "uncertain_share",
+           "z_car", "n_components", "extra_share", "z_components", "hole_share", "z_holes", "uncertain_per_mask_px",
            "z_uncertain", "variant_dice", "z_disagreement", "border"]
 
 
@@ -70,11 +71,8 @@ def compute_features(manifest: Path, threshold: float, cfg: dict, workers: int =
     if not vm:
         log.warning("%s has no per-variant masks (older ensemble): no disagreement check, no variant choice", manifest)
     jobs = [(str(p), v, names, threshold, cfg) for p, v in zip(shards, vfiles)]
-    if workers > 1 and len(jobs) > 1:
-        with Pool(min(workers, len(jobs))) as pool:
-            parts = pool.map(_shard_features, jobs, chunksize=1)
-    else:
-        parts = [_shard_features(j) for j in jobs]
+    with worker_pool(workers, len(jobs)) as pool:
+        parts = pool.map(_shard_features, jobs, chunksize=1)
     return pd.DataFrame([row for part in parts for row in part]), names
 
 
@@ -137,7 +135,7 @@ def _car_job(job: CarJob) -> list[tuple[str, str | None, int]]:
             f.close()
     if job.sheet and shape is not None:
         sheet = sheets.contact_sheet(tiles, labels, job.title, shape, job.tile_width)
-        sheets.write_png(Path(job.sheet), sheet)
+        write_png(Path(job.sheet), sheet)
     return out
 
 
@@ -151,7 +149,7 @@ def plan(df: pd.DataFrame, names: list[str], profile, cfg: dict, threshold: floa
         views = []
         for i, r in df[df["car"] == car].sort_values("view").iterrows():
             fix = cfg["action"] == "fix" and bool(r["reasons"])
-            zoom = fix and cfg["retta"] == "zoom" and r["z_car"] < -cfg["z_max"]  # far smaller than training cars
+            zoom = fix and cfg["repredict"] == "zoom" and r["z_car"] < -cfg["z_max"]  # far smaller than training cars
             pick = fix and not zoom and cfg["fix_variant"]
             variant = choose_variant(r, names, profile, cfg["z_max"]) if pick else None
             df.loc[i, "fix"] = "" if not fix else ("zoom+" if zoom else f"variant:{variant}+" if variant else "") + \
@@ -172,7 +170,7 @@ def zoom(jobs: list[CarJob], df: pd.DataFrame, args: argparse.Namespace, cfg: di
     if not views:
         return
     if not args.models:
-        raise ConfigError("config key 'outliers.retta': 'zoom' needs the model checkpoints (--models)")
+        raise ConfigError("config key 'outliers.repredict': 'zoom' needs the model checkpoints (--models)")
     from carvana_seg.outliers.zoom import zoom_images  # torch: imported only when a car needs it
 
     done = set(zoom_images([(v.img, v.shard) for v in views], Path(args.raw), [Path(m) for m in args.models], cfg,
@@ -204,8 +202,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fixes", required=True, help="fixes CSV to write (img,rle_mask of every changed mask)")
     parser.add_argument("--sheets", required=True, help="contact-sheet manifest JSON; the PNGs go beside it")
     parser.add_argument("--threads", type=int, default=1, help="worker processes")
-    parser.add_argument("--models", nargs="*", default=[], help="every best.pt (needed by retta: zoom)")
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="for retta: zoom")
+    parser.add_argument("--models", nargs="*", default=[], help="every best.pt (needed by repredict: zoom)")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="for repredict: zoom")
 
 
 def run(args: argparse.Namespace, cfg: dict) -> None:
@@ -224,11 +222,8 @@ def run(args: argparse.Namespace, cfg: dict) -> None:
     jobs = plan(df, names, profile, ocfg, threshold, Path(args.raw), sheet_manifest.parent)
     with tempfile.TemporaryDirectory(dir=sheet_manifest.parent, prefix=".zoom-") as tmp_dir:
         zoom(jobs, df, args, cfg, threshold, Path(tmp_dir))
-        if workers > 1 and len(jobs) > 1:
-            with Pool(min(workers, len(jobs))) as pool:
-                results = pool.map(_car_job, jobs, chunksize=1)
-        else:
-            results = [_car_job(j) for j in jobs]
+        with worker_pool(workers, len(jobs)) as pool:
+            results = pool.map(_car_job, jobs, chunksize=1)
     fixes = [[layout.image_file(i), m] for res in results for i, m, _ in res if m is not None]
     changed = {i: n for res in results for i, _, n in res}
     df["changed_px"] = df["img"].map(changed).fillna(0).astype(int)

@@ -1,4 +1,4 @@
-"""Zoom re-prediction (``outliers.retta: zoom``): predict a car that is far smaller than every training car again,
+"""Zoom re-prediction (``outliers.repredict: zoom``): predict a car that is far smaller than every training car again,
 on a crop around its predicted box, so the models see it at the size they were trained on.
 
 A small car (the synthetic 1/3-scale outlier; a distant or tiny vehicle on Kaggle) comes out of the ensemble as a

@@ -50,17 +50,21 @@ def _add_stage_arguments(parser: argparse.ArgumentParser, argv: list[str]) -> No
 
 
 def stage_cfg(args: argparse.Namespace) -> dict:
-    """The config slice for this invocation, from ``--cfg`` or from ``--configfile``."""
+    """The validated config slice for this invocation, from ``--cfg`` or from ``--configfile``, every default
+    filled from the schema (the one source of defaults: stages index it, they never carry defaults of their own)."""
     slice_name = STAGES[args._stage][1]  # noqa: SLF001
     if slice_name is None:
         return {}
-    if args.cfg is not None:
-        try:
-            return json.loads(args.cfg)
-        except json.JSONDecodeError as exc:
-            raise CarvanaSegError(f"--cfg is not valid JSON: {exc}") from exc
-    full = cfgmod.load(args.configfile)
-    return cfgmod.stage_config(full, slice_name, getattr(args, "variant", None))
+    if args.cfg is None:
+        full = cfgmod.load(args.configfile)
+        return cfgmod.stage_config(full, slice_name, getattr(args, "variant", None))
+    try:
+        raw = json.loads(args.cfg)
+    except json.JSONDecodeError as exc:
+        raise CarvanaSegError(f"--cfg is not valid JSON: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise CarvanaSegError("--cfg must be a JSON object (the config slice of the stage)")
+    return cfgmod.validate_slice(slice_name, raw)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -31,7 +31,7 @@ STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
     "oof": ("name", "predict"),
     "threshold": ("name", "threshold", "variants", "folds"),
     "ensemble": ("name", "predict", "variants", "folds"),
-    "outliers": ("name", "outliers", "variants", "predict"),  # variants, predict: for retta: zoom
+    "outliers": ("name", "outliers", "variants", "predict"),  # variants, predict: for repredict: zoom
     "pseudo": ("name", "pseudo_label"),
     "submission": ("name",),
     "submit": ("name", "kaggle"),
@@ -125,6 +125,35 @@ def stage_config(config: dict, stage: str, variant_name: str | None = None) -> d
     if variant_name is not None:
         out["variant"] = copy.deepcopy(variant(config, variant_name))
     return out
+
+
+def _slice_schema(stage: str, with_variant: bool) -> dict:
+    """The schema of one stage's slice: its sections' schemas (as in the full config) plus ``variant``."""
+    full = _schema()
+    props = {k: full["properties"][k] for k in STAGE_SECTIONS[stage]}
+    if with_variant:
+        props["variant"] = full["properties"]["variants"]["items"]
+    if stage == "train":  # pseudo-label rounds >= 2 (rounds.train_slice)
+        props["pseudo"] = {"type": "object", "properties": {"round": {"type": "integer", "minimum": 2},
+                                                            "init": {"type": ["string", "null"]}}}
+    required = [k for k in full.get("required", []) if k in props] + (["variant"] if with_variant else [])
+    return {"type": "object", "properties": props, "required": required, "additionalProperties": False}
+
+
+def validate_slice(stage: str, cfg: dict) -> dict:
+    """Validate the slice a stage was handed (``--cfg`` JSON) and fill the schema's defaults, at the stage's entry:
+    a slice written by hand or by an older workflow gets the same values and the same one-line errors as a config
+    file. Raises ConfigError naming the key."""
+    if stage not in STAGE_SECTIONS:
+        return cfg
+    resolved = copy.deepcopy(cfg)
+    validator = _defaulting_validator(_slice_schema(stage, "variant" in cfg))
+    for _ in range(2):
+        errors = sorted(validator.iter_errors(resolved), key=lambda e: list(e.absolute_path))
+        if errors:
+            key = ".".join(str(p) for p in errors[0].absolute_path) or "<top level>"
+            raise ConfigError(f"--cfg for stage {stage}, key '{key}': {errors[0].message}")
+    return resolved
 
 
 def to_json(obj: Any) -> str:

@@ -4,7 +4,7 @@ a pod's CPU request) for as many cores as the processes it starts.
 - ``resize_cache``, ``fetch``, ``validate_data``: ``resize.workers`` processes (the data stages' pools);
 - ``train``: ``train.num_workers`` DataLoader workers + the main process;
 - ``ensemble``: ``predict.workers`` decode workers + the main process (the model feed and the shard writer);
-  ``outliers`` the same with retta zoom (it re-predicts), else ``predict.workers`` for its feature pool;
+  ``outliers`` the same with repredict: zoom (it re-predicts), else ``predict.workers`` for its feature pool;
 - ``threshold``, ``submission``, ``pseudo_labels``, ``pseudo_gain``: ``predict.workers`` (pools over the shards);
 - ``oof``: 2 (torch's CPU threads; it starts no workers); everything else 1.
 
@@ -19,8 +19,8 @@ from carvana_seg.pipeline.stages import GPU_RULES
 
 
 def zoom(config: dict) -> bool:
-    """Whether the outlier check re-predicts (retta zoom): the only case in which it runs models."""
-    return config["outliers"]["action"] == "fix" and config["outliers"]["retta"] == "zoom"
+    """Whether the outlier check re-predicts (repredict: zoom): the only case in which it runs models."""
+    return config["outliers"]["action"] == "fix" and config["outliers"]["repredict"] == "zoom"
 
 
 def rule_threads(config: dict) -> dict[str, int]:

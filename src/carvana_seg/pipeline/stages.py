@@ -29,7 +29,7 @@ STAGES: dict[str, tuple[str, str | None, str]] = {
     "plan": ("carvana_seg.plan.command", None, "what a config will cost: jobs, images, disk, FLOPs, device-hours"),
 }
 # stages that run models: each claims a free GPU (carvana_seg.pipeline.gpu) before torch can initialise CUDA
-GPU_STAGES = {"train", "oof", "ensemble", "predict", "outliers"}  # outliers: only for retta: zoom
+GPU_STAGES = {"train", "oof", "ensemble", "predict", "outliers"}  # outliers: only for repredict: zoom
 # Snakemake rule -> the stage its job runs (rules outside this table run no stage: ``all``)
 RULES: dict[str, str] = {
     "fetch": "fetch", "validate_data": "validate", "folds": "folds", "resize_cache": "resize", "train": "train",
@@ -37,7 +37,7 @@ RULES: dict[str, str] = {
     "pseudo_labels": "pseudo", "pseudo_gain": "pseudo-gain", "submission": "submission", "score": "score",
     "submit": "submit", "report_figures": "report-figures",
 }
-# the rules of GPU stages: each asks for `gpu=1` (outliers only with retta: zoom) and both cluster profiles list
+# the rules of GPU stages: each asks for `gpu=1` (outliers only with repredict: zoom) and both cluster profiles list
 # exactly these with their GPU request (tests/pipeline/test_profiles.py)
 GPU_RULES = tuple(rule for rule, stage in RULES.items() if stage in GPU_STAGES)
 # rules that need the internet: run on the submitting host, never as cluster jobs (Snakefile `localrules`)

@@ -24,7 +24,7 @@ PROB_BYTES = 33_400  # one uint8 probability map in npz, deflate level 3 (docs/b
 VARIANT_MASK_BYTES = 820  # one variant's 1/4-scale bit-packed mask, deflated (variant_masks)
 SHEET_BYTES = 600_000  # one outlier contact sheet (PNG, 4 x 4 views at tile_width 240)
 GZIP_RATIO = 0.43  # submission.csv.gz / its RLE text
-ZOOM_SHARE = 0.01  # assumed share of test images the outlier check re-predicts (retta: zoom)
+ZOOM_SHARE = 0.01  # assumed share of test images the outlier check re-predicts (repredict: zoom)
 
 
 @dataclass
@@ -99,7 +99,7 @@ def predict_stages(config: dict, data: DataSize, dev: tp.Device) -> list[Stage]:
     ens.hours = last * _hours(data.n_test * per_image / dev.infer_flops, decode_s)
     ens.disk = last * data.n_test * (PROB_BYTES + VARIANT_MASK_BYTES * len(variants)) * photo_mpx / PHOTO_MPX
     oc = config["outliers"]
-    zoom = oc["action"] == "fix" and oc["retta"] == "zoom"
+    zoom = oc["action"] == "fix" and oc["repredict"] == "zoom"
     out = Stage("outliers", last, last * data.n_test, gpu=zoom)
     out.disk = last * min(oc["sheets_max"], data.n_test // 16) * SHEET_BYTES
     if zoom:

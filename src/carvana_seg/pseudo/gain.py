@@ -15,8 +15,6 @@ import argparse
 import json
 import logging
 import os
-from contextlib import nullcontext
-from multiprocessing import Pool
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +25,7 @@ from carvana_seg.core.images import image_size
 from carvana_seg.core.metrics import dice
 from carvana_seg.pipeline import staging
 from carvana_seg.pipeline.errors import DataError
+from carvana_seg.pipeline.pool import worker_pool
 from carvana_seg.submission.score import read_rle_csv
 
 log = logging.getLogger(__name__)
@@ -44,8 +43,8 @@ def per_image_dice(pred: dict[str, str], truth: dict[str, str], raw: Path, worke
     if missing:
         raise DataError(f"{len(missing)} images without a true mask, first {missing[0]}")
     jobs = [(i, pred[i], truth[i], str(Path(raw) / layout.TEST_DIR / i)) for i in sorted(pred)]
-    with Pool(workers) if workers > 1 and len(jobs) > 8 else nullcontext() as pool:
-        results = pool.map(_dice_job, jobs, chunksize=8) if pool else map(_dice_job, jobs)
+    with worker_pool(workers, len(jobs), min_jobs=9) as pool:
+        results = pool.map(_dice_job, jobs, chunksize=8)
         return dict(results)
 
 
@@ -70,7 +69,7 @@ def pseudo_record(table: str | os.PathLike, masks_csv: str | os.PathLike, truth:
     sel = df[df["selected"] == 1]
     rec = {"n_test_images": len(df), "n_selected": len(sel), "n_selected_cars": int(sel["car"].nunique()),
            "n_flagged_car_images": int(df["flagged_car"].sum()),
-           "uncertain_share_selected": _stats(sel["uncertain_share"])}
+           "uncertain_of_candidates_selected": _stats(sel["uncertain_of_candidates"])}
     if truth is None:
         return rec
     masks = read_rle_csv(masks_csv)

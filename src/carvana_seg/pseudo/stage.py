@@ -25,8 +25,6 @@ import logging
 import math
 import os
 import shutil
-from contextlib import nullcontext
-from multiprocessing import Pool
 from pathlib import Path
 
 import numpy as np
@@ -38,12 +36,13 @@ from carvana_seg.core.masks import binarize, level
 from carvana_seg.inference.shards import shard_paths
 from carvana_seg.pipeline import staging
 from carvana_seg.pipeline.errors import ConfigError, DataError
+from carvana_seg.pipeline.pool import worker_pool
 
 log = logging.getLogger(__name__)
-COLUMNS = ["img", "car", "view", "uncertain_share", "confidence", "area", "flagged_car", "selected", "rank"]
+COLUMNS = ["img", "car", "view", "uncertain_of_candidates", "confidence", "area", "flagged_car", "selected", "rank"]
 
 
-def uncertain_share(prob_u8: np.ndarray, lo: float, hi: float) -> float:
+def uncertain_of_candidates(prob_u8: np.ndarray, lo: float, hi: float) -> float:
     """Share of the pixels with ``p > lo`` that are uncertain (``lo < p < hi``), on uint8 levels; 1 when none."""
     prob_u8 = np.asarray(prob_u8)
     lo_u8, hi_u8 = level(lo), level(hi)
@@ -61,21 +60,21 @@ def _score_shard(job: tuple[str, float, float, float]) -> list[dict]:
     with np.load(path) as npz:
         for image_id in npz.files:
             prob = npz[image_id]
-            rows.append({"id": image_id, "shard": path, "uncertain_share": uncertain_share(prob, lo, hi),
+            rows.append({"id": image_id, "shard": path, "uncertain_of_candidates": uncertain_of_candidates(prob, lo, hi),
                          "area": float(np.count_nonzero(binarize(prob, threshold))) / prob.size})
     return rows
 
 
 def score_images(shards: list[Path], lo: float, hi: float, threshold: float, workers: int = 1) -> pd.DataFrame:
-    """One row per test image: id, car, view, shard, uncertain_share, confidence (= 1 - uncertain_share), area."""
+    """One row per test image: id, car, view, shard, uncertain_of_candidates, confidence (= 1 - uncertain_of_candidates), area."""
     jobs = [(str(p), lo, hi, threshold) for p in shards]
-    with Pool(min(workers, len(jobs))) if workers > 1 and len(jobs) > 1 else nullcontext() as pool:
-        parts = pool.map(_score_shard, jobs, chunksize=1) if pool else [_score_shard(j) for j in jobs]
+    with worker_pool(workers, len(jobs)) as pool:
+        parts = pool.map(_score_shard, jobs, chunksize=1)
     df = pd.DataFrame([r for part in parts for r in part],
-                      columns=["id", "shard", "uncertain_share", "area"])
+                      columns=["id", "shard", "uncertain_of_candidates", "area"])
     df["car"] = df["id"].map(layout.car_id)
     df["view"] = df["id"].map(layout.view)
-    df["confidence"] = 1.0 - df["uncertain_share"]
+    df["confidence"] = 1.0 - df["uncertain_of_candidates"]
     return df
 
 
@@ -105,7 +104,7 @@ def select(df: pd.DataFrame, flagged: set[str], share: float | None, count: int 
     """``df`` with ``flagged_car``, ``selected`` and ``rank`` (1 = most confident eligible image, 0 = not eligible)."""
     out = df.copy()
     out["flagged_car"] = out["car"].isin(flagged)
-    eligible = out[~out["flagged_car"]].sort_values(["uncertain_share", "id"], kind="mergesort")
+    eligible = out[~out["flagged_car"]].sort_values(["uncertain_of_candidates", "id"], kind="mergesort")
     out["rank"] = 0
     out.loc[eligible.index, "rank"] = np.arange(1, len(eligible) + 1)
     want = n_to_select(len(out), share, count)
@@ -143,8 +142,8 @@ def write_layout(df: pd.DataFrame, threshold: float, raw: Path, out_dir: Path, w
             (tmp / sub).mkdir()
         jobs = [(shard, list(g["id"]), threshold, str(tmp), os.path.abspath(Path(raw) / layout.TEST_DIR), link_base)
                 for shard, g in chosen.groupby("shard", sort=True)]
-        with Pool(min(workers, len(jobs))) if workers > 1 and len(jobs) > 1 else nullcontext() as pool:
-            parts = pool.map(_write_shard, jobs, chunksize=1) if pool else [_write_shard(j) for j in jobs]
+        with worker_pool(workers, len(jobs)) as pool:
+            parts = pool.map(_write_shard, jobs, chunksize=1)
         rows = sorted(r for part in parts for r in part)
         pd.DataFrame(rows, columns=["img", "rle_mask"]).to_csv(tmp / layout.TRAIN_MASKS_CSV, index=False)
     return len(rows)
@@ -167,9 +166,9 @@ def summarize(df: pd.DataFrame, cfg: dict, threshold: float, round_: int | None)
         "n_test_images": len(df), "n_flagged_cars": int(flagged["car"].nunique()),
         "n_flagged_car_images": len(flagged), "n_eligible": int(len(df) - len(flagged)),
         "n_selected": len(sel), "n_selected_cars": int(sel["car"].nunique()),
-        "uncertain_share": {"selected": _quantiles(sel["uncertain_share"]),
-                            "eligible_not_selected": _quantiles(rejected["uncertain_share"]),
-                            "flagged_cars": _quantiles(flagged["uncertain_share"])},
+        "uncertain_of_candidates": {"selected": _quantiles(sel["uncertain_of_candidates"]),
+                            "eligible_not_selected": _quantiles(rejected["uncertain_of_candidates"]),
+                            "flagged_cars": _quantiles(flagged["uncertain_of_candidates"])},
         "area": {"selected": _quantiles(sel["area"]), "all": _quantiles(df["area"])},
     }
 
@@ -201,13 +200,13 @@ def run(args: argparse.Namespace, cfg: dict) -> None:
     staging.write_text(Path(args.table), table.round(6).to_csv(index=False))
     summary = summarize(df, pc, threshold, args.round)
     staging.write_text(Path(args.summary), json.dumps(summary, indent=2) + "\n")
-    u = summary["uncertain_share"]["selected"]
+    u = summary["uncertain_of_candidates"]["selected"]
     log.info("pseudo-labels: %d of %d test images selected (%d cars; %d images of %d flagged cars excluded) at "
              "threshold %.4f -> %s", n, len(df), summary["n_selected_cars"], summary["n_flagged_car_images"],
              summary["n_flagged_cars"], threshold, args.out_dir)
     if u:
         log.info("uncertain share of the selected: min %.4f, median %.4f, max %.4f (rejected median %.4f)",
                  u["min"], u["median"], u["max"],
-                 summary["uncertain_share"]["eligible_not_selected"].get("median", float("nan")))
+                 summary["uncertain_of_candidates"]["eligible_not_selected"].get("median", float("nan")))
     if n == 0:
         log.warning("no image pseudo-labelled: the next round trains on the training cars only")

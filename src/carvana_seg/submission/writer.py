@@ -18,9 +18,8 @@ import json
 import logging
 import os
 from collections.abc import Iterable, Iterator, Mapping
-from contextlib import nullcontext
-from multiprocessing.pool import Pool
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -29,6 +28,7 @@ from carvana_seg.core.masks import binarize
 from carvana_seg.inference.shards import shard_paths
 from carvana_seg.pipeline import staging
 from carvana_seg.pipeline.errors import DataError
+from carvana_seg.pipeline.pool import worker_pool
 
 log = logging.getLogger(__name__)
 HEADER = ["img", "rle_mask"]
@@ -113,11 +113,11 @@ def encode_shard(job: tuple[str, float]) -> list[tuple[str, str, Shape]]:
     return out
 
 
-def _encoded(jobs: list[tuple[str, float]], pool: Pool | None, window: int) -> Iterator[list]:
+def _encoded(jobs: list[tuple[str, float]], pool: Any, window: int) -> Iterator[list]:
     """Encoded shards in order; at most ``window`` ahead of the writer, so memory stays bounded."""
     for start in range(0, len(jobs), window):
         part = jobs[start:start + window]
-        yield from (pool.imap(encode_shard, part) if pool else map(encode_shard, part))
+        yield from pool.imap(encode_shard, part)
 
 
 def read_fixes(path: str | os.PathLike | None) -> dict[str, str]:
@@ -150,7 +150,7 @@ def write_submission(shards: list[Path], threshold: float, sample_submission: st
     jobs = [(str(p), threshold) for p in shards]
     with staging.staged_file(out) as tmp:  # an invalid submission is an error, never a file
         gz = str(out).endswith(".gz")
-        with open_text(tmp, "wt", gz=gz) as fh, (Pool(workers) if workers > 1 else nullcontext()) as pool:
+        with open_text(tmp, "wt", gz=gz) as fh, worker_pool(workers) as pool:
             writer = csv.writer(fh, lineterminator="\n")
             writer.writerow(HEADER)
             for shard in _encoded(jobs, pool, 2 * workers):
