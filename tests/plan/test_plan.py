@@ -81,11 +81,13 @@ def test_report_compares_planned_with_measured(competition):
     import pandas as pd
 
     assert device_row("cuda (NVIDIA H100 80GB HBM3)") == "h100" and device_row("cpu") == "cpu"
-    measured = [pd.DataFrame({"stage": ["train", "resize"], "jobs": [15, 3], "total_s": [3600.0, 60.0]}),
+    measured = [pd.DataFrame({"stage": ["train", "resize", "submission", "submission_round1"], "jobs": [15, 3, 1, 1],
+                              "total_s": [3600.0, 60.0, 1.0, 1.0]}),
                 pd.DataFrame({"stage": ["train"], "jobs": [15], "total_s": [7200.0]})]
     table = compare(competition, measured).set_index("stage")
     assert table.loc["train", "planned_jobs"] == 30 and table.loc["train", "measured_jobs"] == 30
     assert table.loc["train", "measured_hours"] == 3.0 and table.loc["resize_cache", "measured_jobs"] == 3
+    assert table.loc["submission", "measured_jobs"] == table.loc["submission", "planned_jobs"] == 2
     assert pd.isna(table.loc["resize_cache", "planned_hours"])  # CPU stages: no planned device-hours
 
 

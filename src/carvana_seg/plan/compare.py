@@ -7,6 +7,8 @@ compared with the measured CPU row and a GPU run with its GPU row (an assumption
 
 from __future__ import annotations
 
+import re
+
 import pandas as pd
 
 from carvana_seg.plan.throughput import DEVICES
@@ -25,7 +27,8 @@ def device_row(device: str) -> str:
 def compare(plan: dict, measured: list[pd.DataFrame]) -> pd.DataFrame:
     """One row per planned stage: planned jobs, hours (model stages only) and disk; measured jobs and hours."""
     runs = pd.concat([m for m in measured if not m.empty] or [pd.DataFrame(columns=["stage", "jobs", "total_s"])])
-    runs = runs.assign(stage=runs["stage"].map(lambda s: BENCH_TO_RULE.get(s, s)))
+    rule = runs["stage"].map(lambda s: re.sub(r"_round\d+$", "", s))  # submission_round1.tsv: a submission job
+    runs = runs.assign(stage=rule.map(lambda s: BENCH_TO_RULE.get(s, s)))
     got = runs.groupby("stage").agg(jobs=("jobs", "sum"), s=("total_s", "sum"))
     rows = []
     for s in plan["stages"]:
