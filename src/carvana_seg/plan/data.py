@@ -66,7 +66,7 @@ def data_size(config: dict) -> DataSize:
     if source == "synthetic":
         syn = data["synthetic"]
         w, h = syn["width"], syn["height"]
-        n_train, n_test = 16 * syn["n_train_cars"], 16 * (syn["n_test_cars"] + syn["n_outlier_cars"])
+        n_train, n_test = 16 * syn["n_train_cars"], 16 * syn["n_test_cars"]  # outlier cars are test cars
         return DataSize(n_train, n_test, w, h, _scaled("train_jpeg", w * h), _scaled("test_jpeg", w * h),
                         _scaled("mask_gif", w * h), _scaled("rle_csv_row", w * h), source)
     full = COMPETITION if data.get("include_test", True) else dict(COMPETITION, n_test=0)
