@@ -178,7 +178,7 @@ def test_train_resumes_after_a_kill_and_restarts_on_config_change(
     assert cli.main(_train_cmd(tiny_cache, cfg, out, "--max-epochs-this-run", "1")[3:]) == 2
     assert "stopped after 1 epoch" in capsys.readouterr().err
     assert not (out / "best.pt").exists() and not (out / "metrics.csv").exists()
-    state = torch.load(out / "state" / "last.pt", weights_only=False)
+    state = torch.load(out / "state" / "last.pt", weights_only=True)
     assert state["epoch"] == 1 and len(state["rows"]) == 1
     # Invocation 2, a fresh process: the same command resumes at epoch 2 and keeps epoch 1's row from invocation 1.
     second = _run(_train_cmd(tiny_cache, cfg, out))
@@ -191,7 +191,7 @@ def test_train_resumes_after_a_kill_and_restarts_on_config_change(
     assert metrics["val_dice"].between(0, 1).all() and np.isfinite(metrics["train_loss"]).all()
     model, saved_cfg = load_model(out / "best.pt")
     assert saved_cfg == cfg and saved_cfg["variant"]["name"] == "tiny"
-    ckpt = torch.load(out / "best.pt", weights_only=False)
+    ckpt = torch.load(out / "best.pt", weights_only=True)
     assert ckpt["val_dice"] == pytest.approx(metrics["val_dice"].max())
     assert ckpt["epoch"] == int(metrics.loc[metrics["val_dice"].idxmax(), "epoch"])
     with torch.no_grad():
@@ -211,7 +211,7 @@ def test_train_resumes_after_a_kill_and_restarts_on_config_change(
     log = caplog.text
     assert "starting from epoch 1" in log and "train.loss.boundary_weight" in log and "cache" in log
     assert "resuming" not in log
-    assert torch.load(out / "state" / "last.pt", weights_only=False)["epoch"] == 1
+    assert torch.load(out / "state" / "last.pt", weights_only=True)["epoch"] == 1
 
 
 def test_nonfinite_losses_stop_training_with_a_clear_error(

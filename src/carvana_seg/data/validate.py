@@ -18,7 +18,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Iterable
 
-from carvana_seg import layout, rle
+from carvana_seg import layout, rle, staging
 from carvana_seg.errors import DataError
 from carvana_seg.images import image_size, read_image, read_mask
 
@@ -176,9 +176,6 @@ def run(args: argparse.Namespace, cfg: dict) -> None:
     """CLI entry: validate ``--raw`` and write the summary to ``--out`` atomically."""
     summary = validate_raw(Path(args.raw), quick=args.quick, workers=max(1, args.threads))
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, out)
+    staging.write_text(out, json.dumps(summary, indent=2, sort_keys=True) + "\n")
     log.info("%s: %d training and %d test images valid; summary in %s", args.raw, summary["n_train"],
              summary["n_test"], out)

@@ -8,13 +8,16 @@ that made them, so a model file is self-describing.
 
 from __future__ import annotations
 
+import io
 import os
+import pickle
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from carvana_seg import staging
 from carvana_seg.errors import ConfigError, DataError
 
 MEAN = (0.485, 0.456, 0.406)
@@ -57,27 +60,43 @@ def build_model(variant: dict) -> Normalized:
 
 def save_checkpoint(path: str | os.PathLike, model: nn.Module, cfg: dict, **extra: Any) -> None:
     """Write ``{"state_dict", "config", **extra}`` atomically (tmp + rename): never a half-written model."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu() for k, v in _unwrap(model).state_dict().items()}
-    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
-    torch.save({"state_dict": state, "config": cfg, **extra}, tmp)
-    os.replace(tmp, path)
+    staging.write_bytes(Path(path), to_bytes({"state_dict": state, "config": cfg, **extra}))
+
+
+def to_bytes(obj: dict) -> bytes:
+    """``torch.save`` into memory, so the file write goes through ``staging`` (one WriteError, no temporary)."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
 
 
 def load_model(path: str | os.PathLike, device: torch.device | str = "cpu") -> tuple[Normalized, dict]:
     """Load a checkpoint written by ``save_checkpoint``: (model in eval mode on ``device``, its config slice)."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: model checkpoint not found")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:
-        raise DataError(f"{path}: not a readable checkpoint ({exc})") from exc
+    ckpt = load_checkpoint(path)
     variant = dict(ckpt["config"]["variant"], encoder_weights=None)  # weights come from the checkpoint
     model = build_model(variant)
     model.load_state_dict(ckpt["state_dict"])
     return model.to(device).eval(), ckpt["config"]
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict:
+    """A checkpoint's contents, loaded with ``weights_only=True``: tensors and plain data only, so a checkpoint from
+    an untrusted source (a shared Kaggle dataset, ``predict --models``) cannot run code while it loads."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: model checkpoint not found")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise DataError(f"{path}: refused: the checkpoint holds Python objects besides tensors and plain data "
+                        f"(loading it could run code); only checkpoints holding plain data are loaded") from exc
+    except Exception as exc:
+        raise DataError(f"{path}: not a readable checkpoint ({type(exc).__name__}: "
+                        f"{str(exc).splitlines()[0][:160] if str(exc) else ''})") from exc
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "variant" not in ckpt.get("config", {}):
+        raise DataError(f"{path}: not a carvana-seg checkpoint (no state_dict and config.variant)")
+    return ckpt
 
 
 def _unwrap(model: nn.Module) -> nn.Module:

@@ -28,6 +28,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from carvana_seg import staging
 from carvana_seg.errors import CarvanaSegError, DataError
 from carvana_seg.inference import autocast, pick_device
 from carvana_seg.metrics import dice_from_counts
@@ -41,7 +42,7 @@ log = logging.getLogger(__name__)
 # data_share: the fraction of the training epoch spent blocked on the DataLoader (0 = the model never waits).
 METRIC_COLUMNS = ["epoch", "train_loss", "val_loss", "val_dice", "lr", "seconds", "images_per_s", "data_share"]
 STATE_FILE = "last.pt"
-STATE_FORMAT = 1
+STATE_FORMAT = 2  # 2: loadable with weights_only=True
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -113,7 +114,7 @@ def _input_identity(cache_dir: str | os.PathLike) -> dict:
 
 def _init_weights(model: torch.nn.Module, path: str, variant: dict) -> None:
     """Load a ``best.pt`` of the same variant into ``model`` (architecture and size must match)."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    ckpt = modelmod.load_checkpoint(path)
     v = ckpt.get("config", {}).get("variant", {})
     same = all(v.get(k) == variant.get(k) for k in ("name", "arch", "encoder", "width", "height"))
     if not same:
@@ -131,7 +132,10 @@ def _diff(a: object, b: object, prefix: str = "") -> list[str]:
 
 
 def _rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Every RNG's state as tensors and plain data (numpy's key array as a tensor), loadable with weights_only."""
+    name, key, pos, has_gauss, gauss = np.random.get_state()
+    numpy_state = (name, torch.from_numpy(key.astype(np.int64)), int(pos), int(has_gauss), float(gauss))
+    state = {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -139,20 +143,17 @@ def _rng_state() -> dict:
 
 def _set_rng_state(state: dict) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    name, key, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((name, key.numpy().astype(np.uint32), pos, has_gauss, gauss))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def _save_atomic(obj: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as fh:
-        torch.save(obj, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    """Write the resume state durably through ``staging``: a full disk is one WriteError naming ``path``, and
+    leaves no temporary (torch writing to a file would raise its own RuntimeError mid-file instead)."""
+    staging.write_bytes(path, modelmod.to_bytes(obj), durable=True)
 
 
 def _load_state(state_dir: Path, identity: dict) -> dict | None:
@@ -161,7 +162,7 @@ def _load_state(state_dir: Path, identity: dict) -> dict | None:
     if not path.is_file():
         return None
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        state = torch.load(path, map_location="cpu", weights_only=True)  # plain data only, see _rng_state
     except Exception as exc:  # a state we cannot read is no reason to fail: retrain
         log.warning("ignoring unreadable state %s (%s); starting from epoch 1", path, exc)
         return None
@@ -261,6 +262,7 @@ def run(args: argparse.Namespace, cfg: dict) -> None:
     max_bad_steps = tc.get("max_nonfinite_steps", 20)
 
     state_dir = Path(args.state_dir)
+    staging.sweep(state_dir / STATE_FILE, args.out_model, args.out_metrics)  # temporaries of a killed run
     identity = _identity(cfg, args.fold, train_ids, val_ids, _extra_identity(args.extra_cache, args.init_from))
     identity.update(_input_identity(args.cache))
     s = _load_state(state_dir, identity)
@@ -349,11 +351,7 @@ def run(args: argparse.Namespace, cfg: dict) -> None:
 
 def _write_outputs(args: argparse.Namespace, cfg: dict, model: torch.nn.Module, s: dict) -> None:
     """Write metrics.csv and best.pt (the best epoch's weights), each atomically, after training has finished."""
-    metrics = Path(args.out_metrics)
-    metrics.parent.mkdir(parents=True, exist_ok=True)
-    tmp = metrics.with_name(f"{metrics.name}.tmp-{os.getpid()}")
-    pd.DataFrame(s["rows"], columns=METRIC_COLUMNS).to_csv(tmp, index=False)
-    os.replace(tmp, metrics)
+    staging.write_text(Path(args.out_metrics), pd.DataFrame(s["rows"], columns=METRIC_COLUMNS).to_csv(index=False))
     model.load_state_dict(s["best_model"])
     modelmod.save_checkpoint(args.out_model, model, cfg, epoch=s["best_epoch"], val_dice=s["best_dice"],
                              fold=args.fold, nonfinite_steps=s["nonfinite_total"])
