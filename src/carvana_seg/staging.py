@@ -148,14 +148,18 @@ def staged_dir(out_dir: Path) -> Iterator[Path]:
 
 
 @contextmanager
-def staged_file(path: Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path`` to write; on success it is renamed to ``path``, on error removed."""
+def staged_file(path: Path, sweep_stale: bool = True) -> Iterator[Path]:
+    """Yield a temporary path beside ``path`` to write; on success it is renamed to ``path``, on error removed.
+
+    ``sweep_stale=False`` skips listing the folder for a killed run's temporaries: for the many small files
+    written into a staged directory (which is swept as a whole), where one listing per file would cost O(n^2)."""
     path = Path(path)
     tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
     try:
         with write_errors(path, tmp):
             path.parent.mkdir(parents=True, exist_ok=True)
-            sweep(path)
+            if sweep_stale:
+                sweep(path)
             yield tmp
             os.replace(tmp, path)
     except BaseException:
@@ -184,10 +188,10 @@ def write_text(path: Path, text: str) -> None:
         tmp.write_text(text)
 
 
-def write_bytes(path: Path, data: bytes, durable: bool = False) -> None:
+def write_bytes(path: Path, data: bytes, durable: bool = False, sweep_stale: bool = True) -> None:
     """Write ``data`` to ``path`` atomically; ``durable`` also syncs it to disk before the rename (resume state
-    that must survive a power loss)."""
-    with staged_file(path) as tmp:
+    that must survive a power loss); ``sweep_stale`` as in ``staged_file``."""
+    with staged_file(path, sweep_stale) as tmp:
         with open(tmp, "wb") as fh:
             fh.write(data)
             if durable:
