@@ -140,7 +140,7 @@ def test_sample_submission_checks(raw: Path, caplog: pytest.LogCaptureFixture) -
     # A partial test set (the shared sample: 80 of 100,064) stops validation unless the config says so (data.partial);
     # then it passes with a warning and a flag.
     sub.write_text("\n".join(lines + ["fff000000000_01.jpg,1 1"]) + "\n")
-    with pytest.raises(DataError, match=r"sample_submission.csv lists 17 test images, .*test holds 16: set data.partial"):
+    with pytest.raises(DataError, match=r"sample_submission.csv lists 17 test images, .*holds 16: set data.partial"):
         validate_raw(raw, quick=True)
     with caplog.at_level(logging.WARNING):
         summary = validate_raw(raw, quick=True, partial=True)

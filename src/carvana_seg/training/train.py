@@ -33,6 +33,7 @@ from carvana_seg.errors import CarvanaSegError, DataError
 from carvana_seg.inference import autocast, pick_device
 from carvana_seg.metrics import dice_from_counts
 from carvana_seg.training import model as modelmod
+from carvana_seg.training import state_log
 from carvana_seg.training.augment import build_augment
 from carvana_seg.training.dataset import build_datasets, cache_ids, read_folds, split_ids, worker_init
 from carvana_seg.training.losses import BceDiceLoss
@@ -266,87 +267,91 @@ def run(args: argparse.Namespace, cfg: dict) -> None:
     identity = _identity(cfg, args.fold, train_ids, val_ids, _extra_identity(args.extra_cache, args.init_from))
     identity.update(_input_identity(args.cache))
     s = _load_state(state_dir, identity)
-    if s is not None:
-        model.load_state_dict(s["model"])
-        opt.load_state_dict(s["optimizer"])
-        sched.load_state_dict(s["scheduler"])
-        scaler.load_state_dict(s["scaler"])
-        _set_rng_state(s["rng"])
-        if s["epoch"] >= variant["epochs"] or s["bad_epochs"] >= tc.get("early_stopping_patience", 10):
-            log.info("state %s holds a finished run (%d epochs); writing its outputs", state_dir / STATE_FILE,
-                     s["epoch"])
+    handler = state_log.attach(state_dir, resumed=s is not None)  # keeps the earlier epochs' lines
+    try:
+        if s is not None:
+            model.load_state_dict(s["model"])
+            opt.load_state_dict(s["optimizer"])
+            sched.load_state_dict(s["scheduler"])
+            scaler.load_state_dict(s["scaler"])
+            _set_rng_state(s["rng"])
+            if s["epoch"] >= variant["epochs"] or s["bad_epochs"] >= tc.get("early_stopping_patience", 10):
+                log.info("state %s holds a finished run (%d epochs); writing its outputs", state_dir / STATE_FILE,
+                         s["epoch"])
+            else:
+                log.info("resuming from epoch %d (state %s, best val Dice %.5f at epoch %d)",
+                         s["epoch"] + 1, state_dir / STATE_FILE, s["best_dice"], s["best_epoch"])
         else:
-            log.info("resuming from epoch %d (state %s, best val Dice %.5f at epoch %d)",
-                     s["epoch"] + 1, state_dir / STATE_FILE, s["best_dice"], s["best_epoch"])
-    else:
-        if args.init_from:
-            _init_weights(model, args.init_from, variant)
-        s = {"epoch": 0, "best_dice": -1.0, "best_epoch": 0, "best_model": None, "bad_epochs": 0, "rows": [],
-             "nonfinite_total": 0}
-    log.info("variant %s fold %d: %d train (%d from extra caches) / %d val images at %dx%d on %s (amp=%s), "
-             "%d epochs", args.variant, args.fold, len(train_ds), len(train_ds) - len(train_ids), len(val_ds),
-             *train_ds.size, device, ("fp16" if fp16 else "bf16") if use_amp else "off", epochs)
+            if args.init_from:
+                _init_weights(model, args.init_from, variant)
+            s = {"epoch": 0, "best_dice": -1.0, "best_epoch": 0, "best_model": None, "bad_epochs": 0, "rows": [],
+                 "nonfinite_total": 0}
+        log.info("variant %s fold %d: %d train (%d from extra caches) / %d val images at %dx%d on %s (amp=%s), "
+                 "%d epochs", args.variant, args.fold, len(train_ds), len(train_ds) - len(train_ids), len(val_ds),
+                 *train_ds.size, device, ("fp16" if fp16 else "bf16") if use_amp else "off", epochs)
 
-    run_epochs = 0
-    while s["epoch"] < epochs and s["bad_epochs"] < patience:
-        epoch = s["epoch"] + 1
-        t0 = time.perf_counter()
-        gen.manual_seed(seed * 100_003 + epoch)  # shuffling and worker seeds of this epoch
-        train_ds.reseed(seed * 100_019 + epoch)  # augmentation when num_workers == 0
-        lr = opt.param_groups[0]["lr"]
-        model.train()
-        loss_sum, n_seen, consecutive, data_seconds = 0.0, 0, 0, 0.0
-        bar = tqdm(train_dl, desc=f"epoch {epoch}/{epochs}", mininterval=5.0, leave=False)
-        t_ready = time.perf_counter()
-        for x, y in bar:
-            data_seconds += time.perf_counter() - t_ready  # blocked on the loader (the loss sync ends each step)
-            loss = train_step(model, x, y, criterion, opt, scaler, device, use_amp, channels_last)
-            if loss is None:
-                consecutive += 1
-                s["nonfinite_total"] += 1
-                log.warning("epoch %d: non-finite loss, step skipped (%d in a row)", epoch, consecutive)
-                if consecutive >= max_bad_steps:
-                    raise CarvanaSegError(
-                        f"{consecutive} consecutive non-finite losses (train.max_nonfinite_steps={max_bad_steps}) "
-                        f"in epoch {epoch}: lower variants.{args.variant}.lr or set train.amp: false")
-                t_ready = time.perf_counter()
-                continue
-            consecutive = 0
-            loss_sum += loss * x.shape[0]
-            n_seen += x.shape[0]
-            bar.set_postfix(loss=f"{loss_sum / n_seen:.4f}", refresh=False)
+        run_epochs = 0
+        while s["epoch"] < epochs and s["bad_epochs"] < patience:
+            epoch = s["epoch"] + 1
+            t0 = time.perf_counter()
+            gen.manual_seed(seed * 100_003 + epoch)  # shuffling and worker seeds of this epoch
+            train_ds.reseed(seed * 100_019 + epoch)  # augmentation when num_workers == 0
+            lr = opt.param_groups[0]["lr"]
+            model.train()
+            loss_sum, n_seen, consecutive, data_seconds = 0.0, 0, 0, 0.0
+            bar = tqdm(train_dl, desc=f"epoch {epoch}/{epochs}", mininterval=5.0, leave=False)
             t_ready = time.perf_counter()
-        bar.close()
-        train_seconds = time.perf_counter() - t0
-        val_loss, val_dice = _evaluate(model, val_dl, criterion, device, use_amp, channels_last)
-        sched.step(val_dice)
-        if val_dice > s["best_dice"]:
-            s.update(best_dice=val_dice, best_epoch=epoch, bad_epochs=0,
-                     best_model={k: v.detach().cpu().clone() for k, v in model.state_dict().items()})
-        else:
-            s["bad_epochs"] += 1
-        seconds = time.perf_counter() - t0
-        row = {"epoch": epoch, "train_loss": loss_sum / max(n_seen, 1), "val_loss": val_loss, "val_dice": val_dice,
-               "lr": lr, "seconds": round(seconds, 3), "images_per_s": round(n_seen / max(train_seconds, 1e-9), 2),
-               "data_share": round(data_seconds / max(train_seconds, 1e-9), 4)}
-        s["rows"].append(row)
-        s["epoch"] = epoch
-        _save_atomic({**s, "format": STATE_FORMAT, "identity": identity, "cfg": cfg,
-                      "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-                      "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "scaler": scaler.state_dict(),
-                      "rng": _rng_state()}, state_dir / STATE_FILE)
-        log.info("epoch %d/%d: train loss %.4f, val loss %.4f, val Dice %.5f, lr %.2e, %.1f s, %.1f img/s, "
-                 "%.1f%% waiting for data", epoch, epochs, row["train_loss"], val_loss, val_dice, lr, seconds,
-                 row["images_per_s"], 100 * row["data_share"])
-        if s["bad_epochs"] >= patience:
-            log.info("early stopping: no val Dice improvement for %d epochs", patience)
-        run_epochs += 1
-        done = s["epoch"] >= epochs or s["bad_epochs"] >= patience
-        if args.max_epochs_this_run is not None and run_epochs >= args.max_epochs_this_run and not done:
-            raise CarvanaSegError(f"stopped after {run_epochs} epoch(s) this run (--max-epochs-this-run); "
-                                  f"state kept in {state_dir}, rerun to resume")
+            for x, y in bar:
+                data_seconds += time.perf_counter() - t_ready  # blocked on the loader (the loss sync ends each step)
+                loss = train_step(model, x, y, criterion, opt, scaler, device, use_amp, channels_last)
+                if loss is None:
+                    consecutive += 1
+                    s["nonfinite_total"] += 1
+                    log.warning("epoch %d: non-finite loss, step skipped (%d in a row)", epoch, consecutive)
+                    if consecutive >= max_bad_steps:
+                        raise CarvanaSegError(
+                            f"{consecutive} consecutive non-finite losses (train.max_nonfinite_steps={max_bad_steps}) "
+                            f"in epoch {epoch}: lower variants.{args.variant}.lr or set train.amp: false")
+                    t_ready = time.perf_counter()
+                    continue
+                consecutive = 0
+                loss_sum += loss * x.shape[0]
+                n_seen += x.shape[0]
+                bar.set_postfix(loss=f"{loss_sum / n_seen:.4f}", refresh=False)
+                t_ready = time.perf_counter()
+            bar.close()
+            train_seconds = time.perf_counter() - t0
+            val_loss, val_dice = _evaluate(model, val_dl, criterion, device, use_amp, channels_last)
+            sched.step(val_dice)
+            if val_dice > s["best_dice"]:
+                s.update(best_dice=val_dice, best_epoch=epoch, bad_epochs=0,
+                         best_model={k: v.detach().cpu().clone() for k, v in model.state_dict().items()})
+            else:
+                s["bad_epochs"] += 1
+            seconds = time.perf_counter() - t0
+            row = {"epoch": epoch, "train_loss": loss_sum / max(n_seen, 1), "val_loss": val_loss, "val_dice": val_dice,
+                   "lr": lr, "seconds": round(seconds, 3), "images_per_s": round(n_seen / max(train_seconds, 1e-9), 2),
+                   "data_share": round(data_seconds / max(train_seconds, 1e-9), 4)}
+            s["rows"].append(row)
+            s["epoch"] = epoch
+            _save_atomic({**s, "format": STATE_FORMAT, "identity": identity, "cfg": cfg,
+                          "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                          "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "scaler": scaler.state_dict(),
+                          "rng": _rng_state()}, state_dir / STATE_FILE)
+            log.info("epoch %d/%d: train loss %.4f, val loss %.4f, val Dice %.5f, lr %.2e, %.1f s, %.1f img/s, "
+                     "%.1f%% waiting for data", epoch, epochs, row["train_loss"], val_loss, val_dice, lr, seconds,
+                     row["images_per_s"], 100 * row["data_share"])
+            if s["bad_epochs"] >= patience:
+                log.info("early stopping: no val Dice improvement for %d epochs", patience)
+            run_epochs += 1
+            done = s["epoch"] >= epochs or s["bad_epochs"] >= patience
+            if args.max_epochs_this_run is not None and run_epochs >= args.max_epochs_this_run and not done:
+                raise CarvanaSegError(f"stopped after {run_epochs} epoch(s) this run (--max-epochs-this-run); "
+                                      f"state kept in {state_dir}, rerun to resume")
 
-    _write_outputs(args, cfg, model, s)
+        _write_outputs(args, cfg, model, s)
+    finally:
+        state_log.detach(handler)
 
 
 def _write_outputs(args: argparse.Namespace, cfg: dict, model: torch.nn.Module, s: dict) -> None:
