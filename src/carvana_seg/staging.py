@@ -11,10 +11,12 @@ cause, never the temporary path.
 from __future__ import annotations
 
 import errno
+import fnmatch
 import logging
 import os
 import re
 import shutil
+import signal
 import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -44,6 +46,24 @@ def public_path(path: str | os.PathLike | None) -> str:
     return str(Path(*parts)) if parts else str(path)
 
 
+# Fault injection for the fault-matrix tests (tests/test_fault_matrix.py): CARVANA_SEG_KILL_AT=<glob>[:<n>] makes
+# the process SIGKILL itself at the n-th (default first) finished temporary of an output whose name matches <glob>,
+# just before it would be renamed into place: the worst moment for a kill, everything written, nothing final.
+KILL_AT_ENV = "CARVANA_SEG_KILL_AT"
+_kill_counts: dict[str, int] = {}
+
+
+def _fault_point(final: Path) -> None:
+    spec = os.environ.get(KILL_AT_ENV)
+    if not spec:
+        return
+    pattern, _, nth = spec.partition(":")
+    if fnmatch.fnmatch(final.name, pattern):
+        _kill_counts[pattern] = _kill_counts.get(pattern, 0) + 1
+        if _kill_counts[pattern] == int(nth or 1):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
 def _alive(pid: int) -> bool:
     """Whether process ``pid`` exists on this machine (another user's counts as alive)."""
     if pid == os.getpid():
@@ -68,7 +88,7 @@ def sweep(*outputs: str | os.PathLike) -> list[Path]:
             continue
         for p in out.parent.iterdir():
             m = TEMP_RE.match(p.name)
-            if m and m["name"] == out.name and not _alive(int(m["pid"])):
+            if m and out.name in (m["name"], m["dot"] + m["name"]) and not _alive(int(m["pid"])):
                 log.info("removing %s, left by a killed run (pid %s)", p, m["pid"])
                 remove(p)
                 removed.append(p)
@@ -141,6 +161,7 @@ def staged_dir(out_dir: Path) -> Iterator[Path]:
             remove(tmp)
             tmp.mkdir(parents=True)
             yield tmp
+            _fault_point(out_dir)
             replace_dir(tmp, out_dir)
     except BaseException:
         remove(tmp)
@@ -161,6 +182,7 @@ def staged_file(path: Path, sweep_stale: bool = True) -> Iterator[Path]:
             if sweep_stale:
                 sweep(path)
             yield tmp
+            _fault_point(path)
             os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -252,6 +274,7 @@ class NpzWriter:
     def close(self) -> None:
         with self._guard():
             self._zip.close()
+            _fault_point(self.path)
             os.replace(self.tmp, self.path)
 
     def abort(self) -> None:
