@@ -135,6 +135,16 @@ def remove(path: Path) -> None:
         shutil.rmtree(path)
 
 
+def discard(path: Path) -> None:
+    """Remove a temporary after a failure, never raising: on a read-only file system even removing a file that was
+    never created fails (EROFS), and that must not hide the error being reported."""
+    try:
+        remove(path)
+    except OSError as exc:
+        if Path(path).exists() or os.path.islink(path):
+            log.warning("could not remove %s (%s)", path, exc.strerror)
+
+
 def replace_dir(staging: Path, out: Path) -> None:
     """Rename the finished ``staging`` directory to ``out``, replacing whatever ``out`` was (file, link or tree).
 
@@ -164,7 +174,7 @@ def staged_dir(out_dir: Path) -> Iterator[Path]:
             _fault_point(out_dir)
             replace_dir(tmp, out_dir)
     except BaseException:
-        remove(tmp)
+        discard(tmp)
         raise
 
 
@@ -185,7 +195,7 @@ def staged_file(path: Path, sweep_stale: bool = True) -> Iterator[Path]:
             _fault_point(path)
             os.replace(tmp, path)
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        discard(tmp)
         raise
 
 
@@ -201,7 +211,7 @@ def scratch_dir(path: Path) -> Iterator[Path]:
             tmp.mkdir(parents=True)
             yield tmp
     finally:
-        remove(tmp)
+        discard(tmp)
 
 
 def write_text(path: Path, text: str) -> None:
@@ -283,7 +293,7 @@ class NpzWriter:
                 self._zip.close()
         except (OSError, ValueError):
             pass  # closing writes the zip directory, which a full disk refuses; the file goes anyway
-        self.tmp.unlink(missing_ok=True)
+        discard(self.tmp)
 
     def __enter__(self) -> "NpzWriter":
         return self
