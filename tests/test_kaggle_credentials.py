@@ -195,3 +195,19 @@ def test_download_failure_hides_every_secret_form(home: Path, monkeypatch: pytes
             as info:
         kaggle_source.download("comp", tmp_path / "raw", hq=False, include_test=False, api=Api())
     assert SECRET not in str(info.value) + caplog.text
+
+
+def test_a_full_disk_during_download_is_not_called_a_network_error(home: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                  tmp_path: Path) -> None:
+    import errno
+
+    from carvana_seg.errors import WriteError
+
+    FORMS["KAGGLE_USERNAME and KAGGLE_KEY"](home, monkeypatch)
+
+    class Api:
+        def competition_download_file(self, competition, name, path, force, quiet):
+            raise OSError(errno.ENOSPC, "No space left on device", f"{path}/{name}")
+
+    with pytest.raises(WriteError, match=r"cannot write .*\.download/train.zip: No space left on device"):
+        kaggle_source.download("comp", tmp_path / "raw", hq=False, include_test=False, api=Api())

@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import zipfile
 from pathlib import Path
 from typing import Any
 
+from carvana_seg import staging
 from carvana_seg.data.kaggle_credentials import NO_CREDENTIALS, check_credentials, scrub  # noqa: F401 (re-exported)
 from carvana_seg.data.local_source import extract_zip
-from carvana_seg.errors import CredentialsError, DataError
+from carvana_seg.errors import CredentialsError, DataError, WriteError
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +64,8 @@ def _api_error(exc: BaseException, competition: str, name: str, upload: bool = F
     if status is not None:
         return DataError(f"Kaggle answered HTTP {status} for {what} ({detail})")
     verb = f"uploading {name} to" if upload else f"downloading {name} from"
+    if isinstance(exc, OSError) and exc.errno in staging.WRITE_ERRNOS and not upload:
+        return WriteError(f"cannot write {staging.public_path(exc.filename or name)}: {os.strerror(exc.errno)}")
     if isinstance(exc, (ConnectionError, TimeoutError, OSError)) or "Connection" in type(exc).__name__:
         return CredentialsError(f"network error while {verb} Kaggle ({detail})")
     if upload:
