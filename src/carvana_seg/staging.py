@@ -164,18 +164,10 @@ def replace_dir(staging: Path, out: Path) -> None:
 def staged_dir(out_dir: Path) -> Iterator[Path]:
     """Yield an empty staging directory beside ``out_dir``; on success it becomes ``out_dir``, on error it goes."""
     out_dir = Path(out_dir)
-    tmp = out_dir.with_name(f"{out_dir.name}.tmp-{os.getpid()}")
-    try:
-        with write_errors(out_dir, tmp):
-            sweep(out_dir)
-            remove(tmp)
-            tmp.mkdir(parents=True)
-            yield tmp
-            _fault_point(out_dir)
-            replace_dir(tmp, out_dir)
-    except BaseException:
-        discard(tmp)
-        raise
+    with scratch_dir(out_dir) as tmp:  # its write_errors also covers the rename below
+        yield tmp
+        _fault_point(out_dir)
+        replace_dir(tmp, out_dir)
 
 
 @contextmanager
