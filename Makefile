@@ -7,9 +7,9 @@ STAMP := $(VENV)/.installed
 CORES ?= all
 CONFIG ?= config/demo.yaml
 # One GPU job at a time where `nvidia-smi -L` lists a GPU; otherwise the CPU profile (one torch thread per model
-# job, as many jobs as cores: ~30 % faster for the demo on 2 cores, see workflow/profiles/cpu/config.yaml).
+# job, as many jobs as cores: ~30 % faster for the demo on 2 cores, see profiles/cpu/profile.yaml).
 NGPUS := $(shell nvidia-smi -L 2>/dev/null | grep -c '^GPU')
-RUN_FLAGS ?= $(if $(filter-out 0,$(NGPUS)),--resources gpu=1,--profile workflow/profiles/cpu)
+RUN_FLAGS ?= $(if $(filter-out 0,$(NGPUS)),--resources gpu=1,--workflow-profile cpu)
 
 .PHONY: env demo report test dry-run lint clean-demo
 
@@ -23,20 +23,20 @@ $(STAMP): requirements.txt pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	PATH=$(abspath $(BIN)):$$PATH $(BIN)/snakemake --cores $(CORES) $(RUN_FLAGS) --configfile $(CONFIG)
+	$(BIN)/snakemake --cores $(CORES) $(RUN_FLAGS) --configfile $(CONFIG)
 
 # The HTML report of a run: brings the run up to date first (nothing to do after `make demo`; it includes the
 # report_figures rule), then `snakemake --report results/<name>/report.html`, <name> read from $(CONFIG).
 report: $(STAMP)
-	PATH=$(abspath $(BIN)):$$PATH $(BIN)/snakemake --cores $(CORES) $(RUN_FLAGS) --configfile $(CONFIG)
+	$(BIN)/snakemake --cores $(CORES) $(RUN_FLAGS) --configfile $(CONFIG)
 	name=$$($(BIN)/python -c "import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))['name'])" $(CONFIG)) && \
-	PATH=$(abspath $(BIN)):$$PATH $(BIN)/snakemake --cores 1 --configfile $(CONFIG) --report results/$$name/report.html
+	$(BIN)/snakemake --cores 1 --configfile $(CONFIG) --report results/$$name/report.html
 
 dry-run: $(STAMP)
-	PATH=$(abspath $(BIN)):$$PATH $(BIN)/snakemake -n --configfile $(CONFIG)
+	$(BIN)/snakemake -n --configfile $(CONFIG)
 
 lint: $(STAMP)
-	PATH=$(abspath $(BIN)):$$PATH $(BIN)/snakemake --lint --configfile $(CONFIG)
+	$(BIN)/snakemake --lint --configfile $(CONFIG)
 
 # pytest exits 5 when it collects nothing: that is a failure here, never a silent pass.
 test: $(STAMP)

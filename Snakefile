@@ -1,12 +1,17 @@
 # carvana-seg: the Carvana image-masking pipeline as a Snakemake DAG.
-#   snakemake --cores all --resources gpu=1                          (competition config)
-#   snakemake --cores all --resources gpu=1 --configfile config/demo.yaml   (embedded synthetic demo)
+#   snakemake --cores all --resources gpu=1                                    (competition config)
+#   snakemake --cores all --resources gpu=1 --configfile config/demo.yaml     (embedded synthetic demo)
+#   snakemake ... --configfile config/config.yaml config/rehearse.yaml        (files merged in order, later wins)
+# A config given with --configfile is complete on its own: keys it leaves out take the schema's defaults, never
+# config/config.yaml's values; config/config.yaml is read only when no --configfile is given.
 from snakemake.utils import min_version, validate
 
 min_version("9.0")
 
 
-configfile: "config/config.yaml"
+if not workflow.config_settings.configfiles:
+
+    configfile: "config/config.yaml"
 
 
 validate(config, "workflow/schemas/config.schema.yaml")

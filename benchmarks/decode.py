@@ -12,11 +12,11 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from _timing import per_item_ms
 from PIL import Image
 
-from _timing import per_item_ms
-from carvana_seg.images import read_image, read_mask
-from carvana_seg.resize_cache import load_resized, parse_size, reduction, resize_image
+from carvana_seg.core.images import read_image, read_mask
+from carvana_seg.data.resize_cache import load_resized, parse_size, reduction, resize_image
 
 cv2.setNumThreads(1)
 

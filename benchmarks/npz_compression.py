@@ -18,7 +18,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from carvana_seg.staging import NPZ_COMPRESSLEVEL, NpzWriter
+from carvana_seg.pipeline.staging import NPZ_COMPRESSLEVEL, NpzWriter
 
 
 def maps(real: Path | None, shards: str | None, n: int) -> tuple[str, list[np.ndarray]]:
@@ -31,7 +31,7 @@ def maps(real: Path | None, shards: str | None, n: int) -> tuple[str, list[np.nd
                 break
         return f"shards {shards}", out
     if real is not None:
-        from carvana_seg.images import read_mask
+        from carvana_seg.core.images import read_mask
 
         paths = sorted((real / "train_masks").glob("*.gif"))[:n]
         soft = [cv2.GaussianBlur(read_mask(p).astype(np.float32), (0, 0), 2.0) for p in paths]

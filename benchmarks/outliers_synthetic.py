@@ -20,12 +20,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from carvana_seg import layout, rle
+from carvana_seg.core import layout, rle
+from carvana_seg.core.masks import binarize
+from carvana_seg.core.metrics import dice
 from carvana_seg.data.synthetic import GROUND_TRUTH_DIR, OUTLIER_CARS_TXT, TEST_MASKS_CSV
-from carvana_seg.metrics import dice
-from carvana_seg.score import read_rle_csv
-from carvana_seg.submission import read_fixes, shard_paths
-from carvana_seg.threshold import binarize
+from carvana_seg.inference.shards import shard_paths
+from carvana_seg.submission.score import read_rle_csv
+from carvana_seg.submission.writer import read_fixes
 
 
 def per_image_dice(res: Path, truth_csv: Path) -> pd.DataFrame:

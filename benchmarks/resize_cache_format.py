@@ -16,12 +16,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from carvana_seg.resize_cache import parse_size, resize_image, resize_mask
+from carvana_seg.data.resize_cache import parse_size, resize_image, resize_mask
 
 
 def sample(real: Path | None, n: int, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     if real is not None:
-        from carvana_seg.images import read_image, read_mask
+        from carvana_seg.core.images import read_image, read_mask
 
         paths = sorted((real / "train").glob("*.jpg"))[:n]
         imgs = [resize_image(read_image(p), size) for p in paths]

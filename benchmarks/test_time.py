@@ -31,8 +31,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def fabricate(root: Path, n: int, width: int, height: int, folds: int,
               config: Path = ROOT / "config" / "demo.yaml") -> tuple[list[Path], dict]:
     """``n`` test photos (noisy ellipse 'cars'), the stage config and one checkpoint per variant x fold."""
-    from carvana_seg.images import write_jpeg
-    from carvana_seg.training.model import build_model, save_checkpoint
+    from carvana_seg.core.images import write_jpeg
+    from carvana_seg.models.model import build_model, save_checkpoint
 
     demo = yaml.safe_load(Path(config).read_text())
     variants = [dict(v, encoder_weights=None, weight=1.0) for v in demo["variants"]]
@@ -58,7 +58,7 @@ def fabricate(root: Path, n: int, width: int, height: int, folds: int,
 def model_only(variants: list, pcfg: dict, n: int, device: torch.device) -> float:
     """Seconds for flip-TTA over every fold model of every variant on ``n`` random images, run in a thread
     like the ensemble's producer (same batch, same channels-last uint8 tensors, no I/O at all)."""
-    from carvana_seg import inference
+    from carvana_seg.models import runtime
 
     bs, cuda, tta = pcfg["batch_size"], device.type == "cuda", pcfg["tta_hflip"]
     batches = [torch.randint(0, 256, (bs, v.size[1], v.size[0], 3), dtype=torch.uint8, device=device)
@@ -69,7 +69,7 @@ def model_only(variants: list, pcfg: dict, n: int, device: torch.device) -> floa
         t0 = time.perf_counter()
         for v, x in zip(variants, batches):
             for s in range(0, n, bs):
-                inference.predict_probs(v.models, x[: min(bs, n - s)], tta, amp=cuda).float().cpu()
+                runtime.predict_probs(v.models, x[: min(bs, n - s)], tta, amp=cuda).float().cpu()
         seconds.append(time.perf_counter() - t0)
 
     thread = threading.Thread(target=work)
@@ -83,7 +83,7 @@ def saturated_bytes(width: int, height: int, n: int = 4) -> float:
     give noisy maps that compress far worse, so this is the number to plan disk space with."""
     import cv2
 
-    from carvana_seg.staging import NpzWriter
+    from carvana_seg.pipeline.staging import NpzWriter
 
     rng = np.random.default_rng(1)
     with tempfile.TemporaryDirectory() as tmp:
@@ -102,7 +102,8 @@ def child(args: argparse.Namespace) -> None:
 
     With ``--model-only`` the same models are then timed alone, twice (best of two, so a busy machine biases the
     ratio down, never up); peak RSS is read before that, so it is the pipeline's alone."""
-    from carvana_seg import ensemble, inference
+    from carvana_seg.inference import ensemble
+    from carvana_seg.models import runtime
 
     root, n = Path(args.root), args.child
     raw = root / f"raw{n}"
@@ -112,7 +113,7 @@ def child(args: argparse.Namespace) -> None:
     ids = sorted(p.stem for p in (root / "test").glob("*.jpg"))[:n]
     (raw / "sample_submission.csv").write_text("img,rle_mask\n" + "".join(f"{i}.jpg,1 1\n" for i in ids))
     cfg = json.loads((root / "cfg.json").read_text())
-    device = inference.pick_device(args.device)
+    device = runtime.pick_device(args.device)
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     variants = ensemble.load_variants(sorted((root / "models").glob("*/*/best.pt")), cfg, device)

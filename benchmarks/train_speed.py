@@ -29,9 +29,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from carvana_seg import config as cfgmod
-from carvana_seg.inference import pick_device
-from carvana_seg.training import model as modelmod
+from carvana_seg.models import model as modelmod
+from carvana_seg.models.runtime import pick_device
+from carvana_seg.pipeline import config as cfgmod
 from carvana_seg.training.augment import build_augment
 from carvana_seg.training.dataset import CacheDataset, worker_init
 from carvana_seg.training.losses import BceDiceLoss

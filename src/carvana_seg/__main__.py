@@ -1,5 +1,5 @@
 """Entry point for ``python -m carvana_seg``."""
 
-from carvana_seg.cli import main
+from carvana_seg.pipeline.cli import main
 
 raise SystemExit(main())

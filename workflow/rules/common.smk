@@ -2,11 +2,15 @@
 import json
 import re
 
-from carvana_seg import codedeps
-from carvana_seg import config as cs_config
-from carvana_seg import rounds as cs_rounds
+from carvana_seg.pipeline import codedeps
+from carvana_seg.pipeline import config as cs_config
+from carvana_seg.pipeline import launch as cs_launch
+from carvana_seg.pipeline import rounds as cs_rounds
 
 config.update(cs_config.resolve(config))  # same schema, plus cross-key checks and nested defaults
+
+# Jobs run `python -m carvana_seg` with the python of the environment Snakemake runs from (carvana_seg.pipeline.launch).
+cs_launch.prepare_job_environment(workflow.basedir)
 
 NAME = config["name"]
 DATA = f"data/{NAME}"
@@ -33,9 +37,10 @@ def cfg(stage, variant=None):
 
 
 def code(stage):
-    """The library files `python -m carvana_seg <stage>` imports (carvana_seg.codedeps), as a rule's `code=` input:
-    Snakemake does not track imported modules, so editing one reruns the stages that import it and what follows."""
-    return [local(p) for p in codedeps.stage_sources(stage)]
+    """The fingerprint of the library code `python -m carvana_seg <stage>` runs (carvana_seg.pipeline.codedeps), as a
+    rule's `code=` param: Snakemake does not track imported modules, so a change to what that code computes reruns
+    the stage (params trigger) and what follows; comments, docstrings, formatting and the project's path do not."""
+    return codedeps.stage_fingerprint(stage)
 
 
 def size_of(variant):
@@ -48,7 +53,7 @@ def cache_dir(variant):
 
 
 def round_dir(r):
-    """Results directory of round ``r``: RES for round one, RES/round<r> after (carvana_seg.rounds)."""
+    """Results directory of round ``r``: RES for round one, RES/round<r> after (carvana_seg.pipeline.rounds)."""
     return cs_rounds.round_dir(RES, r)
 
 

@@ -2,11 +2,10 @@
 
 
 rule fetch:
-    input:
-        code=code("fetch"),
     output:
         manifest=f"{DATA}/fetch.json",
     params:
+        code=code("fetch"),
         cfg=cfg("fetch"),
         raw=RAW,
     conda:
@@ -24,10 +23,10 @@ rule fetch:
 rule validate_data:
     input:
         manifest=f"{DATA}/fetch.json",
-        code=code("validate"),
     output:
         summary=f"{RES}/data_validation.json",
     params:
+        code=code("validate"),
         cfg=cfg("validate"),
         raw=RAW,
     conda:
@@ -45,10 +44,10 @@ rule validate_data:
 rule folds:
     input:
         summary=f"{RES}/data_validation.json",
-        code=code("folds"),
     output:
         folds=f"{RES}/folds.csv",
     params:
+        code=code("folds"),
         cfg=cfg("folds"),
         raw=RAW,
     conda:
@@ -62,12 +61,12 @@ rule folds:
 rule resize_cache:
     input:
         summary=f"{RES}/data_validation.json",
-        code=code("resize"),
     output:
         images=f"{DATA}/cache/{{size}}/images.npy",
         masks=f"{DATA}/cache/{{size}}/masks.npy",
         ids=f"{DATA}/cache/{{size}}/ids.txt",
     params:
+        code=code("resize"),
         cfg=cfg("resize"),
         raw=RAW,
     wildcard_constraints:

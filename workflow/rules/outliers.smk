@@ -2,8 +2,8 @@
 # area profile, the car's other views and the rest of the test set; fix (largest component + wide holes filled,
 # zoomed re-prediction of cars far smaller than any training car) or flag the outliers. It reads the ensemble's
 # shards and never reruns it: changing `outliers:` reruns outliers -> submission -> score (and, with
-# pseudo-labelling, the next round, which leaves flagged cars out). Only retta: zoom runs models (a GPU job then).
-ZOOM = config["outliers"]["action"] == "fix" and config["outliers"]["retta"] == "zoom"
+# pseudo-labelling, the next round, which leaves flagged cars out). Only repredict: zoom runs models (a GPU job then).
+ZOOM = config["outliers"]["action"] == "fix" and config["outliers"]["repredict"] == "zoom"
 
 
 rule outliers:
@@ -12,13 +12,13 @@ rule outliers:
         threshold="{rdir}/threshold.json",
         folds=f"{RES}/folds.csv",
         models=ensemble_models,
-        code=code("outliers"),
     output:
         table="{rdir}/outliers.csv",
         scores="{rdir}/outlier_scores.csv",
         fixes="{rdir}/outlier_fixes.csv",
         sheets="{rdir}/outliers/contact_sheets.json",  # the contact-sheet PNGs are written beside it
     params:
+        code=code("outliers"),
         cfg=cfg("outliers"),
         raw=RAW,
         device="auto" if ZOOM else "cpu",

@@ -9,11 +9,11 @@
 rule threshold:
     input:
         oof=ensemble_oof,
-        code=code("threshold"),
     output:
         threshold="{rdir}/threshold.json",
         curve="{rdir}/threshold_curve.csv",
     params:
+        code=code("threshold"),
         cfg=cfg("threshold"),
         raw=RAW,
     conda:
@@ -32,10 +32,10 @@ rule ensemble:
     input:
         models=ensemble_models,
         summary=f"{RES}/data_validation.json",
-        code=code("ensemble"),
     output:
         manifest="{rdir}/test_probs.json",
     params:
+        code=code("ensemble"),
         cfg=cfg("ensemble"),
         raw=RAW,
         shards=lambda wildcards, output: output.manifest.removesuffix(".json"),  # {RES}/test_probs/
@@ -58,10 +58,10 @@ rule submission:
         manifest=lambda wc: f"{round_dir(round_of(wc))}/test_probs.json",
         threshold=lambda wc: f"{round_dir(round_of(wc))}/threshold.json",
         fixes=lambda wc: f"{round_dir(round_of(wc))}/outlier_fixes.csv",
-        code=code("submission"),
     output:
         submission=f"{RES}/submission{{sfx}}.csv.gz",
     params:
+        code=code("submission"),
         cfg=cfg("submission"),
         sample=f"{RAW}/sample_submission.csv",
     conda:
@@ -80,10 +80,10 @@ rule submission:
 rule score:
     input:
         submission=f"{RES}/submission{{sfx}}.csv.gz",
-        code=code("score"),
     output:
         score=f"{RES}/test_score{{sfx}}.json",
     params:
+        code=code("score"),
         truth=f"{DATA}/ground_truth/test_masks.csv",
         raw=RAW,
     conda:
@@ -98,10 +98,10 @@ rule score:
 rule submit:
     input:
         submission=f"{RES}/submission.csv.gz",
-        code=code("submit"),
     output:
         record=f"{RES}/kaggle_submit.json",
     params:
+        code=code("submit"),
         cfg=cfg("submit"),
         competition=config["data"]["competition"],
         config_hash=cs_config.config_hash(config),

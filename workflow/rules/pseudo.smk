@@ -14,12 +14,12 @@ rule pseudo_labels:
         manifest=lambda wc: f"{round_dir(int(wc.round) - 1)}/test_probs.json",
         threshold=lambda wc: f"{round_dir(int(wc.round) - 1)}/threshold.json",
         outliers=lambda wc: f"{round_dir(int(wc.round) - 1)}/outliers.csv",
-        code=code("pseudo"),
     output:
         masks_csv=f"{DATA}/pseudo/round{{round}}/train_masks.csv",  # train/ and train_masks/ are written beside it
         table=f"{RES}/round{{round}}/pseudo_labels.csv",
         summary=f"{RES}/round{{round}}/pseudo_labels.json",
     params:
+        code=code("pseudo"),
         cfg=cs_config.to_json(cs_rounds.pseudo_slice(config)),
         raw=RAW,
     conda:
@@ -40,12 +40,12 @@ rule pseudo_labels:
 use rule resize_cache as resize_pseudo with:
     input:
         masks_csv=f"{DATA}/pseudo/round{{round}}/train_masks.csv",
-        code=code("resize"),
     output:
         images=f"{DATA}/cache/pseudo_r{{round}}/{{size}}/images.npy",
         masks=f"{DATA}/cache/pseudo_r{{round}}/{{size}}/masks.npy",
         ids=f"{DATA}/cache/pseudo_r{{round}}/{{size}}/ids.txt",
     params:
+        code=code("resize"),
         cfg=cfg("resize"),
         raw=lambda wc: pseudo_dir(wc.round),
     log:
@@ -57,10 +57,10 @@ use rule resize_cache as resize_pseudo with:
 rule pseudo_gain:
     input:
         unpack(gain_inputs),
-        code=code("pseudo-gain"),
     output:
         summary=f"{RES}/pseudo_gain.json",
     params:
+        code=code("pseudo-gain"),
         measure=lambda wc, input: (
             f"--truth {DATA}/ground_truth/test_masks.csv --scores {' '.join(input.scores)}"
             f" --submissions {' '.join(input.submissions)}"

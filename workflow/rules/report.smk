@@ -25,7 +25,6 @@ rule report_figures:
         test_probs=f"{round_dir(LAST)}/test_probs.json",
         submission=f"{RES}/submission.csv.gz",  # the last stage: every benchmark TSV exists by now
         pseudo=[f"{RES}/pseudo_gain.json"] if LAST > 1 else [],
-        code=code("report-figures"),
     output:
         curves=[
             report(f"{REPORT}/training_{v}_fold{f}{'' if r == 1 else f'_round{r}'}.png", caption="../report/training.rst",
@@ -48,6 +47,8 @@ rule report_figures:
         stage_times=report(f"{REPORT}/stage_times.html", caption="../report/stage_times.rst",
                            category="6. Throughput", labels={"figure": "time per stage (table)"}),
         stage_csv=f"{REPORT}/stage_times.csv",
+    params:
+        code=code("report-figures"),
     conda:
         ENV
     log:

@@ -12,11 +12,11 @@ rule train:
         masks=lambda wc: f"{cache_dir(wc.variant)}/masks.npy",
         ids=lambda wc: f"{cache_dir(wc.variant)}/ids.txt",
         extra=train_extra_inputs,
-        code=code("train"),
     output:
         model="{rdir}/models/{variant}/fold{fold}/best.pt",
         metrics="{rdir}/models/{variant}/fold{fold}/metrics.csv",
     params:
+        code=code("train"),
         cfg=train_cfg,
         cache=lambda wc: cache_dir(wc.variant),
         state=lambda wc: f"{wc.rdir}/state/{wc.variant}/fold{wc.fold}",
@@ -43,11 +43,11 @@ rule oof:
         manifest=f"{DATA}/fetch.json",
         images=lambda wc: f"{cache_dir(wc.variant)}/images.npy",
         ids=lambda wc: f"{cache_dir(wc.variant)}/ids.txt",
-        code=code("oof"),
     output:
         npz="{rdir}/oof/{variant}/fold{fold}.npz",
         dice="{rdir}/oof/{variant}/fold{fold}_dice.csv",
     params:
+        code=code("oof"),
         cfg=lambda wc: cfg("oof", wc.variant),
         cache=lambda wc: cache_dir(wc.variant),
         raw=RAW,
@@ -69,9 +69,10 @@ rule oof:
 rule oof_table:
     input:
         dice=round_oof_tables,
-        code=code("oof-table"),
     output:
         table="{rdir}/oof_dice.csv",
+    params:
+        code=code("oof-table"),
     conda:
         ENV
     log:

@@ -18,10 +18,10 @@ import re
 from pathlib import Path
 from typing import Any
 
-from carvana_seg import staging
 from carvana_seg.data import kaggle_source, local_source
 from carvana_seg.data.validate import validate_raw
-from carvana_seg.errors import ConfigError, DataError
+from carvana_seg.pipeline import staging
+from carvana_seg.pipeline.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ import os
 import sys
 from pathlib import Path
 
-from carvana_seg.errors import CredentialsError
+from carvana_seg.pipeline.errors import CredentialsError
 
 NO_CREDENTIALS = (
     "Kaggle credentials not found: run `kaggle auth login`, or set KAGGLE_API_TOKEN (or save the token in "

@@ -16,10 +16,10 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-from carvana_seg import staging
 from carvana_seg.data.kaggle_credentials import NO_CREDENTIALS, check_credentials, scrub  # noqa: F401 (re-exported)
 from carvana_seg.data.local_source import extract_zip
-from carvana_seg.errors import CredentialsError, DataError, WriteError
+from carvana_seg.pipeline import staging
+from carvana_seg.pipeline.errors import CredentialsError, DataError, WriteError
 
 log = logging.getLogger(__name__)
 

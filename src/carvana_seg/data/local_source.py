@@ -13,8 +13,8 @@ import shutil
 import zipfile
 from pathlib import Path, PurePosixPath
 
-from carvana_seg import layout
-from carvana_seg.errors import DataError
+from carvana_seg.core import layout
+from carvana_seg.pipeline.errors import DataError
 
 log = logging.getLogger(__name__)
 

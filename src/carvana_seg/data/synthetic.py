@@ -25,10 +25,11 @@ from typing import NamedTuple
 
 import numpy as np
 
-from carvana_seg import layout, rle, staging
+from carvana_seg.core import layout, rle
+from carvana_seg.core.images import write_jpeg, write_mask_gif
 from carvana_seg.data import synthetic_draw as draw
-from carvana_seg.errors import ConfigError
-from carvana_seg.images import write_jpeg, write_mask_gif
+from carvana_seg.pipeline import staging
+from carvana_seg.pipeline.errors import ConfigError
 
 RAW_DIR = "raw"
 GROUND_TRUTH_DIR = "ground_truth"

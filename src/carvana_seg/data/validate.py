@@ -20,9 +20,10 @@ from collections import Counter
 from pathlib import Path
 from typing import Iterable
 
-from carvana_seg import layout, rle, staging
-from carvana_seg.errors import DataError
-from carvana_seg.images import image_size, read_image, read_mask
+from carvana_seg.core import layout, rle
+from carvana_seg.core.images import image_size, read_image, read_mask
+from carvana_seg.pipeline import staging
+from carvana_seg.pipeline.errors import DataError
 
 log = logging.getLogger(__name__)
 

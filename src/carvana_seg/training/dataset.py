@@ -16,8 +16,8 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
-from carvana_seg import resize_cache
-from carvana_seg.errors import DataError
+from carvana_seg.data import resize_cache
+from carvana_seg.pipeline.errors import DataError
 from carvana_seg.training import augment as aug
 
 FOLD_COLUMNS = ("img", "car", "view", "fold", "area")

@@ -28,11 +28,11 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from carvana_seg import staging
-from carvana_seg.errors import CarvanaSegError, DataError
-from carvana_seg.inference import autocast, pick_device
-from carvana_seg.metrics import dice_from_counts
-from carvana_seg.training import model as modelmod
+from carvana_seg.core.metrics import dice_from_counts
+from carvana_seg.models import model as modelmod
+from carvana_seg.models.runtime import autocast, pick_device
+from carvana_seg.pipeline import staging
+from carvana_seg.pipeline.errors import CarvanaSegError, DataError
 from carvana_seg.training import state_log
 from carvana_seg.training.augment import build_augment
 from carvana_seg.training.dataset import build_datasets, cache_ids, read_folds, split_ids, worker_init
@@ -101,16 +101,13 @@ def _extra_identity(extra_caches: list[str], init_from: str | None) -> dict:
 
 
 def _input_identity(cache_dir: str | os.PathLike) -> dict:
-    """The main cache's files (size, mtime: a rebuilt cache restarts training) and a digest of the training code
-    (the files Snakemake lists as this stage's ``code=`` input), so a rerun Snakemake triggers by a code or input
-    change retrains instead of returning a stale state."""
-    from carvana_seg import codedeps
+    """The main cache's files (size, mtime: a rebuilt cache restarts training) and the training code's fingerprint
+    (``codedeps``, the ``code`` param of the rule), so a rerun that Snakemake triggers by a code or input change
+    retrains instead of returning a stale state; comments and docstrings do not count."""
+    from carvana_seg.pipeline import codedeps
 
     files = {n: [(st := (Path(cache_dir) / n).stat()).st_size, st.st_mtime_ns] for n in ("images.npy", "masks.npy")}
-    h = hashlib.sha256()
-    for src in codedeps.stage_sources("train"):
-        h.update(Path(src).name.encode() + Path(src).read_bytes())
-    return {"cache": files, "code": h.hexdigest()[:16]}
+    return {"cache": files, "code": codedeps.stage_fingerprint("train")}
 
 
 def _init_weights(model: torch.nn.Module, path: str, variant: dict) -> None:

@@ -1,0 +1,1 @@
+"""Inference stages: out-of-fold predictions, threshold search, the test ensemble, predict and export."""

@@ -1,0 +1,61 @@
+"""Shared inference core: device choice, autocast, and flip-TTA probabilities for a batch.
+
+Used by the OOF stage, the streaming test ensemble and ``predict``, so all three compute identical probabilities.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+
+def pick_device(spec: str = "auto") -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; ``cuda`` without a GPU is an error."""
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if spec == "cuda" and not torch.cuda.is_available():
+        from carvana_seg.pipeline.errors import ConfigError
+
+        raise ConfigError("config key 'train.device': 'cuda' requested but no CUDA device is available")
+    return torch.device(spec)
+
+
+def autocast(device: torch.device, enabled: bool = True):
+    """bf16 autocast on CUDA where supported (fp16 otherwise); a no-op on CPU."""
+    if not enabled or device.type != "cuda":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.autocast("cuda", dtype=dtype)
+
+
+def to_tensor(batch: np.ndarray, device: torch.device, channels_last: bool = False) -> torch.Tensor:
+    """(N, H, W, 3) uint8 -> (N, 3, H, W) uint8 tensor on ``device`` (normalisation happens in the model)."""
+    t = torch.from_numpy(np.ascontiguousarray(batch)).permute(0, 3, 1, 2)
+    t = t.to(device, non_blocking=True)
+    return t.contiguous(memory_format=torch.channels_last) if channels_last else t.contiguous()
+
+
+@torch.inference_mode()
+def predict_probs(
+    models: Sequence[nn.Module],
+    batch: torch.Tensor,
+    tta_hflip: bool = True,
+    amp: bool = True,
+) -> torch.Tensor:
+    """Mean sigmoid probability (N, H, W) float32 over ``models`` and, with ``tta_hflip``, the mirrored image.
+
+    ``batch`` is (N, 3, H, W) 0..255 on the models' device. With TTA the image and its flip run as one batch of 2N.
+    """
+    x = torch.cat([batch, batch.flip(-1)]) if tta_hflip else batch
+    n = batch.shape[0]
+    total = None
+    with autocast(batch.device, amp):
+        for model in models:
+            p = torch.sigmoid(model(x).float())[:, 0]
+            p = (p[:n] + p[n:].flip(-1)) * 0.5 if tta_hflip else p
+            total = p if total is None else total + p
+    return total / len(models)

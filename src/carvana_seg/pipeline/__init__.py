@@ -1,0 +1,1 @@
+"""Pipeline plumbing: the stage CLI, configuration, code fingerprints, GPU claims, staged writes, errors."""

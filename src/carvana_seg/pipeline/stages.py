@@ -1,0 +1,31 @@
+"""The table of pipeline stages: subcommand -> module, config slice and help; and which stages run models.
+
+A plain table with no imports, read by the CLI (dispatch), ``codedeps`` (code fingerprints) and the workflow
+(which rules ask for a GPU), so none of them imports another to learn the list.
+"""
+
+from __future__ import annotations
+
+# subcommand -> (module, config slice, help)
+STAGES: dict[str, tuple[str, str | None, str]] = {
+    "fetch": ("carvana_seg.data.fetch", "fetch", "bring the data into data/<name>/raw (kaggle, local or synthetic)"),
+    "validate": ("carvana_seg.data.validate", "validate", "check every image and mask in a raw Kaggle layout"),
+    "folds": ("carvana_seg.data.folds", "folds", "assign cars to K folds (grouped, area-stratified)"),
+    "resize": ("carvana_seg.data.resize_cache", "resize", "build the resize cache for one resolution"),
+    "train": ("carvana_seg.training.train", "train", "train one variant on one fold (resumable)"),
+    "oof": ("carvana_seg.inference.oof", "oof", "out-of-fold predictions with flip-TTA for one variant x fold"),
+    "oof-table": ("carvana_seg.inference.oof_table", None, "combine the per-fold OOF Dice tables and log the means"),
+    "threshold": ("carvana_seg.inference.threshold", "threshold", "search the binarisation threshold on OOF predictions"),
+    "ensemble": ("carvana_seg.inference.ensemble", "ensemble", "streaming flip-TTA ensemble over the test set"),
+    "outliers": ("carvana_seg.outliers.stage", "outliers", "flag the test cars whose masks look wrong; fix or flag them"),
+    "pseudo": ("carvana_seg.pseudo.stage", "pseudo", "pseudo-label the most confident test images for the next round"),
+    "pseudo-gain": ("carvana_seg.pseudo.gain", None, "compare the pseudo-label rounds (OOF; test Dice on synthetic)"),
+    "submission": ("carvana_seg.submission.writer", "submission", "write and validate the RLE submission"),
+    "submit": ("carvana_seg.submission.kaggle_submit", "submit", "upload a submission to Kaggle"),
+    "score": ("carvana_seg.submission.score", None, "score a submission against true masks (RLE csv)"),
+    "predict": ("carvana_seg.inference.predict", None, "mask PNG and RGBA cut-out for any photo, with the trained ensemble"),
+    "export": ("carvana_seg.inference.export", None, "export one variant's model to ONNX and check it against PyTorch"),
+    "report-figures": ("carvana_seg.report.figures", None, "figures and tables of the HTML report (make report)"),
+}
+# stages that run models: each claims a free GPU (carvana_seg.pipeline.gpu) before torch can initialise CUDA
+GPU_STAGES = {"train", "oof", "ensemble", "predict", "outliers"}  # outliers: only for repredict: zoom

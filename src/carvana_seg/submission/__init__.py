@@ -1,0 +1,1 @@
+"""The RLE submission: writing and validating it, scoring it, uploading it to Kaggle."""

@@ -1,0 +1,167 @@
+"""Streaming test ensemble: shards + manifest, equality with a direct computation, resume, stale shards, memory."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import multiprocessing
+import threading
+import tracemalloc
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from carvana_seg.core import layout
+from carvana_seg.core.images import read_image
+from carvana_seg.data.resize_cache import resize_image
+from carvana_seg.inference import ensemble, variant_masks
+from carvana_seg.inference.shards import shard_paths
+from carvana_seg.models import runtime
+from carvana_seg.pipeline import cli
+from carvana_seg.submission.writer import write_submission
+from tests.helpers import MODEL_VARIANTS as VARIANTS
+from tests.helpers import make_layout, make_models
+
+
+def stage_cfg(shard_size: int = 5, batch_size: int = 5, workers: int = 0) -> dict:
+    return {"name": "t", "predict": {"tta_hflip": True, "batch_size": batch_size, "workers": workers,
+                                     "shard_size": shard_size},
+            "variants": VARIANTS, "folds": {"k": 2, "use": None}}
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory) -> tuple[Path, Path, list[Path]]:
+    root = tmp_path_factory.mktemp("ens")
+    raw = make_layout(root / "raw", n_cars=1, n_test_cars=1, w=64, h=48)
+    return root, raw, make_models(root)
+
+
+def run_stage(root: Path, raw: Path, models: list[Path], cfg: dict, out: str = "probs", rc: int = 0) -> dict:
+    manifest = root / f"{out}.json"
+    argv = ["ensemble", "--cfg", json.dumps(cfg), "--models", *map(str, models), "--raw", str(raw),
+            "--out-dir", str(root / out), "--manifest", str(manifest), "--device", "cpu", "--threads", "2"]
+    assert cli.main(argv) == rc
+    return json.loads(manifest.read_text()) if rc == 0 else {}
+
+
+def read_shards(root: Path, out: str = "probs") -> dict[str, np.ndarray]:
+    probs = {}
+    for p in sorted((root / out).glob("shard_*.npz")):
+        with np.load(p) as npz:
+            probs.update({k: npz[k] for k in npz.files})
+    return probs
+
+
+def direct(raw: Path, ids: list[str], models: list[Path]) -> dict[str, np.ndarray]:
+    """The non-streaming computation, straight from the definitions: every image in memory, one batch."""
+    from carvana_seg.models.model import load_model
+
+    imgs = [read_image(raw / "test" / f"{i}.jpg") for i in ids]
+    h, w = imgs[0].shape[:2]
+    total_w = sum(v["weight"] for v in VARIANTS)
+    acc = np.zeros((len(ids), h, w), np.float32)
+    for v in VARIANTS:
+        x = torch.from_numpy(np.stack([resize_image(im, (v["width"], v["height"])) for im in imgs])).permute(0, 3, 1, 2)
+        models_v = [load_model(p)[0] for p in models if p.parent.parent.name == v["name"]]
+        with torch.inference_mode():
+            p = sum((torch.sigmoid(m(x)) + torch.sigmoid(m(x.flip(-1))).flip(-1)) / 2 for m in models_v)
+        p = (p / len(models_v))[:, 0].numpy()
+        acc += np.stack([v["weight"] / total_w * cv2.resize(q, (w, h), interpolation=cv2.INTER_LINEAR) for q in p])
+    return {i: np.clip(np.rint(a * 255), 0, 255).astype(np.uint8) for i, a in zip(ids, acc)}
+
+
+def test_shards_manifest_and_equality_with_direct_computation(setup):
+    root, raw, models = setup
+    manifest = run_stage(root, raw, models, stage_cfg(), out="full")
+    ids = layout.test_ids(raw)[0]
+    assert manifest["n_images"] == len(ids) == 16 and manifest["n_computed"] == 16
+    assert [s["file"] for s in manifest["shards"]] == [f"shard_0000{k}.npz" for k in range(4)]
+    assert [s["n_images"] for s in manifest["shards"]] == [5, 5, 5, 1]
+    assert manifest["bytes_per_image"] > 0 and manifest["images_per_s"] > 0 and manifest["hash"]
+    assert (root / "full" / "shards_meta.json").is_file() and not list((root / "full").glob("*.tmp*"))
+    probs = read_shards(root, "full")
+    assert list(probs) == ids  # shard order = sample_submission order
+    expected = direct(raw, ids, models)
+    for image_id in ids:
+        assert probs[image_id].dtype == np.uint8 and probs[image_id].shape == (48, 64)
+        diff = np.abs(probs[image_id].astype(int) - expected[image_id])
+        assert diff.max() <= 1 and (diff == 0).mean() > 0.99, image_id  # batch-size float noise only
+    vm = manifest["variant_masks"]  # each variant's own mask at 1/4 scale, for the outlier checks
+    assert vm["variants"] == ["a", "b"] and vm["files"] == [f"variants_0000{k}.npz" for k in range(4)]
+    with np.load(root / "full" / vm["files"][0]) as npz:
+        assert npz.files == ids[:5] and variant_masks.unpack(npz[ids[0]], (48, 64)).shape == (2, 12, 16)
+    # the manifest is what the submission stage reads
+    n = write_submission(shard_paths(root / "full.json"), 0.5, raw / "sample_submission.csv", root / "sub.csv.gz")
+    assert n == 16 and (root / "sub.csv.gz").is_file()
+
+
+def test_resume_after_kill_and_stale_shards(setup, monkeypatch):
+    root, raw, models = setup
+    real = runtime.predict_probs
+    calls = {"n": 0, "fail_at": 3}
+
+    def counting(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == calls["fail_at"]:
+            raise KeyboardInterrupt  # the job is killed while computing shard 1
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(runtime, "predict_probs", counting)
+    argv_cfg = stage_cfg()
+    run_stage(root, raw, models, argv_cfg, out="resume", rc=130)  # KeyboardInterrupt: exit status 130
+    shard_dir = root / "resume"
+    assert [p.name for p in shard_dir.glob("shard_*")] == ["shard_00000.npz"]  # nothing half-written
+    mtime = (shard_dir / "shard_00000.npz").stat().st_mtime_ns
+
+    calls.update(n=0, fail_at=-1)
+    manifest = run_stage(root, raw, models, argv_cfg, out="resume")
+    assert manifest["n_computed"] == 11 and manifest["n_reused"] == 5
+    assert calls["n"] == 2 * 3  # 2 variants x 3 batches (5, 5, 1 images): shard 0 was not recomputed
+    assert (shard_dir / "shard_00000.npz").stat().st_mtime_ns == mtime
+
+    calls["n"] = 0  # a change that does not alter the numbers keeps every shard
+    assert run_stage(root, raw, models, stage_cfg(batch_size=3), out="resume")["n_computed"] == 0 and calls["n"] == 0
+
+    before = read_shards(root, "resume")
+    new_models = make_models(root / "retrained", seed=1)
+    manifest = run_stage(root, raw, new_models, argv_cfg, out="resume")
+    assert manifest["n_computed"] == 16  # different model files: every stale shard discarded
+    after = read_shards(root, "resume")
+    assert any((before[k] != after[k]).any() for k in before)
+
+
+def test_stream_is_a_generator_and_closing_it_stops_producer_and_workers(setup):
+    root, raw, models = setup
+    assert inspect.isgeneratorfunction(ensemble.iter_probs)
+    cfg = stage_cfg(batch_size=2, workers=1)  # also exercises the DataLoader worker process
+    stream = ensemble.iter_probs(ensemble.load_variants(models, cfg, torch.device("cpu")), raw,
+                                 layout.test_ids(raw)[0], cfg["predict"],
+                                 torch.device("cpu"))
+    image_id, prob = next(stream)
+    assert prob.shape == (48, 64)
+    stream.close()
+    assert not any(t.name == "ensemble-gpu" and t.is_alive() for t in threading.enumerate())
+    assert not multiprocessing.active_children()  # loader workers shut down with the stream
+
+
+def test_memory_does_not_grow_with_the_number_of_images(tmp_path, setup):
+    """tracemalloc sees numpy buffers: 32 images of 480x640 in one shard peak like 8 (not +24 maps of 307 kB)."""
+    _root, _raw, models = setup
+    raw = make_layout(tmp_path / "raw", n_cars=1, n_test_cars=2, w=640, h=480)
+    rows = (raw / "sample_submission.csv").read_text().splitlines()
+    cfg = stage_cfg(shard_size=32, batch_size=2)
+    variants = ensemble.load_variants(models, cfg, torch.device("cpu"))
+    peaks = []
+    for n in (8, 32):
+        (raw / "sample_submission.csv").write_text("\n".join(rows[: 1 + n]) + "\n")
+        out = tmp_path / f"probs{n}"
+        ensemble.prepare_dir(out, "x")
+        tracemalloc.start()
+        ensemble.write_shards(variants, raw, layout.test_ids(raw)[0], out,
+                              cfg["predict"], torch.device("cpu"))
+        peaks.append(tracemalloc.get_traced_memory()[1])
+        tracemalloc.stop()
+    assert peaks[1] < peaks[0] + 8 * 480 * 640, peaks  # holding the shard would add 24 x 307 kB = 7.4 MB

@@ -1,0 +1,139 @@
+"""GPU claiming on a multi-GPU box, with fake devices: distinct devices, release on SIGKILL, scheduler respected."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from carvana_seg.pipeline import gpu
+from carvana_seg.pipeline.errors import CarvanaSegError
+from tests.helpers import ROOT
+
+# Claims a device, prints "<index> <CUDA_VISIBLE_DEVICES>", then holds the claim until its stdin closes.
+HOLDER = (
+    "import os, sys\n"
+    "from carvana_seg.pipeline import gpu\n"
+    "d = gpu.claim_device(timeout=float(sys.argv[1]), poll=0.05)\n"
+    "print(d, os.environ.get('CUDA_VISIBLE_DEVICES'), flush=True)\n"
+    "sys.stdin.read()\n"
+)
+
+
+def _env(lock_dir: Path, n_gpus: int, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "CUDA_VISIBLE_DEVICES"}
+    env.update(CARVANA_SEG_FAKE_GPUS=str(n_gpus), CARVANA_SEG_GPU_LOCK_DIR=str(lock_dir),
+               PYTHONPATH=str(ROOT / "src"), **extra)
+    return env
+
+
+def _holder(env: dict[str, str], timeout: float = 5.0) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", HOLDER, str(timeout)], env=env, stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _claimed(proc: subprocess.Popen) -> tuple[str, str]:
+    line = proc.stdout.readline().split()
+    assert line, proc.stderr.read()
+    return line[0], line[1]
+
+
+def _stop(procs: list[subprocess.Popen]) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.stdin.close()
+            p.wait(timeout=10)
+
+
+def test_parallel_jobs_claim_distinct_devices(tmp_path):
+    env = _env(tmp_path / "locks", 3)
+    procs = [_holder(env) for _ in range(3)]
+    try:
+        got = [_claimed(p) for p in procs]
+        assert sorted(d for d, _ in got) == ["0", "1", "2"]
+        assert all(d == visible for d, visible in got)  # each job sees only its own device
+        extra = subprocess.run([sys.executable, "-c", HOLDER, "0.3"], env=env, input="", capture_output=True,
+                               text=True, timeout=30)
+        assert extra.returncode != 0
+        assert "all 3 GPUs are claimed" in extra.stderr and "--resources gpu=N" in extra.stderr
+    finally:
+        _stop(procs)
+
+
+def test_sigkilled_job_releases_its_device(tmp_path):
+    env = _env(tmp_path / "locks", 2)
+    procs = [_holder(env) for _ in range(2)]
+    try:
+        devices = {_claimed(p)[0]: p for p in procs}
+        victim = devices["1"]
+        victim.send_signal(signal.SIGKILL)
+        victim.wait(timeout=10)
+        assert (tmp_path / "locks" / "gpu1.lock").exists()  # the file stays; only a held lock counts
+        newcomer = _holder(env)
+        procs.append(newcomer)
+        assert _claimed(newcomer)[0] == "1"
+    finally:
+        _stop(procs)
+
+
+def test_waiting_job_gets_a_device_when_one_is_released(tmp_path):
+    env = _env(tmp_path / "locks", 1)
+    first = _holder(env)
+    try:
+        assert _claimed(first)[0] == "0"
+        second = _holder(env, timeout=20)
+        time.sleep(0.5)
+        assert second.poll() is None  # still waiting
+        _stop([first])
+        assert _claimed(second)[0] == "0"
+        _stop([second])
+        assert "all 1 GPUs are busy" in second.stderr.read()
+    finally:
+        _stop([first])
+
+
+def test_scheduler_assigned_devices_are_respected(tmp_path, monkeypatch):
+    monkeypatch.setattr(gpu, "_HELD", {})
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")
+    assert gpu.claim_device(n_devices=4, lock_dir=tmp_path / "locks") is None
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "3"
+    assert not (tmp_path / "locks").exists()
+
+
+def test_no_gpu_claims_nothing(tmp_path, monkeypatch):
+    monkeypatch.setattr(gpu, "_HELD", {})
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.setenv("CARVANA_SEG_FAKE_GPUS", "0")
+    assert gpu.count_devices() == 0
+    assert gpu.claim_device(lock_dir=tmp_path / "locks") is None
+    assert "CUDA_VISIBLE_DEVICES" not in os.environ
+    monkeypatch.setenv("CARVANA_SEG_FAKE_GPUS", "two")
+    with pytest.raises(CarvanaSegError, match="CARVANA_SEG_FAKE_GPUS"):
+        gpu.count_devices()
+
+
+def test_cli_claims_a_device_for_gpu_stages_only(tmp_path, monkeypatch, capsys):
+    from carvana_seg.pipeline import cli
+
+    held: dict[str, int] = {}
+    monkeypatch.setattr(gpu, "_HELD", held)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # recorded first, so teardown removes what the claim sets
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    monkeypatch.setenv("CARVANA_SEG_FAKE_GPUS", "2")
+    monkeypatch.setenv("CARVANA_SEG_GPU_LOCK_DIR", str(tmp_path / "locks"))
+    assert cli.main(["folds", "--configfile", str(tmp_path / "missing.yaml"), "--raw", "r", "--out", "o"]) == 2
+    assert "device" not in held and "CUDA_VISIBLE_DEVICES" not in os.environ  # not a GPU stage
+    try:
+        code = cli.main(["predict", str(tmp_path / "missing.jpg"), "--models", str(tmp_path), "--out", str(tmp_path)])
+        assert code == 2 and "missing.jpg" in capsys.readouterr().err
+        assert held["device"] == 0 and os.environ["CUDA_VISIBLE_DEVICES"] == "0"
+        assert not gpu.wants_gpu(["predict", "x.jpg", "--device", "cpu"]) and not gpu.wants_gpu(["train", "-h"])
+        assert gpu.wants_gpu(["predict", "x.jpg", "--device", "auto"])
+    finally:
+        if "fd" in held:
+            os.close(held["fd"])
