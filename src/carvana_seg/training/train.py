@@ -219,6 +219,8 @@ def _to_device(x: torch.Tensor, y: torch.Tensor, device: torch.device, channels_
 
 
 def run(args: argparse.Namespace, cfg: dict) -> None:
+    # One long function on purpose: setup, resume and the epoch loop share a dozen objects (model, optimizer,
+    # scheduler, scaler, loaders, generator, state); split up, every part would take and return them all.
     tc, variant = cfg["train"], cfg["variant"]
     device = pick_device(tc.get("device", "auto"))
     cuda = device.type == "cuda"
