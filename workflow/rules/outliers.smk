@@ -25,7 +25,7 @@ rule outliers:
     resources:
         gpu=1 if ZOOM else 0,
     conda:
-        ENV
+        ENV_TORCH
     log:
         "{rdir}/logs/outliers.log",
     benchmark:

@@ -50,7 +50,7 @@ rule report_figures:
     params:
         code=code("report-figures"),
     conda:
-        ENV
+        ENV_BASE
     log:
         f"{LOGS}/report_figures.log",
     benchmark:

@@ -29,14 +29,16 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from carvana_seg.core.metrics import dice_from_counts
+from carvana_seg.models import encoder_weights
 from carvana_seg.models import model as modelmod
-from carvana_seg.models.runtime import autocast, pick_device
+from carvana_seg.models.runtime import autocast, maybe_compile, pick_device
 from carvana_seg.pipeline import staging
 from carvana_seg.pipeline.errors import CarvanaSegError, DataError
-from carvana_seg.training import state_log
 from carvana_seg.training.augment import build_augment
 from carvana_seg.training.dataset import build_datasets, cache_ids, read_folds, split_ids, worker_init
+from carvana_seg.training import state_log
 from carvana_seg.training.losses import BceDiceLoss
+from carvana_seg.training.tensorboard_log import Board
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +62,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(pseudo-labelled test images); repeatable")
     parser.add_argument("--init-from", default=None, metavar="BEST_PT",
                         help="start from this checkpoint's weights (same variant) instead of random init")
+    parser.add_argument("--tensorboard", default=None, metavar="DIR",
+                        help="TensorBoard run directory for live curves (tensorboard_log); none when omitted")
     # Testing aid: stop (as if killed) after N epochs of this invocation, outputs unwritten.
     parser.add_argument("--max-epochs-this-run", type=int, default=None, help=argparse.SUPPRESS)
 
@@ -69,6 +73,8 @@ def _identity(cfg: dict, fold: int, train_ids: list[str], val_ids: list[str], ex
     with ``extra`` (extra caches' ids and mask digests, init weights' digest) those too."""
     c = copy.deepcopy(cfg)
     c.get("variant", {}).pop("weight", None)  # ensemble weight does not change training
+    for key in ("compile", "tensorboard_images"):  # nor how it runs or what it shows: a saved state still resumes
+        c.get("train", {}).pop(key, None)
     digest = hashlib.sha256("\n".join(train_ids + ["|"] + val_ids).encode()).hexdigest()[:16]
     out = {"cfg": c, "fold": fold, "split": digest}
     if extra:
@@ -118,7 +124,7 @@ def _init_weights(model: torch.nn.Module, path: str, variant: dict) -> None:
     if not same:
         raise DataError(f"{path}: checkpoint of variant {v.get('name')} ({v.get('width')}x{v.get('height')}), "
                         f"cannot initialise {variant['name']} ({variant['width']}x{variant['height']})")
-    model.load_state_dict(ckpt["state_dict"])
+    model.load_state_dict(modelmod.with_order(ckpt["state_dict"]))
     log.info("initialised from %s (epoch %s, val Dice %s)", path, ckpt.get("epoch"), ckpt.get("val_dice"))
 
 
@@ -222,6 +228,7 @@ def run(args: argparse.Namespace, cfg: dict) -> None:
     # One long function on purpose: setup, resume and the epoch loop share a dozen objects (model, optimizer,
     # scheduler, scaler, loaders, generator, state); split up, every part would take and return them all.
     tc, variant = cfg["train"], cfg["variant"]
+    encoder_weights.ensure_available(variant)  # before any data is read: one error naming the missing file
     device = pick_device(tc.get("device", "auto"))
     cuda = device.type == "cuda"
     if cuda:
@@ -253,6 +260,7 @@ def run(args: argparse.Namespace, cfg: dict) -> None:
     model = modelmod.build_model(variant).to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
+    fwd = maybe_compile(model, tc.get("compile", False))  # shares model's parameters; state dicts come from model
     criterion = BceDiceLoss.from_config(tc.get("loss", {}))
     opt = torch.optim.RMSprop(model.parameters(), lr=variant["lr"], weight_decay=tc.get("weight_decay", 0.0))
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
@@ -289,6 +297,8 @@ def run(args: argparse.Namespace, cfg: dict) -> None:
                  "%d epochs", args.variant, args.fold, len(train_ds), len(train_ds) - len(train_ids), len(val_ds),
                  *train_ds.size, device, ("fp16" if fp16 else "bf16") if use_amp else "off", epochs)
 
+        live = s["epoch"] < epochs and s["bad_epochs"] < patience
+        board = Board(args.tensorboard if live else None, s["epoch"] + 1, tc.get("tensorboard_images", 4))
         run_epochs = 0
         while s["epoch"] < epochs and s["bad_epochs"] < patience:
             epoch = s["epoch"] + 1
@@ -302,7 +312,7 @@ def run(args: argparse.Namespace, cfg: dict) -> None:
             t_ready = time.perf_counter()
             for x, y in bar:
                 data_seconds += time.perf_counter() - t_ready  # blocked on the loader (the loss sync ends each step)
-                loss = train_step(model, x, y, criterion, opt, scaler, device, use_amp, channels_last)
+                loss = train_step(fwd, x, y, criterion, opt, scaler, device, use_amp, channels_last)
                 if loss is None:
                     consecutive += 1
                     s["nonfinite_total"] += 1
@@ -320,7 +330,7 @@ def run(args: argparse.Namespace, cfg: dict) -> None:
                 t_ready = time.perf_counter()
             bar.close()
             train_seconds = time.perf_counter() - t0
-            val_loss, val_dice = _evaluate(model, val_dl, criterion, device, use_amp, channels_last)
+            val_loss, val_dice = _evaluate(fwd, val_dl, criterion, device, use_amp, channels_last)
             sched.step(val_dice)
             if val_dice > s["best_dice"]:
                 s.update(best_dice=val_dice, best_epoch=epoch, bad_epochs=0,
@@ -333,6 +343,7 @@ def run(args: argparse.Namespace, cfg: dict) -> None:
                    "data_share": round(data_seconds / max(train_seconds, 1e-9), 4)}
             s["rows"].append(row)
             s["epoch"] = epoch
+            board.epoch(epoch, row, model, val_ds, device)
             _save_atomic({**s, "format": STATE_FORMAT, "identity": identity, "cfg": cfg,
                           "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
                           "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "scaler": scaler.state_dict(),
@@ -347,7 +358,7 @@ def run(args: argparse.Namespace, cfg: dict) -> None:
             if args.max_epochs_this_run is not None and run_epochs >= args.max_epochs_this_run and not done:
                 raise CarvanaSegError(f"stopped after {run_epochs} epoch(s) this run (--max-epochs-this-run); "
                                       f"state kept in {state_dir}, rerun to resume")
-
+        board.close()
         _write_outputs(args, cfg, model, s)
     finally:
         state_log.detach(handler)
