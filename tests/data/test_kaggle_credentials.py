@@ -162,7 +162,9 @@ def test_failed_upload_says_uploading_and_hides_the_key(home: Path, monkeypatch:
                                                         tmp_path: Path, caplog: pytest.LogCaptureFixture,
                                                         capsys: pytest.CaptureFixture, exc: BaseException,
                                                         message: str) -> None:
-    from tests.submission.test_submission import IMGS, fabricate, write
+    from tests.helpers import SUBMISSION_IMGS as IMGS
+    from tests.helpers import fabricate_shards as fabricate
+    from tests.helpers import write_submission as write
 
     raw, manifest, threshold, _ = fabricate(tmp_path)
     _, sub = write(tmp_path, raw, manifest, threshold)

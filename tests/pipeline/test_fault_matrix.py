@@ -193,8 +193,8 @@ def test_submission_killed_then_rerun_writes_the_same_rows(run, tmp_path):
 
 def test_outliers_with_zoom_killed_then_rerun_gives_the_same_fixes(tmp_path):
     from tests.helpers import MODEL_VARIANTS as VARIANTS
-    from tests.helpers import make_models
-    from tests.outliers.test_outliers import fabricate, outlier_cfg
+    from tests.helpers import fabricate_outliers as fabricate
+    from tests.helpers import make_models, outlier_cfg
 
     data = fabricate(tmp_path)
     models = make_models(tmp_path, folds=1)

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +13,7 @@ import pytest
 import torch
 
 from carvana_seg.core import layout
-from carvana_seg.data import folds, resize_cache
+from carvana_seg.data import resize_cache
 from carvana_seg.models.model import load_model
 from carvana_seg.pipeline import cli
 from carvana_seg.pipeline import config as cfgmod
@@ -23,34 +21,7 @@ from carvana_seg.pipeline.errors import DataError
 from carvana_seg.training import augment
 from carvana_seg.training.dataset import CacheDataset, read_folds, split_ids
 from carvana_seg.training.losses import BceDiceLoss, boundary_band
-from tests.helpers import ROOT, make_layout
-
-PY = [sys.executable, "-m", "carvana_seg"]
-
-
-def tiny_config(**train: object) -> dict:
-    """A resolved config with one 32x32 resnet18 variant (tiny, so training takes seconds), 2 epochs, CPU."""
-    raw = {
-        "name": "tiny", "seed": 0, "data": {"source": "synthetic"}, "folds": {"k": 3},
-        "variants": [{"name": "tiny", "encoder": "resnet18", "width": 32, "height": 32, "batch_size": 8,
-                      "epochs": 2, "lr": 1e-3}],
-        "train": {"device": "cpu", "num_workers": 0, **train},
-    }
-    return cfgmod.resolve(raw)
-
-
-@pytest.fixture(scope="module")
-def tiny_cache(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """3 cars x 16 views (96x64 photos), folds.csv with k=3, a 64x64 resize cache and a 32x32 one for training."""
-    root = tmp_path_factory.mktemp("tiny")
-    raw = make_layout(root / "raw", n_cars=3, w=96, h=64, n_test_cars=1, seed=1)
-    table = folds.assign_folds(folds.mask_areas(raw), k=3, seed=0)
-    table.to_csv(root / "folds.csv", index=False)
-    ids = layout.list_ids(raw / layout.TRAIN_DIR)
-    resize_cache.build(raw, ids, (64, 64), root / "cache")
-    resize_cache.build(raw, ids, (32, 32), root / "cache32")
-    return {"root": root, "raw": raw, "folds": root / "folds.csv", "cache": root / "cache", "cache32": root / "cache32"}
-
+from tests.helpers import ROOT, tiny_config, train_cmd
 
 # ---- loss -------------------------------------------------------------------------------------------------------
 
@@ -161,12 +132,6 @@ def test_dataset_shapes_and_split(tiny_cache: dict[str, Path]) -> None:
 # ---- the train stage --------------------------------------------------------------------------------------------
 
 
-def _train_cmd(c: dict[str, Path], cfg: dict, out: Path, *extra: str) -> list[str]:
-    return [*PY, "train", "--cfg", json.dumps(cfg), "--variant", "tiny", "--fold", "0", "--folds", str(c["folds"]),
-            "--cache", str(c["cache32"]), "--out-model", str(out / "best.pt"), "--out-metrics", str(out / "metrics.csv"),
-            "--state-dir", str(out / "state"), "--threads", "2", *extra]
-
-
 def _run(cmd: list[str]) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
@@ -179,13 +144,13 @@ def test_train_resumes_after_a_kill_and_restarts_on_config_change(
     out = tmp_path / "run"
     # Invocation 1 (in-process, to save an interpreter start) is "killed" after epoch 1: only the state remains.
     caplog.set_level(logging.INFO)  # what the CLI's logging.basicConfig sets outside pytest
-    assert cli.main(_train_cmd(tiny_cache, cfg, out, "--max-epochs-this-run", "1")[3:]) == 2
+    assert cli.main(train_cmd(tiny_cache, cfg, out, "--max-epochs-this-run", "1")[3:]) == 2
     assert "stopped after 1 epoch" in capsys.readouterr().err
     assert not (out / "best.pt").exists() and not (out / "metrics.csv").exists()
     state = torch.load(out / "state" / "last.pt", weights_only=True)
     assert state["epoch"] == 1 and len(state["rows"]) == 1
     # Invocation 2, a fresh process: the same command resumes at epoch 2 and keeps epoch 1's row from invocation 1.
-    second = _run(_train_cmd(tiny_cache, cfg, out))
+    second = _run(train_cmd(tiny_cache, cfg, out))
     assert second.returncode == 0, second.stderr
     # Snakemake's `> {log}` truncates the job's log on a rerun: the stage replays the earlier run's lines first.
     earlier, _, resumed = second.stderr.partition("--- resumed run ---")
@@ -207,14 +172,14 @@ def test_train_resumes_after_a_kill_and_restarts_on_config_change(
     (out / "best.pt").unlink()
     (out / "metrics.csv").unlink()
     caplog.clear()
-    assert cli.main(_train_cmd(tiny_cache, cfg, out)[3:]) == 0  # in-process: faster
+    assert cli.main(train_cmd(tiny_cache, cfg, out)[3:]) == 0  # in-process: faster
     assert "holds a finished run" in caplog.text and "epoch 1/2:" not in caplog.text
     pd.testing.assert_frame_equal(pd.read_csv(out / "metrics.csv"), metrics)
     caplog.clear()
     # A changed config or a rebuilt cache does not resume: it starts from epoch 1 and names what changed.
     os.utime(tiny_cache["cache32"] / "masks.npy")
     changed = cfgmod.stage_config(tiny_config(loss={"boundary_weight": 5.0}), "train", "tiny")
-    assert cli.main(_train_cmd(tiny_cache, changed, out, "--max-epochs-this-run", "1")[3:]) == 2
+    assert cli.main(train_cmd(tiny_cache, changed, out, "--max-epochs-this-run", "1")[3:]) == 2
     log = caplog.text
     assert "starting from epoch 1" in log and "train.loss.boundary_weight" in log and "cache" in log
     assert "resuming" not in log
@@ -227,7 +192,7 @@ def test_nonfinite_losses_stop_training_with_a_clear_error(
 ) -> None:
     cfg = cfgmod.stage_config(tiny_config(max_nonfinite_steps=2), "train", "tiny")
     cfg["variant"]["lr"] = 1e30  # the first step blows the weights up, the following losses are NaN
-    rc = cli.main(_train_cmd(tiny_cache, cfg, tmp_path)[3:])
+    rc = cli.main(train_cmd(tiny_cache, cfg, tmp_path)[3:])
     assert rc == 2
     err = capsys.readouterr().err
     assert "consecutive non-finite losses" in err and "train.max_nonfinite_steps=2" in err
