@@ -11,7 +11,10 @@ CONFIG ?= config/demo.yaml
 NGPUS := $(shell nvidia-smi -L 2>/dev/null | grep -c '^GPU')
 RUN_FLAGS ?= $(if $(filter-out 0,$(NGPUS)),--resources gpu=1,--workflow-profile cpu)
 
-.PHONY: env demo report test dry-run lint plan rehearse clean-demo
+# The run's name (results/<name>/), read from $(CONFIG); evaluated only by the targets that use it.
+NAME = $(shell $(BIN)/python -c "import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))['name'])" $(CONFIG))
+
+.PHONY: env demo report tensorboard test dry-run lint plan rehearse clean-demo
 
 env: $(STAMP)
 
@@ -22,15 +25,20 @@ $(STAMP): requirements.txt pyproject.toml
 	$(BIN)/python -m pip install -q --no-deps -e .
 	touch $(STAMP)
 
+# --report-after-run: the HTML report (results/<name>/report.html) is written once the run has finished.
 demo: $(STAMP)
-	$(BIN)/snakemake --cores $(CORES) $(RUN_FLAGS) --configfile $(CONFIG)
+	$(BIN)/snakemake --cores $(CORES) $(RUN_FLAGS) --configfile $(CONFIG) \
+	  --report results/$(NAME)/report.html --report-after-run
 
 # The HTML report of a run: brings the run up to date first (nothing to do after `make demo`; it includes the
 # report_figures rule), then `snakemake --report results/<name>/report.html`, <name> read from $(CONFIG).
 report: $(STAMP)
 	$(BIN)/snakemake --cores $(CORES) $(RUN_FLAGS) --configfile $(CONFIG)
-	name=$$($(BIN)/python -c "import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))['name'])" $(CONFIG)) && \
-	$(BIN)/snakemake --cores 1 --configfile $(CONFIG) --report results/$$name/report.html
+	$(BIN)/snakemake --cores 1 --configfile $(CONFIG) --report results/$(NAME)/report.html
+
+# Live training curves of the run (one TensorBoard run per variant x fold x round), at http://localhost:6006.
+tensorboard: $(STAMP)
+	$(BIN)/tensorboard --logdir results/$(NAME)/tensorboard --port $${TB_PORT:-6006}
 
 dry-run: $(STAMP)
 	$(BIN)/snakemake -n --configfile $(CONFIG)

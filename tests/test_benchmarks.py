@@ -43,6 +43,20 @@ def test_train_speed_benchmark_reports_data_share():
     assert loader > 0 and model > 0 and pipeline > 0 and 0 <= share < 1
 
 
+def test_compile_speed_benchmark_prints_its_table():
+    # eager only: compiling takes minutes on a loaded CPU (the GPU/CPU numbers are in docs/benchmarks.md)
+    out = _run("compile_speed.py", "--size", "64x64", "--batch-size", "2", "--steps", "1", "--threads", "1",
+               "--modes", "eager")
+    row = out.splitlines()[-1].split()
+    assert row[0] == "eager" and all(float(v) > 0 for v in row[1:4])
+
+
+def test_outlier_ops_benchmark_finds_the_same_masks():
+    out = _run("outlier_ops.py", "--width", "320", "--height", "200", "--repeat", "1")
+    rows = [line.split() for line in out.splitlines()[2:]]
+    assert len(rows) == 2 and all(r[-1] == "True" for r in rows)
+
+
 @pytest.mark.slow
 def test_test_time_benchmark_prints_the_ratio():
     out = _run("test_time.py", "--n", "1", "--width", "192", "--height", "128", "--folds", "1", "--batch-size", "2",

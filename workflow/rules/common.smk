@@ -23,7 +23,10 @@ VARIANTS = {v["name"]: v for v in config["variants"]}
 FOLDS = cs_config.fold_ids(config)
 LAST = cs_rounds.last_round(config)  # pseudo-labelling rounds (workflow/rules/pseudo.smk); 1 when disabled
 ROUNDS = list(range(1, LAST + 1))
-ENV = "../../environment.yml"  # for --software-deployment-method conda
+# Conda environments (--software-deployment-method conda), relative to workflow/rules/: the light one for data and
+# submission rules, the torch one for the rules that run models (tests/test_environment.py checks each rule's).
+ENV_BASE = "../envs/base.yaml"
+ENV_TORCH = "../envs/torch.yaml"
 
 wildcard_constraints:
     variant="|".join(VARIANTS),

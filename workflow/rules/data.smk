@@ -9,7 +9,7 @@ rule fetch:
         cfg=cfg("fetch"),
         raw=RAW,
     conda:
-        ENV
+        ENV_BASE
     log:
         f"{LOGS}/fetch.log",
     benchmark:
@@ -30,7 +30,7 @@ rule validate_data:
         cfg=cfg("validate"),
         raw=RAW,
     conda:
-        ENV
+        ENV_BASE
     log:
         f"{LOGS}/validate.log",
     benchmark:
@@ -51,7 +51,7 @@ rule folds:
         cfg=cfg("folds"),
         raw=RAW,
     conda:
-        ENV
+        ENV_BASE
     log:
         f"{LOGS}/folds.log",
     shell:
@@ -72,7 +72,7 @@ rule resize_cache:
     wildcard_constraints:
         size=r"\d+x\d+",
     conda:
-        ENV
+        ENV_BASE
     log:
         f"{LOGS}/resize_{{size}}.log",
     benchmark:

@@ -25,7 +25,7 @@ rule outliers:
     resources:
         gpu=cs_resources.gpus(config, "outliers"),
     conda:
-        ENV
+        ENV_TORCH
     log:
         "{rdir}/logs/outliers.log",
     benchmark:

@@ -17,7 +17,7 @@ rule threshold:
         cfg=cfg("threshold"),
         raw=RAW,
     conda:
-        ENV
+        ENV_BASE
     log:
         "{rdir}/logs/threshold.log",
     benchmark:
@@ -42,7 +42,7 @@ rule ensemble:
     resources:
         gpu=cs_resources.gpus(config, "ensemble"),
     conda:
-        ENV
+        ENV_TORCH
     log:
         "{rdir}/logs/ensemble.log",
     benchmark:
@@ -65,7 +65,7 @@ rule submission:
         cfg=cfg("submission"),
         sample=f"{RAW}/sample_submission.csv",
     conda:
-        ENV
+        ENV_BASE
     log:
         f"{LOGS}/submission{{sfx}}.log",
     benchmark:
@@ -87,7 +87,7 @@ rule score:
         truth=f"{DATA}/ground_truth/test_masks.csv",
         raw=RAW,
     conda:
-        ENV
+        ENV_BASE
     log:
         f"{LOGS}/score{{sfx}}.log",
     shell:
@@ -107,7 +107,7 @@ rule submit:
         config_hash=cs_config.config_hash(config),
         raw=RAW,
     conda:
-        ENV
+        ENV_BASE
     log:
         f"{LOGS}/submit.log",
     shell:

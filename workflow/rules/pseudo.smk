@@ -24,7 +24,7 @@ rule pseudo_labels:
         cfg=cs_config.to_json(cs_rounds.pseudo_slice(config)),
         raw=RAW,
     conda:
-        ENV
+        ENV_BASE
     log:
         f"{RES}/round{{round}}/logs/pseudo_labels.log",
     benchmark:
@@ -52,7 +52,7 @@ rule pseudo_gain:
         ),
         raw=RAW,
     conda:
-        ENV
+        ENV_BASE
     log:
         f"{LOGS}/pseudo_gain.log",
     threads: cs_resources.threads(config, "pseudo_gain")

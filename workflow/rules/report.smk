@@ -51,7 +51,7 @@ rule report_figures:
         code=code("report-figures"),
         plan=cs_config.to_json(config),  # planned next to measured (carvana_seg.plan)
     conda:
-        ENV
+        ENV_BASE
     log:
         f"{LOGS}/report_figures.log",
     benchmark:

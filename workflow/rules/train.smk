@@ -21,8 +21,10 @@ rule train:
         cache=lambda wc: cache_dir(wc.variant),
         state=lambda wc: f"{wc.rdir}/state/{wc.variant}/fold{wc.fold}",
         extra=train_extra_args,
+        # live curves (make tensorboard), like the state not an output: a rerun resumes the run's event steps
+        tb=lambda wc: f"{RES}/tensorboard/{wc.variant}_fold{wc.fold}_round{round_of(wc)}",
     conda:
-        ENV
+        ENV_TORCH
     log:
         "{rdir}/logs/train/{variant}_fold{fold}.log",
     benchmark:
@@ -33,7 +35,7 @@ rule train:
     shell:
         "python -m carvana_seg train --cfg {params.cfg:q} --variant {wildcards.variant} --fold {wildcards.fold}"
         " --folds {input.folds} --cache {params.cache} --out-model {output.model} --out-metrics {output.metrics}"
-        " --state-dir {params.state} {params.extra} --threads {threads} > {log} 2>&1"
+        " --state-dir {params.state} --tensorboard {params.tb} {params.extra} --threads {threads} > {log} 2>&1"
 
 
 rule oof:
@@ -52,7 +54,7 @@ rule oof:
         cache=lambda wc: cache_dir(wc.variant),
         raw=RAW,
     conda:
-        ENV
+        ENV_TORCH
     log:
         "{rdir}/logs/oof/{variant}_fold{fold}.log",
     benchmark:
@@ -74,7 +76,7 @@ rule oof_table:
     params:
         code=code("oof-table"),
     conda:
-        ENV
+        ENV_BASE
     log:
         "{rdir}/logs/oof_table.log",
     shell:

@@ -119,6 +119,8 @@ def build(raw: Path, ids: list[str], size: tuple[int, int], out_dir: Path, worke
     with staging.staged_dir(Path(out_dir)) as tmp:
         images = np.lib.format.open_memmap(tmp / "images.npy", mode="w+", dtype=np.uint8, shape=(len(ids), h, w, 3))
         masks = np.lib.format.open_memmap(tmp / "masks.npy", mode="w+", dtype=np.uint8, shape=(len(ids), h, w))
+        staging.preallocate(tmp / "images.npy")  # a full disk fails now, not as SIGBUS on a memmap write
+        staging.preallocate(tmp / "masks.npy")
         jobs = [(str(raw), i, (w, h)) for i in ids]
         digest = hashlib.sha256()  # of the cached masks: tells a training run when its labels changed
         with Pool(workers) if workers > 1 else _Serial() as pool:

@@ -75,7 +75,9 @@ def load_variants(paths: list[Path], cfg: dict, device: torch.device) -> list[Va
                               f"says {want['width']}x{want['height']}")
         # the loader's (N, H, W, 3) batches arrive as channels-last tensors: match the weights once, on CUDA
         cuda = device.type == "cuda"
-        loaded.setdefault(v["name"], []).append(model.to(memory_format=torch.channels_last) if cuda else model)
+        model = model.to(memory_format=torch.channels_last) if cuda else model
+        compiled = runtime.maybe_compile(model, cfg.get("predict", {}).get("compile", False))
+        loaded.setdefault(v["name"], []).append(compiled)
     missing = [c["name"] for c in cfg["variants"] if c["name"] not in loaded]
     if missing:
         raise ConfigError(f"no model checkpoints given for variant(s) {missing}")

@@ -1,13 +1,15 @@
 """``export``: one trained model (``best.pt``) to ONNX, checked against PyTorch with onnxruntime.
 
-The ONNX graph is the whole ``model.Normalized`` plus a sigmoid: input ``image`` is float32 RGB 0..255,
-shape (batch, 3, height, width) at the variant's network size, with a dynamic batch axis; output ``probability``
-is (batch, 1, height, width) in [0, 1]. Resize photos to that size first and the probability map back to the
+The ONNX graph comes from the dynamo-based exporter (``torch.onnx.export(..., dynamo=True)``, via onnxscript) and
+is the whole ``model.Normalized`` (the encoder's normalisation included) plus a sigmoid: input ``image`` is float32
+RGB 0..255, shape (batch, 3, height, width) with all three of batch, height and width dynamic (height and width
+multiples of 32; the model was trained at the variant's size, stored in the metadata); output ``probability`` is
+(batch, 1, height, width) in [0, 1]. Resize photos to the variant's size first and the probability map back to the
 photo's size (as ``predict`` does), then binarise at the run's ``threshold.json``. The variant's settings are
 stored in the model's metadata (``carvana_seg.variant``, JSON).
 
-``--check`` runs a seeded random batch of two through both runtimes and fails when the largest absolute
-difference of probabilities reaches ``1e-4``.
+``--check`` runs seeded random batches at two image sizes (the variant's, batch 2; and 32 px larger each way,
+batch 1) through both runtimes and fails when the largest absolute difference of probabilities reaches ``1e-4``.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from carvana_seg.pipeline.errors import CarvanaSegError
 
 log = logging.getLogger(__name__)
 TOLERANCE = 1e-4
+OPSET = 18  # the dynamo exporter's (onnxscript's) default opset
 
 
 class Probabilities(nn.Module):
@@ -40,9 +43,10 @@ class Probabilities(nn.Module):
         return torch.sigmoid(self.model(x))
 
 
-def export(checkpoint: Path, out: Path, opset: int = 17) -> dict:
+def export(checkpoint: Path, out: Path, opset: int = OPSET) -> dict:
     """Write ``out`` (ONNX) from a checkpoint; return the checkpoint's variant settings."""
     import onnx
+    from torch.export import Dim
 
     from carvana_seg.models.model import load_model
 
@@ -50,16 +54,19 @@ def export(checkpoint: Path, out: Path, opset: int = 17) -> dict:
     variant = cfg["variant"]
     wrapped = Probabilities(model).eval()
     sample = torch.zeros(1, 3, int(variant["height"]), int(variant["width"]))
+    for name in ("onnx_ir", "onnxscript"):  # one INFO line per graph rewrite otherwise
+        logging.getLogger(name).setLevel(logging.WARNING)
     with staging.staged_file(out) as tmp:
         try:
             with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # the TorchScript exporter is deprecated (dynamo), still supported
+                warnings.simplefilter("ignore")
                 torch.onnx.export(
-                    wrapped, (sample,), str(tmp), dynamo=False, opset_version=opset,
+                    wrapped, (sample,), str(tmp), dynamo=True, opset_version=opset, verbose=False,
                     input_names=["image"], output_names=["probability"],
-                    dynamic_axes={"image": {0: "batch"}, "probability": {0: "batch"}},
+                    dynamic_shapes={"x": {0: Dim.DYNAMIC, 2: Dim.DYNAMIC, 3: Dim.DYNAMIC}},
                 )
             proto = onnx.load(str(tmp))
+            _name_axes(proto)
             onnx.checker.check_model(proto)
         except Exception as exc:
             first = (str(exc).splitlines() or [""])[0][:200]
@@ -74,39 +81,59 @@ def export(checkpoint: Path, out: Path, opset: int = 17) -> dict:
     return variant
 
 
-def check(checkpoint: Path, onnx_path: Path, batch: int = 2, seed: int = 0) -> float:
-    """Largest absolute difference of probabilities between onnxruntime and PyTorch on a random batch."""
+def _name_axes(proto) -> None:
+    """Name the exporter's symbolic dims (``s77``...) of the input ``batch``, ``height``, ``width`` everywhere."""
+    dims = proto.graph.input[0].type.tensor_type.shape.dim
+    names = {dims[i].dim_param: n for i, n in ((0, "batch"), (2, "height"), (3, "width")) if dims[i].dim_param}
+    for value in [*proto.graph.input, *proto.graph.output, *proto.graph.value_info]:
+        for d in value.type.tensor_type.shape.dim:
+            if d.dim_param in names:
+                d.dim_param = names[d.dim_param]
+
+
+def check_sizes(variant: dict) -> list[tuple[int, int, int]]:
+    """(batch, height, width) of the ``--check`` batches: the variant's size, and 32 px larger each way."""
+    h, w = int(variant["height"]), int(variant["width"])
+    return [(2, h, w), (1, h + 32, w + 32)]
+
+
+def check(checkpoint: Path, onnx_path: Path, seed: int = 0) -> dict[tuple[int, int, int], float]:
+    """Largest absolute difference of probabilities between onnxruntime and PyTorch, per ``check_sizes`` batch."""
     import onnxruntime as ort
 
     from carvana_seg.models.model import load_model
 
     model, cfg = load_model(checkpoint, "cpu")
-    v = cfg["variant"]
-    rng = np.random.default_rng(seed)
-    x = rng.uniform(0, 255, size=(batch, 3, int(v["height"]), int(v["width"]))).astype(np.float32)
-    with torch.inference_mode():
-        want = Probabilities(model).eval()(torch.from_numpy(x)).numpy()
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    got = session.run(["probability"], {"image": x})[0]
-    if got.shape != want.shape:
-        raise CarvanaSegError(f"{onnx_path}: ONNX output shape {got.shape} != PyTorch {want.shape}")
-    return float(np.abs(got - want).max())
+    rng = np.random.default_rng(seed)
+    diffs = {}
+    for n, h, w in check_sizes(cfg["variant"]):
+        x = rng.uniform(0, 255, size=(n, 3, h, w)).astype(np.float32)
+        with torch.inference_mode():
+            want = Probabilities(model).eval()(torch.from_numpy(x)).numpy()
+        got = session.run(["probability"], {"image": x})[0]
+        if got.shape != want.shape:
+            raise CarvanaSegError(f"{onnx_path}: ONNX output shape {got.shape} != PyTorch {want.shape}")
+        diffs[(n, h, w)] = float(np.abs(got - want).max())
+    return diffs
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="checkpoint: results/<name>/models/<variant>/fold<k>/best.pt")
     parser.add_argument("--out", required=True, help="ONNX file to write")
-    parser.add_argument("--opset", type=int, default=17, help="ONNX opset version")
+    parser.add_argument("--opset", type=int, default=OPSET, help="ONNX opset version")
     parser.add_argument("--check", action="store_true", help="compare with PyTorch on a sample batch (onnxruntime)")
 
 
 def run(args: argparse.Namespace, cfg: dict) -> None:  # noqa: ARG001 - export reads no config slice
     checkpoint, out = Path(args.model), Path(args.out)
     variant = export(checkpoint, out, args.opset)
-    log.info("wrote %s: variant %s, input (batch, 3, %d, %d) float32 0..255, opset %d, %.1f MB", out,
-             variant["name"], variant["height"], variant["width"], args.opset, out.stat().st_size / 1e6)
+    log.info("wrote %s: variant %s (trained at %dx%d), input (batch, 3, height, width) float32 0..255, opset %d, "
+             "%.1f MB", out, variant["name"], variant["width"], variant["height"], args.opset, out.stat().st_size / 1e6)
     if args.check:
-        diff = check(checkpoint, out)
-        print(f"max abs diff of probabilities (onnxruntime vs PyTorch): {diff:.3g} (tolerance {TOLERANCE:g})")
-        if not diff < TOLERANCE:
-            raise CarvanaSegError(f"{out}: ONNX and PyTorch probabilities differ by {diff:.3g} (>= {TOLERANCE:g})")
+        for (n, h, w), diff in check(checkpoint, out).items():
+            print(f"batch {n} at {w}x{h}: max abs diff of probabilities (onnxruntime vs PyTorch) {diff:.3g} "
+                  f"(tolerance {TOLERANCE:g})")
+            if not diff < TOLERANCE:
+                raise CarvanaSegError(f"{out}: ONNX and PyTorch probabilities differ by {diff:.3g} at {w}x{h} "
+                                      f"(>= {TOLERANCE:g})")

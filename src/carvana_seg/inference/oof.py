@@ -87,6 +87,7 @@ def run(args: argparse.Namespace, cfg: dict) -> None:
     channels_last = device.type == "cuda"
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
+    model = runtime.maybe_compile(model, pc.get("compile", False))
 
     folds = read_folds(args.folds)
     _, val_ids = split_ids(folds, args.fold)

@@ -1,37 +1,46 @@
 """Model construction and checkpoints.
 
 Every model is an smp architecture wrapped in ``Normalized``, which takes raw 0..255 RGB (N, 3, H, W) and applies
-the ImageNet normalisation itself: training, OOF, test inference, ``predict`` and ONNX export then feed pixels the
-same way and can never disagree on preprocessing. Checkpoints hold the weights *and* the resolved config slice
-that made them, so a model file is self-describing.
+its encoder's normalisation itself (``encoder_weights.preprocessing``: ``smp.encoders.get_preprocessing_params``
+of the pretrained weights; kept as buffers in every checkpoint): training, OOF, test inference, ``predict``, the
+outlier zoom and ONNX export then feed pixels the same way and can never disagree on preprocessing. Checkpoints
+hold the weights *and* the resolved config slice that made them, so a model file is self-describing.
 """
 
 from __future__ import annotations
 
+import io
 import os
+import pickle
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from carvana_seg.models import encoder_weights
+from carvana_seg.pipeline import staging
 from carvana_seg.pipeline.errors import ConfigError, DataError
-
-MEAN = (0.485, 0.456, 0.406)
-STD = (0.229, 0.224, 0.225)
 
 
 class Normalized(nn.Module):
-    """Wrap a segmentation net: input 0..255 RGB (float or uint8), output logits (N, 1, H, W)."""
+    """Wrap a segmentation net: input 0..255 RGB (float or uint8), output logits (N, 1, H, W).
 
-    def __init__(self, net: nn.Module) -> None:
+    ``params`` (``get_preprocessing_params`` format: input_space, input_range, mean, std) become the buffers
+    ``order`` (channel order), ``mean`` and ``std`` in 0..255 units: ``(x[:, order] - mean) / std`` equals the
+    encoder's ``(x / 255 * range_max - mean) / std``."""
+
+    def __init__(self, net: nn.Module, params: dict | None = None) -> None:
         super().__init__()
+        p = params or encoder_weights.IMAGENET
+        scale = 255.0 / float(p.get("input_range", [0, 1])[1])
         self.net = net
-        self.register_buffer("mean", torch.tensor(MEAN).view(1, 3, 1, 1) * 255.0)
-        self.register_buffer("std", torch.tensor(STD).view(1, 3, 1, 1) * 255.0)
+        self.register_buffer("order", torch.tensor([2, 1, 0] if p.get("input_space") == "BGR" else [0, 1, 2]))
+        self.register_buffer("mean", torch.tensor(p["mean"], dtype=torch.float32).view(1, 3, 1, 1) * scale)
+        self.register_buffer("std", torch.tensor(p["std"], dtype=torch.float32).view(1, 3, 1, 1) * scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = (x.float() - self.mean) / self.std
+        x = (x.float().index_select(1, self.order) - self.mean) / self.std
         return self.net(x)
 
 
@@ -40,8 +49,10 @@ def build_model(variant: dict) -> Normalized:
     import segmentation_models_pytorch as smp
 
     arch, encoder, weights = variant.get("arch", "Unet"), variant.get("encoder", "resnet18"), variant.get("encoder_weights")
+    local = encoder_weights.is_path(weights)
     try:
-        net = smp.create_model(arch, encoder_name=encoder, encoder_weights=weights, in_channels=3, classes=1)
+        net = smp.create_model(arch, encoder_name=encoder, encoder_weights=None if local else weights, in_channels=3,
+                               classes=1)
     except KeyError as exc:
         raise ConfigError(f"config key 'variants.{variant.get('name')}.encoder': unknown encoder '{encoder}'") from exc
     except Exception as exc:
@@ -49,35 +60,58 @@ def build_model(variant: dict) -> Normalized:
             raise ConfigError(
                 f"config key 'variants.{variant.get('name')}.encoder_weights': could not fetch '{weights}' weights "
                 f"for encoder '{encoder}' ({type(exc).__name__}: {str(exc).splitlines()[0][:160]}); this needs network access to the model hub. "
-                "Set encoder_weights: null to train from scratch offline."
+                "Set encoder_weights to a local weights file, or null to train from scratch offline."
             ) from exc
         raise
-    return Normalized(net)
+    if local:
+        encoder_weights.load_local(weights, net.encoder, f"variants.{variant.get('name')}.encoder_weights")
+    return Normalized(net, encoder_weights.preprocessing(variant))
 
 
 def save_checkpoint(path: str | os.PathLike, model: nn.Module, cfg: dict, **extra: Any) -> None:
     """Write ``{"state_dict", "config", **extra}`` atomically (tmp + rename): never a half-written model."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu() for k, v in _unwrap(model).state_dict().items()}
-    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
-    torch.save({"state_dict": state, "config": cfg, **extra}, tmp)
-    os.replace(tmp, path)
+    staging.write_bytes(Path(path), to_bytes({"state_dict": state, "config": cfg, **extra}))
+
+
+def to_bytes(obj: dict) -> bytes:
+    """``torch.save`` into memory, so the file write goes through ``staging`` (one WriteError, no temporary)."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
 
 
 def load_model(path: str | os.PathLike, device: torch.device | str = "cpu") -> tuple[Normalized, dict]:
     """Load a checkpoint written by ``save_checkpoint``: (model in eval mode on ``device``, its config slice)."""
+    ckpt = load_checkpoint(path)
+    variant = dict(ckpt["config"]["variant"], encoder_weights=None)  # weights come from the checkpoint
+    model = build_model(variant)
+    model.load_state_dict(with_order(ckpt["state_dict"]))
+    return model.to(device).eval(), ckpt["config"]
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict:
+    """A checkpoint's contents, loaded with ``weights_only=True``: tensors and plain data only, so a checkpoint from
+    an untrusted source (a shared Kaggle dataset, ``predict --models``) cannot run code while it loads."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: model checkpoint not found")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise DataError(f"{path}: refused: the checkpoint holds Python objects besides tensors and plain data "
+                        f"(loading it could run code); only checkpoints holding plain data are loaded") from exc
     except Exception as exc:
-        raise DataError(f"{path}: not a readable checkpoint ({exc})") from exc
-    variant = dict(ckpt["config"]["variant"], encoder_weights=None)  # weights come from the checkpoint
-    model = build_model(variant)
-    model.load_state_dict(ckpt["state_dict"])
-    return model.to(device).eval(), ckpt["config"]
+        raise DataError(f"{path}: not a readable checkpoint ({type(exc).__name__}: "
+                        f"{str(exc).splitlines()[0][:160] if str(exc) else ''})") from exc
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "variant" not in ckpt.get("config", {}):
+        raise DataError(f"{path}: not a carvana-seg checkpoint (no state_dict and config.variant)")
+    return ckpt
+
+
+def with_order(state: dict) -> dict:
+    """A ``Normalized`` state dict saved before the ``order`` buffer existed gets the RGB order it was trained with."""
+    return state if "order" in state else {**state, "order": torch.tensor([0, 1, 2])}
 
 
 def _unwrap(model: nn.Module) -> nn.Module:

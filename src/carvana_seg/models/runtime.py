@@ -32,6 +32,15 @@ def autocast(device: torch.device, enabled: bool = True):
     return torch.autocast("cuda", dtype=dtype)
 
 
+def maybe_compile(model: nn.Module, enabled: bool) -> nn.Module:
+    """``torch.compile(model)`` when ``enabled`` (config keys train.compile / predict.compile), else ``model``.
+
+    The compiled module shares its parameters with ``model``: state dicts and checkpoints keep coming from
+    ``model``. The first batches of each new input shape pay the compilation (tens of seconds); see
+    docs/benchmarks.md for when it pays off."""
+    return torch.compile(model) if enabled else model
+
+
 def to_tensor(batch: np.ndarray, device: torch.device, channels_last: bool = False) -> torch.Tensor:
     """(N, H, W, 3) uint8 -> (N, 3, H, W) uint8 tensor on ``device`` (normalisation happens in the model)."""
     t = torch.from_numpy(np.ascontiguousarray(batch)).permute(0, 3, 1, 2)

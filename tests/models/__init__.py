@@ -1,0 +1,1 @@
+"""Tests of carvana_seg.models."""
