@@ -49,6 +49,7 @@ rule report_figures:
         stage_csv=f"{REPORT}/stage_times.csv",
     params:
         code=code("report-figures"),
+        plan=cs_config.to_json(config),  # planned next to measured (carvana_seg.plan)
     conda:
         ENV_BASE
     log:
@@ -59,4 +60,4 @@ rule report_figures:
         "python -m carvana_seg report-figures --metrics {input.metrics} --oof-dice {input.oof_dice}"
         " --threshold {input.threshold} --curve {input.curve} --outliers {input.outliers} --sheets {input.sheets}"
         " --test-probs {input.test_probs} --results $(dirname {input.oof_dice})"
-        " --out-dir $(dirname {output.stage_csv}) > {log} 2>&1"
+        " --out-dir $(dirname {output.stage_csv}) --plan-config {params.plan:q} > {log} 2>&1"

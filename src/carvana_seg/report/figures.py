@@ -44,6 +44,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--results", required=True,
                         help="results/<name>: its benchmarks/ (and round<r>/benchmarks/) and pseudo-label files")
     parser.add_argument("--out-dir", required=True, help="where the figures and tables go")
+    parser.add_argument("--plan-config", default=None,
+                        help="the run's resolved config as JSON: adds planned next to measured (carvana_seg.plan)")
 
 
 def _plt():
@@ -214,10 +216,27 @@ def outlier_gallery(outliers_csv: Path, sheets_json: Path, out_table: Path, out_
     return len(figures)
 
 
-def throughput(bench_dir: Path, test_probs: Path, out_png: Path, out_html: Path, out_csv: Path) -> pd.DataFrame:
-    """Wall time per stage from the benchmark TSVs (table and bar chart) with the test-set images/s."""
+def planned(config: dict | None, device: str, measured: list[pd.DataFrame]) -> str:
+    """HTML of the plan (``carvana_seg.plan``) for the run's device next to the measured jobs and hours."""
+    if config is None:
+        return ""
+    from carvana_seg.plan.command import make_plan
+    from carvana_seg.plan.compare import compare, device_row
+
+    plan = make_plan(config, device_row(device))
+    return (f"<h2>Planned ({plan['device']['name']}: {html.escape(plan['device']['source'])}) next to measured</h2>"
+            f"<p>planned peak disk {plan['peak_disk'] / 1e9:.2f} GB; planned hours are device-hours of the model "
+            "stages</p>" + compare(plan, measured).to_html(index=False, border=0, na_rep="-"))
+
+
+def throughput(bench_dir: Path, test_probs: Path, out_png: Path, out_html: Path, out_csv: Path,
+               config: dict | None = None) -> pd.DataFrame:
+    """Wall time per stage from the benchmark TSVs (table and bar chart) with the test-set images/s; with the
+    run's config, the plan next to it."""
     times = stage_times(bench_dir, exclude={"report_figures"})
     rounds = [(r, stage_times(d / "benchmarks")) for r, d in round_dirs(bench_dir.parent)[1:]]  # round<r>/benchmarks
+    plan_html = planned(config, str(json.loads(Path(test_probs).read_text()).get("device", "cpu")),
+                        [times] + [t for _, t in rounds])
     extra = [t.assign(stage=t["stage"] + f" (round {r})") for r, t in rounds if not t.empty]
     if extra:
         times = pd.concat([t for t in (times, *extra) if not t.empty], ignore_index=True)
@@ -226,7 +245,8 @@ def throughput(bench_dir: Path, test_probs: Path, out_png: Path, out_html: Path,
     probs = json.loads(Path(test_probs).read_text())
     line = (f"test set: {probs.get('n_images', '?')} images in {probs.get('seconds', math.nan):.1f} s, "
             f"{probs.get('images_per_s', math.nan):.2f} images/s on {probs.get('device', '?')}")
-    out_html.write_text(html_page("Time per stage", f"<p>{line}</p>" + times.to_html(index=False, border=0)))
+    out_html.write_text(html_page("Time per stage", f"<p>{line}</p>" + times.to_html(index=False, border=0)
+                                  + plan_html))
     if times.empty:
         _note(out_png, "Time per stage", "No benchmark TSVs found.\n" + line)
         return times
@@ -250,7 +270,8 @@ def run(args: argparse.Namespace, cfg: dict) -> None:
     n_sheets = outlier_gallery(Path(args.outliers), Path(args.sheets), out / "outliers.html",
                                out / "outlier_gallery.html")
     times = throughput(Path(args.results) / "benchmarks", Path(args.test_probs), out / "throughput.png",
-                       out / "stage_times.html", out / "stage_times.csv")
+                       out / "stage_times.html", out / "stage_times.csv",
+                       json.loads(args.plan_config) if args.plan_config else None)
     log.info("report figures in %s: %d training curves, %d variants, %d contact sheets, %d timed stages; "
              "mean OOF Dice per variant: %s", out, len(args.metrics), len(means), n_sheets, len(times),
              means.mean(axis=1).round(5).to_dict())

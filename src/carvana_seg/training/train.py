@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import copy
 import hashlib
-import json
 import logging
 import os
 import random
@@ -28,14 +27,16 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from carvana_seg.core import layout
 from carvana_seg.core.metrics import dice_from_counts
 from carvana_seg.models import encoder_weights
 from carvana_seg.models import model as modelmod
 from carvana_seg.models.runtime import autocast, maybe_compile, pick_device
 from carvana_seg.pipeline import staging
 from carvana_seg.pipeline.errors import CarvanaSegError, DataError
+from carvana_seg.pipeline.resources import torch_threads
 from carvana_seg.training.augment import build_augment
-from carvana_seg.training.dataset import build_datasets, cache_ids, read_folds, split_ids, worker_init
+from carvana_seg.training.dataset import build_datasets, read_folds, split_ids, worker_init
 from carvana_seg.training import state_log
 from carvana_seg.training.losses import BceDiceLoss
 from carvana_seg.training.tensorboard_log import Board
@@ -56,10 +57,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out-model", required=True, help="best.pt to write when training ends")
     parser.add_argument("--out-metrics", required=True, help="metrics.csv to write when training ends")
     parser.add_argument("--state-dir", required=True, help="resume state directory (kept across failed runs)")
-    parser.add_argument("--threads", type=int, default=2, help="CPU threads for torch on CPU")
-    parser.add_argument("--extra-cache", action="append", default=[], metavar="DIR",
-                        help="resize cache whose images are all added to the training set, never to validation "
-                             "(pseudo-labelled test images); repeatable")
+    parser.add_argument("--threads", type=int, default=2,
+                        help="the job's CPU threads: torch gets what the DataLoader workers (train.num_workers) leave")
+    parser.add_argument("--extra-layout", action="append", default=[], metavar="DIR",
+                        help="Kaggle training layout whose images are all added to the training set, never to "
+                             "validation, decoded by the DataLoader (pseudo-labelled test images); repeatable")
     parser.add_argument("--init-from", default=None, metavar="BEST_PT",
                         help="start from this checkpoint's weights (same variant) instead of random init")
     parser.add_argument("--tensorboard", default=None, metavar="DIR",
@@ -70,7 +72,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _identity(cfg: dict, fold: int, train_ids: list[str], val_ids: list[str], extra: dict | None = None) -> dict:
     """What a saved state must match to be resumed: the config (minus the ensemble weight) and the fold split;
-    with ``extra`` (extra caches' ids and mask digests, init weights' digest) those too."""
+    with ``extra`` (extra layouts' ids and mask digests, init weights' digest) those too."""
     c = copy.deepcopy(cfg)
     c.get("variant", {}).pop("weight", None)  # ensemble weight does not change training
     for key in ("compile", "tensorboard_images"):  # nor how it runs or what it shows: a saved state still resumes
@@ -90,17 +92,13 @@ def _file_digest(path: str | os.PathLike) -> str:
     return h.hexdigest()[:16]
 
 
-def _extra_identity(extra_caches: list[str], init_from: str | None) -> dict:
-    """Extra caches (ids and the digest of their masks, from meta.json) and the init checkpoint's digest."""
+def _extra_identity(extra_layouts: list[str], init_from: str | None) -> dict:
+    """Extra layouts (ids, and the digest of their train_masks.csv: every mask as RLE) and the init checkpoint's."""
     out: dict = {}
-    if extra_caches:
-        caches = []
-        for d in extra_caches:
-            meta = Path(d) / "meta.json"
-            sha = json.loads(meta.read_text()).get("masks_sha256") if meta.is_file() else None
-            ids = hashlib.sha256("\n".join(cache_ids(d)).encode()).hexdigest()[:16]
-            caches.append({"ids": ids, "masks": sha})
-        out["caches"] = caches
+    if extra_layouts:
+        out["layouts"] = [{"ids": hashlib.sha256("\n".join(layout.list_ids(Path(d) / layout.TRAIN_DIR)).encode())
+                           .hexdigest()[:16], "masks": _file_digest(Path(d) / layout.TRAIN_MASKS_CSV)}
+                          for d in extra_layouts]
     if init_from:
         out["init"] = _file_digest(init_from)
     return out
@@ -234,7 +232,7 @@ def run(args: argparse.Namespace, cfg: dict) -> None:
     if cuda:
         torch.backends.cudnn.benchmark = True
     else:
-        torch.set_num_threads(max(1, args.threads))
+        torch.set_num_threads(torch_threads(args.threads, tc.get("num_workers", 0)))
     channels_last = cuda and tc.get("channels_last", True)
     use_amp = cuda and tc.get("amp", True)
     fp16 = use_amp and not torch.cuda.is_bf16_supported()
@@ -244,7 +242,7 @@ def run(args: argparse.Namespace, cfg: dict) -> None:
         raise DataError(f"fold {args.fold}: {len(train_ids)} training and {len(val_ids)} validation images")
     seed = int(cfg.get("seed", 0)) * 1000 + args.fold
     train_ds, val_ds = build_datasets(args.cache, train_ids, val_ids, build_augment(tc.get("augment", {}), seed),
-                                      args.extra_cache)
+                                      args.extra_layout)
     if train_ds.size != (variant["width"], variant["height"]):
         raise DataError(f"{args.cache}: cache is {train_ds.size}, variant '{args.variant}' needs "
                         f"{variant['width']}x{variant['height']}")
@@ -271,7 +269,7 @@ def run(args: argparse.Namespace, cfg: dict) -> None:
 
     state_dir = Path(args.state_dir)
     staging.sweep(state_dir / STATE_FILE, args.out_model, args.out_metrics)  # temporaries of a killed run
-    identity = _identity(cfg, args.fold, train_ids, val_ids, _extra_identity(args.extra_cache, args.init_from))
+    identity = _identity(cfg, args.fold, train_ids, val_ids, _extra_identity(args.extra_layout, args.init_from))
     identity.update(_input_identity(args.cache))
     s = _load_state(state_dir, identity)
     handler = state_log.attach(state_dir, resumed=s is not None)  # keeps the earlier epochs' lines
@@ -293,7 +291,7 @@ def run(args: argparse.Namespace, cfg: dict) -> None:
                 _init_weights(model, args.init_from, variant)
             s = {"epoch": 0, "best_dice": -1.0, "best_epoch": 0, "best_model": None, "bad_epochs": 0, "rows": [],
                  "nonfinite_total": 0}
-        log.info("variant %s fold %d: %d train (%d from extra caches) / %d val images at %dx%d on %s (amp=%s), "
+        log.info("variant %s fold %d: %d train (%d from extra layouts) / %d val images at %dx%d on %s (amp=%s), "
                  "%d epochs", args.variant, args.fold, len(train_ds), len(train_ds) - len(train_ids), len(val_ds),
                  *train_ds.size, device, ("fp16" if fp16 else "bf16") if use_amp else "off", epochs)
 
