@@ -57,12 +57,10 @@ def make_raw(root: Path) -> Path:
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
 
 
-def snakemake(repo: Path, workdir: Path, *args: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-    return subprocess.run(
-        [SNAKEMAKE, *args, "-s", str(repo / "Snakefile"), "-d", str(workdir)],
-        capture_output=True, text=True, env=env, timeout=300,
-    )
+def snakemake(repo: Path, workdir: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """``.venv/bin/snakemake ARGS -s repo/Snakefile -d workdir`` (the environment's own Snakemake, by path)."""
+    return subprocess.run([SNAKEMAKE, *args, "-s", str(repo / "Snakefile"), "-d", str(workdir)],
+                          capture_output=True, text=True, timeout=timeout)
 
 
 def job_counts(output: str) -> dict[str, int]:

@@ -12,6 +12,7 @@ from carvana_seg.pipeline.resources import rule_threads
 from carvana_seg.pipeline.rounds import last_round, round_variants
 from carvana_seg.pipeline.stages import GPU_RULES, LOCAL_RULES
 from tests.helpers import job_counts, snakemake
+
 # profile -> (executor, python modules its dry-run needs)
 PROFILES = {
     "slurm": ("slurm", ("snakemake_executor_plugin_slurm",)),
