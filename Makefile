@@ -14,7 +14,7 @@ RUN_FLAGS ?= $(if $(filter-out 0,$(NGPUS)),--resources gpu=1,--workflow-profile 
 # The run's name (results/<name>/), read from $(CONFIG); evaluated only by the targets that use it.
 NAME = $(shell $(BIN)/python -c "import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))['name'])" $(CONFIG))
 
-.PHONY: env demo report tensorboard test dry-run lint clean-demo
+.PHONY: env demo report tensorboard test dry-run lint plan rehearse clean-demo
 
 env: $(STAMP)
 
@@ -43,12 +43,25 @@ tensorboard: $(STAMP)
 dry-run: $(STAMP)
 	$(BIN)/snakemake -n --configfile $(CONFIG)
 
+# What $(CONFIG) will cost before its first job: jobs, images, disk, FLOPs and hours on $(GPU) per stage.
+GPU ?= h100
+plan: $(STAMP)
+	$(BIN)/python -m carvana_seg plan --configfile $(CONFIG) --gpu $(GPU)
+
+# The competition DAG end to end at toy sizes: config/config.yaml itself with config/rehearse.yaml over it (sizes,
+# epochs, the real sample in ../shared/carvana-sample; the synthetic set where that is absent).
+SAMPLE := ../shared/carvana-sample/train_masks.csv
+REHEARSE := config/config.yaml config/rehearse.yaml $(if $(wildcard $(SAMPLE)),,config/rehearse-synthetic.yaml)
+rehearse: $(STAMP)
+	$(BIN)/python -m carvana_seg plan --configfile $(REHEARSE) --gpu $(if $(filter-out 0,$(NGPUS)),$(GPU),cpu)
+	$(BIN)/snakemake --cores $(CORES) $(RUN_FLAGS) --configfile $(REHEARSE)
+
 lint: $(STAMP)
 	$(BIN)/snakemake --lint --configfile $(CONFIG)
 
 # pytest exits 5 when it collects nothing: that is a failure here, never a silent pass.
 test: $(STAMP)
-	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
+	$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
 clean-demo:

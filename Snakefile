@@ -17,6 +17,12 @@ if not workflow.config_settings.configfiles:
 validate(config, "workflow/schemas/config.schema.yaml")
 
 
+# fetch and submit need the internet: on a cluster they run on the submitting host (pipeline.stages.LOCAL_RULES)
+localrules:
+    fetch,
+    submit,
+
+
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"

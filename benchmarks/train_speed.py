@@ -2,7 +2,7 @@
 
     python benchmarks/train_speed.py [--config config/demo.yaml] [--size 1024x1024 ...] [--workers 0 2]
                                      [--steps 12] [--device auto] [--amp] [--channels-last] [--compile]
-                                     [--loader-only]
+                                     [--loader-only] [--layout ../shared/carvana-sample]
 
 For every variant of the config (or every ``--size``, with the config's first variant as the template) this
 writes a synthetic resize cache (noisy ellipse "cars", the real cache format), then times, one after another:
@@ -12,6 +12,9 @@ writes a synthetic resize cache (noisy ellipse "cars", the real cache format), t
 * pipeline: the two together as the ``train`` stage runs them, images/s, and the data share: the fraction of the
             wall time the loop spent blocked on the loader (``data_share`` in every metrics.csv). 0 = never starved.
 
+``--layout DIR`` reads a Kaggle training layout instead of the synthetic cache: each sample's JPEG and GIF mask are
+decoded and resized by the loader workers (``LayoutDataset``), as round two reads its pseudo-labelled test photos;
+point it at real photos (e.g. ``../shared/carvana-sample``) for the real decode cost.
 ``--amp/--channels-last/--compile`` switch bf16 autocast, channels-last and ``torch.compile`` on (they default to
 off here, so a GPU run can measure them one at a time against fp32 eager). Not a pytest test.
 """
@@ -33,7 +36,7 @@ from carvana_seg.models import model as modelmod
 from carvana_seg.models.runtime import pick_device
 from carvana_seg.pipeline import config as cfgmod
 from carvana_seg.training.augment import build_augment
-from carvana_seg.training.dataset import CacheDataset, worker_init
+from carvana_seg.training.dataset import CacheDataset, LayoutDataset, worker_init
 from carvana_seg.training.losses import BceDiceLoss
 from carvana_seg.training.train import train_step
 
@@ -99,9 +102,13 @@ def timed_steps(step, source, steps: int, warmup: int, device: torch.device) -> 
 def bench_variant(variant: dict, tc: dict, workers: int, device: torch.device, args: argparse.Namespace,
                   tmp: Path) -> dict:
     w, h, bs = variant["width"], variant["height"], args.batch_size or variant["batch_size"]
-    cache = tmp / f"{w}x{h}"
-    ids = (cache / "ids.txt").read_text().split() if cache.is_dir() else make_cache(tmp, args.images, w, h)[1]
-    ds = CacheDataset(cache, ids, build_augment(tc.get("augment", {}), seed=0))
+    augment = build_augment(tc.get("augment", {}), seed=0)
+    if args.layout:
+        ds = LayoutDataset(args.layout, (w, h), augment)
+    else:
+        cache = tmp / f"{w}x{h}"
+        ids = (cache / "ids.txt").read_text().split() if cache.is_dir() else make_cache(tmp, args.images, w, h)[1]
+        ds = CacheDataset(cache, ids, augment)
     loader = DataLoader(ds, bs, shuffle=True, drop_last=True, num_workers=workers, worker_init_fn=worker_init,
                         persistent_workers=workers > 0, pin_memory=device.type == "cuda")
     # The loader alone.
@@ -144,6 +151,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=12)
     ap.add_argument("--repeats", type=int, default=2, help="alternating model-only/pipeline runs (best of each)")
     ap.add_argument("--images", type=int, default=64, help="images in the synthetic cache")
+    ap.add_argument("--layout", default=None, metavar="DIR",
+                    help="Kaggle training layout decoded per sample (round two's pseudo-labels) instead of a cache")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     ap.add_argument("--amp", action="store_true")
@@ -167,7 +176,8 @@ def main() -> None:
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "none"
     print(f"# {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, GPU: {gpu}, "
           f"torch {torch.__version__}; amp={args.amp} channels_last={args.channels_last} compile={args.compile}; "
-          f"best of {args.repeats} x {args.steps} timed steps after 2 warm-up steps; config {args.config}")
+          f"best of {args.repeats} x {args.steps} timed steps after 2 warm-up steps; config {args.config}; "
+          f"source {args.layout or 'synthetic resize cache'}")
     print(f"{'variant':24} {'size':>10} {'batch':>5} {'workers':>7} {'loader img/s':>12} {'model img/s':>11} "
           f"{'pipeline img/s':>14} {'data share':>10} {'pipe/model':>10}")
     with tempfile.TemporaryDirectory(prefix="train_speed_") as tmp:

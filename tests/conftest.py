@@ -29,3 +29,11 @@ def tiny_layout(tmp_path: Path) -> Path:
 
 
 os.environ.setdefault("PYTHONHASHSEED", "0")
+
+
+@pytest.fixture(scope="module")
+def tiny_cache(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A tiny raw layout, folds.csv and resize caches for training tests (tests.helpers.build_tiny_cache)."""
+    from tests.helpers import build_tiny_cache
+
+    return build_tiny_cache(tmp_path_factory.mktemp("tiny"))

@@ -107,11 +107,19 @@ def test_fetch_local_atomic(layout: Path, tmp_path: Path) -> None:
     assert sorted(os.listdir(out.parent)) == ["raw"]
     assert len(list((layout / "train").iterdir())) == 32  # replacing the links never touched the source
     mask = sorted((layout / "train_masks").iterdir())[1]
+    saved = mask.read_bytes()
     mask.unlink()
     shutil.rmtree(out)
-    with pytest.raises(DataError, match=mask.name):
+    with pytest.raises(DataError, match=mask.name) as info:
         fetch_raw(data, out)
     assert os.listdir(out.parent) == [] and len(list((layout / "train").iterdir())) == 32
+    assert ".partial" not in str(info.value) and str(layout / "train") in str(info.value)  # the user's own file
+    # a killed fetch's staging directory is swept by the next fetch (its pid is gone)
+    stale = out.parent / ".raw.partial-999999999"
+    (stale / "train").mkdir(parents=True)
+    mask.write_bytes(saved)
+    assert fetch_raw(data, out)["n_train"] == 32
+    assert sorted(os.listdir(out.parent)) == ["raw"]
 
 
 def test_fetch_cli_local(layout: Path, tmp_path: Path) -> None:

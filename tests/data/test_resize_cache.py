@@ -27,6 +27,20 @@ def test_mask_coverage_keeps_edge_information():
     assert small.astype(float).mean() / 255 == pytest.approx(mask.mean(), abs=0.01)
 
 
+@pytest.mark.parametrize("size", [(1024, 1024), (1344, 896), (1280, 1280), (96, 64), (960, 640), (1920, 1280)])
+def test_mask_resize_equals_the_float_path(size):
+    """The uint8 INTER_AREA shortcut gives the float32 path's numbers (rounded to nearest) on car-like masks."""
+    rng = np.random.default_rng(size[0])
+    yy, xx = np.mgrid[0:1280, 0:1918]
+    for _ in range(3):
+        cx, cy, rx, ry = rng.uniform(700, 1200), rng.uniform(500, 800), rng.uniform(200, 700), rng.uniform(100, 400)
+        mask = ((((xx - cx) / rx) ** 2 + ((yy - cy) / ry) ** 2) <= 1).astype(np.uint8)
+        mask[rng.integers(0, 1280, 500), rng.integers(0, 1918, 500)] ^= 1  # speckle: odd coverage sums
+        want = cv2.resize(mask.astype(np.float32) * 255.0, size,
+                          interpolation=resize_cache.interpolation((1918, 1280), size))
+        np.testing.assert_array_equal(resize_cache.resize_mask(mask, size), np.clip(np.rint(want), 0, 255))
+
+
 @pytest.mark.parametrize("workers", [1, 2])
 def test_build_and_load(tiny_layout, tmp_path, workers):
     ids = layout.list_ids(tiny_layout / "train")

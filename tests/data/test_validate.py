@@ -129,10 +129,13 @@ def test_sample_submission_checks(raw: Path, caplog: pytest.LogCaptureFixture) -
     sub.write_text("\n".join(lines + [lines[1]]) + "\n")
     with pytest.raises(DataError, match="listed more than once"):
         validate_raw(raw, quick=True)
-    # A partial test set (the shared sample: 80 of 100,064) is allowed, with a warning and a flag.
+    # A partial test set (the shared sample: 80 of 100,064) stops validation unless the config says so (data.partial);
+    # then it passes with a warning and a flag.
     sub.write_text("\n".join(lines + ["fff000000000_01.jpg,1 1"]) + "\n")
+    with pytest.raises(DataError, match=r"sample_submission.csv lists 17 test images, .*holds 16: set data.partial"):
+        validate_raw(raw, quick=True)
     with caplog.at_level(logging.WARNING):
-        summary = validate_raw(raw, quick=True)
+        summary = validate_raw(raw, quick=True, partial=True)
     assert not summary["test_complete"] and summary["n_test_listed"] == 17
     assert "partial test set" in caplog.text
 
@@ -151,6 +154,70 @@ def test_train_masks_csv(raw: Path) -> None:
     csv.unlink()
     with pytest.raises(DataError, match="train_masks.csv: required file missing"):
         validate_raw(raw, quick=True)
+
+
+def test_empty_test_set_stops_even_when_partial(raw: Path) -> None:
+    for f in (raw / "test").iterdir():
+        f.unlink()
+    for partial in (False, True):
+        with pytest.raises(DataError, match=r"test: no test images \(\*.jpg\)"):
+            validate_raw(raw, quick=True, partial=partial)
+
+
+def _drop_view(raw: Path, image_id: str) -> None:
+    """Remove one training view everywhere it is listed (photo, mask, train_masks.csv)."""
+    (raw / "train" / f"{image_id}.jpg").unlink()
+    (raw / "train_masks" / f"{image_id}_mask.gif").unlink()
+    csv = raw / "train_masks.csv"
+    csv.write_text("".join(line + "\n" for line in csv.read_text().splitlines() if not line.startswith(image_id)))
+
+
+def _rename_view(raw: Path, image_id: str, new_id: str) -> None:
+    """Move one training view to another id (photo, mask, train_masks.csv)."""
+    (raw / "train" / f"{image_id}.jpg").rename(raw / "train" / f"{new_id}.jpg")
+    (raw / "train_masks" / f"{image_id}_mask.gif").rename(raw / "train_masks" / f"{new_id}_mask.gif")
+    csv = raw / "train_masks.csv"
+    csv.write_text(csv.read_text().replace(image_id, new_id))
+
+
+@pytest.mark.parametrize("quick", [False, True])
+def test_car_with_15_views_stops_unless_not_strict(raw: Path, quick: bool, caplog: pytest.LogCaptureFixture) -> None:
+    victim = ids(raw)[6]
+    _drop_view(raw, victim)
+    car = victim[:12]
+    with pytest.raises(DataError, match=rf"train/{car}_01.jpg: car {car} has 15 views, not 16 \(missing 07\)"):
+        validate_raw(raw, quick=quick)
+    with caplog.at_level(logging.WARNING):
+        assert validate_raw(raw, quick=quick, strict=False)["n_train"] == 31
+    assert f"car {car} has 15 views" in caplog.text
+
+
+def test_view_outside_01_16_stops_unless_not_strict(raw: Path, caplog: pytest.LogCaptureFixture) -> None:
+    victim = ids(raw)[15]
+    odd = victim[:-2] + "17"
+    _rename_view(raw, victim, odd)
+    with pytest.raises(DataError, match=rf"train/{odd}.jpg: view 17 is outside 01-16"):
+        validate_raw(raw, quick=True)
+    with caplog.at_level(logging.WARNING):
+        validate_raw(raw, quick=True, strict=False)
+    assert "view 17 is outside 01-16" in caplog.text
+
+
+@pytest.mark.parametrize("quick", [False, True])
+@pytest.mark.parametrize("where", ["train", "test", "mask"])
+def test_content_not_the_format_its_name_says(raw: Path, quick: bool, where: str) -> None:
+    split = "test" if where == "test" else "train"
+    victim = ids(raw, split)[3]
+    if where == "mask":
+        path = raw / "train_masks" / f"{victim}_mask.gif"
+        Image.open(path).convert("L").save(path, format="PNG")  # a PNG named .gif
+        want, found = "GIF", "PNG"
+    else:
+        path = raw / split / f"{victim}.jpg"
+        Image.open(path).save(path, format="PNG")  # a PNG named .jpg: OpenCV would decode it without a word
+        want, found = "JPEG", "PNG"
+    with pytest.raises(DataError, match=rf"{path.name}: content is {found}, but the name says {want}"):
+        validate_raw(raw, quick=quick)
 
 
 def test_bad_file_name(raw: Path) -> None:
@@ -195,7 +262,9 @@ def test_cli_error_line(raw: Path, tmp_path: Path) -> None:
 def test_real_sample() -> None:
     if not (SAMPLE / "train").is_dir():
         pytest.skip(f"real Carvana sample not found at {SAMPLE}")
-    summary = validate_raw(SAMPLE, quick=True, workers=2)
+    with pytest.raises(DataError, match="lists 100064 test images, .*holds 80: set data.partial: true"):
+        validate_raw(SAMPLE, quick=True, workers=2)  # 80 of the 100,064 test photos: partial, and must say so
+    summary = validate_raw(SAMPLE, quick=True, workers=2, partial=True)
     assert summary["n_train"] > 0 and summary["n_train"] == sum(summary["sizes"]["train"].values())
     assert summary["sizes"]["train"] == {"1918x1280": summary["n_train"]}
     for name in sorted(os.listdir(SAMPLE / "train"))[:3]:

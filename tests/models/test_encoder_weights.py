@@ -16,8 +16,9 @@ from carvana_seg.models.model import build_model, load_model
 from carvana_seg.pipeline import cli
 from carvana_seg.pipeline import config as cfgmod
 from carvana_seg.pipeline.errors import ConfigError
+
 # tiny_cache is a fixture: importing it makes it available here
-from tests.training.test_training import _train_cmd, tiny_cache, tiny_config
+from tests.helpers import tiny_config, train_cmd
 
 # A distinctive normalisation (0..255 input range, BGR) so that a test sees it was followed.
 PARAMS = {"input_space": "BGR", "input_range": [0, 255], "mean": [100.0, 110.0, 120.0], "std": [50.0, 60.0, 70.0]}
@@ -68,7 +69,7 @@ def test_training_step_from_a_local_weights_file(tiny_cache: dict[str, Path], tm
     torch.testing.assert_close((x.float().index_select(1, model.order) - model.mean) / model.std, expected)
 
     out = tmp_path / "run"
-    assert cli.main(_train_cmd(tiny_cache, cfg, out)[3:]) == 0
+    assert cli.main(train_cmd(tiny_cache, cfg, out)[3:]) == 0
     trained, _ = load_model(out / "best.pt")  # built with encoder_weights=None: the buffers come from the file
     assert trained.mean.flatten().tolist() == PARAMS["mean"] and trained.order.tolist() == [2, 1, 0]
 
@@ -86,7 +87,7 @@ def test_imagenet_offline_stops_before_training_and_says_what_to_do(
     tiny_cache: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], no_network: Path
 ) -> None:
     out = tmp_path / "run"
-    assert cli.main(_train_cmd(tiny_cache, _train_config("imagenet"), out)[3:]) == 2
+    assert cli.main(train_cmd(tiny_cache, _train_config("imagenet"), out)[3:]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1, err
     repo, rev = ew.hub_repo("resnet18", "imagenet")

@@ -9,80 +9,18 @@ import cv2
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
 
 from carvana_seg.core import rle
-from carvana_seg.core.images import write_jpeg
 from carvana_seg.inference import variant_masks
 from carvana_seg.outliers.features import fix_mask, image_features
 from carvana_seg.outliers.profile import robust_z
 from carvana_seg.outliers.sheets import sheet_size
 from carvana_seg.outliers.stage import COLUMNS
-from carvana_seg.pipeline import cli, config
-from carvana_seg.pipeline.staging import NpzWriter
+from tests.helpers import OUTLIER_HW, PLANTED, ellipse, outlier_cfg
+from tests.helpers import fabricate_outliers as fabricate
 
-H, W = 48, 64
-PLANTED = "00000000dead"  # a 1/3-size car whose view 5 also has a stray blob
-
-
-def ellipse(scale: float, view: int) -> np.ndarray:
-    """A 'car' whose area follows the view angle like a turntable silhouette."""
-    yy, xx = np.mgrid[0:H, 0:W]
-    rx = W * scale * (0.22 + 0.12 * abs(np.sin(2 * np.pi * (view - 1) / 16)))
-    ry = H * scale * 0.22
-    return ((xx - W / 2) / rx) ** 2 + ((yy - H / 2) / ry) ** 2 <= 1
-
-
-def fabricate(root: Path, n_train: int = 8, n_test: int = 6) -> dict:
-    """Raw layout (train masks, test photos), folds.csv, ensemble shards + variant masks + manifest, threshold."""
-    rng = np.random.default_rng(0)
-    raw = root / "raw"
-    for d in ("train", "test"):
-        (raw / d).mkdir(parents=True)
-    write_jpeg(raw / "train" / "000000000001_01.jpg", np.zeros((H, W, 3), np.uint8))
-    train, folds = [], []
-    for c in range(n_train):
-        car, s = f"{c + 1:012x}", rng.uniform(0.9, 1.1)
-        for v in range(1, 17):
-            m = ellipse(s, v)
-            train.append(f"{car}_{v:02d}.jpg,{rle.encode(m)}")
-            folds.append({"img": f"{car}_{v:02d}", "car": car, "view": v, "fold": c % 2, "area": m.mean()})
-    (raw / "train_masks.csv").write_text("img,rle_mask\n" + "\n".join(train) + "\n")
-    pd.DataFrame(folds).to_csv(root / "folds.csv", index=False)
-    cars = [f"{c + 100:012x}" for c in range(n_test - 1)] + [PLANTED]
-    probs = {}
-    for car in cars:
-        s = 0.35 if car == PLANTED else rng.uniform(0.9, 1.1)
-        for v in range(1, 17):
-            m = ellipse(s, v)
-            if car == PLANTED and v == 5:
-                m[4:8, 4:8] = True  # a stray blob (aligned with the 1/4 grid): the fix must remove it
-            probs[f"{car}_{v:02d}"] = np.where(m, 240, 10).astype(np.uint8)
-    ids = sorted(probs)
-    (raw / "sample_submission.csv").write_text("img,rle_mask\n" + "".join(f"{i}.jpg,1 1\n" for i in ids))
-    (root / "probs").mkdir()
-    shards = []
-    for k, chunk in enumerate((ids[:50], ids[50:])):
-        writers = [NpzWriter(root / "probs" / f"shard_{k:05d}.npz"),
-                   NpzWriter(root / "probs" / variant_masks.file_name(k))]
-        for i in chunk:
-            write_jpeg(raw / "test" / f"{i}.jpg", np.full((H, W, 3), 200, np.uint8))
-            writers[0].add(i, probs[i])
-            writers[1].add(i, variant_masks.pack((H, W), [probs[i] / 255.0] * 2))
-        for w in writers:
-            w.close()
-        shards.append({"file": f"shard_{k:05d}.npz", "n_images": len(chunk)})
-    vm = {"files": [variant_masks.file_name(k) for k in range(2)], "variants": ["a", "b"], "scale": 4}
-    (root / "test_probs.json").write_text(json.dumps({"shard_dir": str(root / "probs"), "shards": shards,
-                                                     "variant_masks": vm}))
-    (root / "threshold.json").write_text(json.dumps({"threshold": 0.5}))
-    return {"raw": raw, "probs": probs, "ids": ids}
-
-
-def outlier_cfg(**changes) -> dict:
-    base = yaml.safe_load((config.PROJECT_ROOT / "config/demo.yaml").read_text())
-    base["outliers"] = changes
-    return config.stage_config(config.resolve(base), "outliers")
+H, W = OUTLIER_HW
+from carvana_seg.pipeline import cli
 
 
 def run_stage(root: Path, raw: Path, cfg: dict, models: list[Path] = ()) -> int:

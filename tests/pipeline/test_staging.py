@@ -63,3 +63,68 @@ def test_npz_writer_reads_back_like_savez_and_aborts_cleanly(tmp_path):
             writer.add("a", arrays["a"])
             raise KeyError("killed")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x.npz"]
+
+
+def _dead_pid() -> int:
+    """The pid of a process that has exited."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_sweep_removes_only_dead_runs_temporaries_of_that_output(tmp_path):
+    import os
+
+    dead, alive = _dead_pid(), os.getppid()
+    for name in (f"x.npz.tmp-{dead}", f".x.npz.old-{dead}", f"x.npz.tmp-{alive}", f"y.npz.tmp-{dead}", "x.npz"):
+        (tmp_path / name).write_text("t")
+    (tmp_path / f"cache.tmp-{dead}").mkdir()
+    (tmp_path / f"cache.tmp-{dead}" / "images.npy").write_text("half")
+    removed = staging.sweep(tmp_path / "x.npz", tmp_path / "cache")
+    assert sorted(p.name for p in removed) == sorted([f"x.npz.tmp-{dead}", f".x.npz.old-{dead}", f"cache.tmp-{dead}"])
+    # a live writer's temporary and another output's are kept
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["x.npz", f"x.npz.tmp-{alive}", f"y.npz.tmp-{dead}"])
+    staging.write_text(tmp_path / "y.npz", "new")  # the next write of an output sweeps its own
+    assert not (tmp_path / f"y.npz.tmp-{dead}").exists()
+
+
+def test_public_path_names_the_final_output():
+    assert staging.public_path("/r/data/n/.raw.partial-123/train/a.jpg") == "/r/data/n/raw/train/a.jpg"
+    assert staging.public_path("/r/results/n/submission.csv.gz.tmp-99") == "/r/results/n/submission.csv.gz"
+    assert staging.public_path("/r/cache/32x32.tmp-7/images.npy") == "/r/cache/32x32/images.npy"
+
+
+@pytest.mark.parametrize("err", ["ENOSPC", "EACCES", "EROFS"])
+def test_a_refused_write_is_one_error_naming_the_output_and_leaves_nothing(tmp_path, monkeypatch, err):
+    import errno
+    import os
+
+    from carvana_seg.pipeline.errors import WriteError
+
+    def refuse(*args, **kwargs):
+        raise OSError(getattr(errno, err), os.strerror(getattr(errno, err)), str(args[0]))
+
+    monkeypatch.setattr(staging.os, "replace", refuse)
+    out = tmp_path / "results" / "threshold.json"
+    with pytest.raises(WriteError, match=rf"^cannot write {out}: {os.strerror(getattr(errno, err))}$"):
+        staging.write_text(out, "{}")
+    with pytest.raises(WriteError, match=rf"^cannot write {tmp_path / 'oof.npz'}: "):
+        with staging.NpzWriter(tmp_path / "oof.npz") as w:
+            w.add("a", np.zeros(3))
+    with pytest.raises(WriteError, match=rf"^cannot write {tmp_path / 'cache'}: "):
+        with staging.staged_dir(tmp_path / "cache") as tmp:
+            (tmp / "images.npy").write_text("x")
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["results"]
+
+
+def test_an_error_naming_the_temporary_names_the_output_instead(tmp_path):
+    from carvana_seg.pipeline.errors import DataError
+
+    out = tmp_path / "submission.csv.gz"
+    with pytest.raises(DataError) as info:
+        with staging.staged_file(out) as tmp:
+            raise DataError(f"{tmp}: row 3 is not valid RLE")
+    assert str(info.value) == f"{out}: row 3 is not valid RLE"

@@ -1,4 +1,4 @@
-"""Pseudo-labelling: confidence score, selection, written layout, training with an extra cache, rounds in the DAG."""
+"""Pseudo-labelling: confidence score, selection, written layout, training with an extra layout, rounds in the DAG."""
 
 from __future__ import annotations
 
@@ -185,38 +185,49 @@ def test_rerun_replaces_the_previous_selection(pseudo_run, tmp_path):
     assert not list(tmp_path.glob("round2.tmp-*"))
 
 
-# ---- training with an extra cache -------------------------------------------------------------------------------
+# ---- training with an extra layout -------------------------------------------------------------------------------
 
 
-def test_extra_cache_adds_training_images_never_validation(pseudo_run, tmp_path):
+def test_extra_layout_adds_training_images_never_validation(pseudo_run, tmp_path):
     raw = pseudo_run["raw"]
     table = folds.assign_folds(folds.mask_areas(raw), k=3, seed=0)
     train_ids = sorted(table.loc[table["fold"] != 0, "img"])
     val_ids = sorted(table.loc[table["fold"] == 0, "img"])
     resize_cache.build(raw, layout.list_ids(raw / layout.TRAIN_DIR), (32, 32), tmp_path / "main")
     extra_ids = layout.list_ids(pseudo_run["out"] / layout.TRAIN_DIR)
-    resize_cache.build(pseudo_run["out"], extra_ids, (32, 32), tmp_path / "extra")
-    train, val = build_datasets(tmp_path / "main", train_ids, val_ids, None, [tmp_path / "extra"])
+    train, val = build_datasets(tmp_path / "main", train_ids, val_ids, None, [pseudo_run["out"]])
     assert isinstance(train, ConcatCacheDataset) and train.size == (32, 32)
     assert len(train) == len(train_ids) + len(extra_ids)
     assert train.datasets[0].ids == train_ids and train.datasets[1].ids == extra_ids
     assert val.ids == val_ids and not set(val.ids) & set(extra_ids)
-    x, y = train[len(train_ids)]  # the first pseudo-labelled image
+    x, y = train[len(train_ids)]  # the first pseudo-labelled image, decoded from its linked JPEG
     assert tuple(x.shape) == (3, 32, 32) and float(y.max()) == 1.0
+    # exactly what a resize cache of the layout would hold: one preprocessing, cached or not
+    resize_cache.build(pseudo_run["out"], extra_ids, (32, 32), tmp_path / "extra")
+    imgs, masks, _ = resize_cache.load(tmp_path / "extra")
+    np.testing.assert_array_equal(x.numpy().transpose(1, 2, 0), imgs[0])
+    np.testing.assert_array_equal(np.rint(y[0].numpy() * 255).astype(np.uint8), masks[0])
     plain, _ = build_datasets(tmp_path / "main", train_ids, val_ids)
     assert len(plain) == len(train_ids)
-    # an extra cache holding validation images would leak: refused
-    resize_cache.build(raw, val_ids[:2], (32, 32), tmp_path / "leak")
+    # an extra layout holding validation images would leak: refused
     with pytest.raises(DataError, match="validation"):
-        build_datasets(tmp_path / "main", train_ids, val_ids, None, [tmp_path / "leak"])
+        build_datasets(tmp_path / "main", train_ids, val_ids, None, [raw])
+    with pytest.raises(DataError, match="not a training layout"):
+        build_datasets(tmp_path / "main", train_ids, val_ids, None, [tmp_path / "main"])
 
 
-def test_train_stage_with_extra_cache_and_init(pseudo_run, tmp_path, caplog):
+def test_train_stage_with_extra_layout_and_init(pseudo_run, tmp_path, caplog):
     raw, out = pseudo_run["raw"], pseudo_run["out"]
     folds.assign_folds(folds.mask_areas(raw), k=3, seed=0).to_csv(tmp_path / "folds.csv", index=False)
     resize_cache.build(raw, layout.list_ids(raw / layout.TRAIN_DIR), (32, 32), tmp_path / "main")
-    resize_cache.build(out, layout.list_ids(out / layout.TRAIN_DIR), (32, 32), tmp_path / "extra")
-    resize_cache.build(out, layout.list_ids(out / layout.TRAIN_DIR)[:4], (32, 32), tmp_path / "extra4")
+    out4 = tmp_path / "out4"  # the same layout with 4 of its images
+    (out4 / layout.TRAIN_DIR).mkdir(parents=True)
+    (out4 / layout.MASK_DIR).mkdir()
+    for i in layout.list_ids(out / layout.TRAIN_DIR)[:4]:
+        os.symlink(os.path.realpath(out / layout.TRAIN_DIR / layout.image_file(i)),
+                   out4 / layout.TRAIN_DIR / layout.image_file(i))
+        os.symlink(out / layout.MASK_DIR / layout.mask_file(i), out4 / layout.MASK_DIR / layout.mask_file(i))
+    (out4 / layout.TRAIN_MASKS_CSV).write_text("\n".join((out / layout.TRAIN_MASKS_CSV).read_text().splitlines()[:5]))
     cfg = cfgmod.stage_config(cfgmod.resolve({
         "name": "t", "data": {"source": "synthetic"}, "folds": {"k": 3},
         "variants": [{"name": "tiny", "width": 32, "height": 32, "batch_size": 8, "epochs": 1, "lr": 1e-3}],
@@ -233,16 +244,16 @@ def test_train_stage_with_extra_cache_and_init(pseudo_run, tmp_path, caplog):
         return [r.getMessage() for r in caplog.records]
 
     first = train("r1")
-    assert any("32 train (0 from extra caches) / 16 val" in m for m in first), first
+    assert any("32 train (0 from extra layouts) / 16 val" in m for m in first), first
     init = str(tmp_path / "r1" / "best.pt")
-    second = train("r2", "--extra-cache", str(tmp_path / "extra"), "--init-from", init)
-    assert any("42 train (10 from extra caches) / 16 val" in m for m in second), second
+    second = train("r2", "--extra-layout", str(out), "--init-from", init)
+    assert any("42 train (10 from extra layouts) / 16 val" in m for m in second), second
     assert any(m.startswith("initialised from") for m in second), second
     assert (tmp_path / "r2" / "best.pt").is_file()
     # other pseudo-labels in the same state dir: the finished state is not reused
-    third = train("r2", "--extra-cache", str(tmp_path / "extra4"), "--init-from", init)
+    third = train("r2", "--extra-layout", str(out4), "--init-from", init)
     assert any("different setup (changed: extra)" in m for m in third), third
-    assert any("36 train (4 from extra caches)" in m for m in third), third
+    assert any("36 train (4 from extra layouts)" in m for m in third), third
 
 
 # ---- rounds and the DAG -----------------------------------------------------------------------------------------
@@ -296,7 +307,7 @@ def test_dry_run_disabled_has_no_round_two_and_three_rounds_plan_round_three(rep
     assert counts["train"] == n_models and counts["oof"] == n_models, counts
     for rule in ("ensemble", "threshold", "outliers", "submission", "oof_table"):
         assert counts[rule] == 1, (rule, counts)
-    assert not {"pseudo_labels", "resize_pseudo", "pseudo_gain"} & set(counts), counts
+    assert not {"pseudo_labels", "pseudo_gain"} & set(counts), counts
     assert "round2" not in out and "submission_round1" not in out
 
     cfg = write_config(three_dir, demo, pseudo_label={**base["pseudo_label"], "rounds": 3, "variants": ["unet_r18_a"]})
@@ -308,10 +319,11 @@ def test_dry_run_disabled_has_no_round_two_and_three_rounds_plan_round_three(rep
     assert counts["train"] == n_models + 2 * k and counts["oof"] == n_models + 2 * k, counts
     for rule in ("ensemble", "threshold", "outliers", "submission", "oof_table"):
         assert counts[rule] == 3, (rule, counts)
-    assert counts["pseudo_labels"] == 2 and counts["resize_pseudo"] == 2 and counts["pseudo_gain"] == 1, counts
+    assert counts["pseudo_labels"] == 2 and counts["pseudo_gain"] == 1, counts
+    assert counts["resize_cache"] == 2, counts  # the training photos at the two sizes; pseudo-labels never cached
     assert counts["score"] == 3, counts  # synthetic: every round's submission is scored
     for path in ("results/demo/round3/models/unet_r18_a/fold0/best.pt", "results/demo/round3/test_probs.json",
-                 "data/demo/cache/pseudo_r3/96x64/images.npy", "results/demo/submission_round2.csv.gz",
+                 "data/demo/pseudo/round3/train_masks.csv", "results/demo/submission_round2.csv.gz",
                  "results/demo/test_score_round1.json", "results/demo/pseudo_gain.json"):
         assert path in out, path
     assert "round3/models/unet_r18_b" not in out and "round2/models/unet_r18_b" not in out

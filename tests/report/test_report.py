@@ -129,6 +129,8 @@ def test_report_renders_in_headless_chromium(repo_root, tmp_path):
             "throughput.png", "outliers.html", "outlier_gallery.html", "stage_times.html", "cars.html"} <= set(by_name)
     assert "Architecture comparison" in by_name["oof_dice.png"]["caption"]
     assert re.search(r"this run:\s+searched", by_name["threshold.png"]["caption"])  # rendered with the config
+    stage_html = (work / "results" / "rep" / "report" / "stage_times.html").read_text()
+    assert "Planned (cpu" in stage_html and "planned_hours" in stage_html and "measured_jobs" in stage_html
 
     browser = chromium()
     if browser is None:

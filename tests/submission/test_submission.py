@@ -4,57 +4,24 @@ from __future__ import annotations
 
 import json
 import logging
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from carvana_seg.core import rle
-from carvana_seg.core.images import write_jpeg
 from carvana_seg.core.masks import binarize
 from carvana_seg.pipeline import cli
 from carvana_seg.pipeline.errors import CarvanaSegError, CredentialsError, DataError
-from carvana_seg.pipeline.staging import NpzWriter
 from carvana_seg.submission import kaggle_submit
 from carvana_seg.submission.score import score
 from carvana_seg.submission.writer import validate_submission
+from tests.helpers import SUBMISSION_HW, SUBMISSION_IDS, SUBMISSION_IMGS
+from tests.helpers import fabricate_shards as fabricate
+from tests.helpers import write_submission as write
 
-H, W = 12, 16
-IDS = [f"{c:012x}_{v:02d}" for c in (0xABC, 0x123) for v in (1, 2, 3)]  # deliberately not sorted
-IMGS = [f"{i}.jpg" for i in IDS]
-
-
-def fabricate(root: Path, seed: int = 0) -> tuple[Path, Path, Path, dict[str, np.ndarray]]:
-    """Raw test layout, two shards of uint8 probabilities (image 0 all background), manifest, threshold JSON."""
-    rng = np.random.default_rng(seed)
-    (root / "raw" / "test").mkdir(parents=True)
-    (root / "raw" / "sample_submission.csv").write_text("img,rle_mask\n" + "".join(f"{i},1 1\n" for i in IMGS))
-    probs = {i: rng.integers(0, 256, (H, W), dtype=np.uint8) for i in IDS}
-    probs[IDS[0]][:] = 10
-    for i in IDS:
-        write_jpeg(root / "raw" / "test" / f"{i}.jpg", np.zeros((H, W, 3), np.uint8))
-    (root / "probs").mkdir()
-    shards = []
-    for k, chunk in enumerate((IDS[:4], IDS[4:])):
-        writer = NpzWriter(root / "probs" / f"shard_{k:05d}.npz")
-        for i in chunk:
-            writer.add(i, probs[i])
-        writer.close()
-        shards.append({"file": f"shard_{k:05d}.npz", "n_images": len(chunk)})
-    manifest = root / "test_probs.json"
-    manifest.write_text(json.dumps({"shard_dir": "probs", "shards": shards}))
-    threshold = root / "threshold.json"
-    threshold.write_text(json.dumps({"threshold": 0.5}))
-    return root / "raw", manifest, threshold, probs
-
-
-def write(root: Path, raw: Path, manifest: Path, threshold: Path, threads: int = 1) -> tuple[int, Path]:
-    out = root / "submission.csv.gz"
-    argv = ["submission", "--cfg", '{"name": "t"}', "--manifest", str(manifest), "--threshold", str(threshold),
-            "--sample-submission", str(raw / "sample_submission.csv"), "--out", str(out), "--threads", str(threads)]
-    return cli.main(argv), out
-
+H, W = SUBMISSION_HW
+IDS, IMGS = SUBMISSION_IDS, SUBMISSION_IMGS
 
 @pytest.mark.parametrize("threads", [1, 2])
 def test_submission_order_empty_masks_and_gzip(tmp_path, threads):

@@ -11,7 +11,7 @@ from torch.utils.tensorboard import SummaryWriter
 from carvana_seg.pipeline import cli
 from carvana_seg.pipeline import config as cfgmod
 from carvana_seg.training.tensorboard_log import SCALARS
-from tests.training.test_training import _train_cmd, tiny_cache, tiny_config  # noqa: F401  (tiny_cache: a fixture)
+from tests.helpers import tiny_config, train_cmd
 
 
 def _events(log_dir: Path) -> EventAccumulator:
@@ -23,14 +23,14 @@ def _events(log_dir: Path) -> EventAccumulator:
 def test_events_per_epoch_survive_a_kill_without_duplicate_steps(tiny_cache: dict[str, Path], tmp_path: Path) -> None:
     cfg = cfgmod.stage_config(tiny_config(tensorboard_images=2), "train", "tiny")
     out, board = tmp_path / "run", tmp_path / "tensorboard" / "tiny_fold0_round1"
-    cmd = _train_cmd(tiny_cache, cfg, out, "--tensorboard", str(board))[3:]
+    cmd = train_cmd(tiny_cache, cfg, out, "--tensorboard", str(board))[3:]
     assert cli.main([*cmd, "--max-epochs-this-run", "1"]) == 2  # "killed" after epoch 1 (state saved)
     # A killed run may have logged an epoch whose state it never saved: epoch 2 here, with a value to spot.
     with SummaryWriter(str(board)) as w:
         w.add_scalar("dice/val", 99.0, 2)
     # Resumes at epoch 2 with purge_step=2, although the number of images shown changed (it is no training setting).
     fewer = cfgmod.stage_config(tiny_config(tensorboard_images=1), "train", "tiny")
-    assert cli.main(_train_cmd(tiny_cache, fewer, out, "--tensorboard", str(board))[3:]) == 0
+    assert cli.main(train_cmd(tiny_cache, fewer, out, "--tensorboard", str(board))[3:]) == 0
     acc = _events(board)
     assert set(SCALARS) <= set(acc.Tags()["scalars"])
     dice = acc.Scalars("dice/val")
@@ -50,7 +50,7 @@ def test_a_fresh_start_replaces_the_old_curves(tiny_cache: dict[str, Path], tmp_
             w.add_scalar("dice/val", 42.0, step)
     cfg = cfgmod.stage_config(tiny_config(tensorboard_images=0), "train", "tiny")
     cfg["variant"]["epochs"] = 1
-    assert cli.main(_train_cmd(tiny_cache, cfg, tmp_path / "run", "--tensorboard", str(board))[3:]) == 0
+    assert cli.main(train_cmd(tiny_cache, cfg, tmp_path / "run", "--tensorboard", str(board))[3:]) == 0
     acc = _events(board)
     assert [e.step for e in acc.Scalars("dice/val")] == [1] and acc.Scalars("dice/val")[0].value != 42.0
     assert "val/overlays" not in acc.Tags()["images"]

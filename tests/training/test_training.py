@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,41 +13,15 @@ import pytest
 import torch
 
 from carvana_seg.core import layout
-from carvana_seg.data import folds, resize_cache
+from carvana_seg.data import resize_cache
 from carvana_seg.models.model import load_model
 from carvana_seg.pipeline import cli
 from carvana_seg.pipeline import config as cfgmod
+from carvana_seg.pipeline.errors import DataError
 from carvana_seg.training import augment
 from carvana_seg.training.dataset import CacheDataset, read_folds, split_ids
 from carvana_seg.training.losses import BceDiceLoss, boundary_band
-from tests.helpers import ROOT, make_layout
-
-PY = [sys.executable, "-m", "carvana_seg"]
-
-
-def tiny_config(**train: object) -> dict:
-    """A resolved config with one 32x32 resnet18 variant (tiny, so training takes seconds), 2 epochs, CPU."""
-    raw = {
-        "name": "tiny", "seed": 0, "data": {"source": "synthetic"}, "folds": {"k": 3},
-        "variants": [{"name": "tiny", "encoder": "resnet18", "width": 32, "height": 32, "batch_size": 8,
-                      "epochs": 2, "lr": 1e-3}],
-        "train": {"device": "cpu", "num_workers": 0, **train},
-    }
-    return cfgmod.resolve(raw)
-
-
-@pytest.fixture(scope="module")
-def tiny_cache(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """3 cars x 16 views (96x64 photos), folds.csv with k=3, a 64x64 resize cache and a 32x32 one for training."""
-    root = tmp_path_factory.mktemp("tiny")
-    raw = make_layout(root / "raw", n_cars=3, w=96, h=64, n_test_cars=1, seed=1)
-    table = folds.assign_folds(folds.mask_areas(raw), k=3, seed=0)
-    table.to_csv(root / "folds.csv", index=False)
-    ids = layout.list_ids(raw / layout.TRAIN_DIR)
-    resize_cache.build(raw, ids, (64, 64), root / "cache")
-    resize_cache.build(raw, ids, (32, 32), root / "cache32")
-    return {"root": root, "raw": raw, "folds": root / "folds.csv", "cache": root / "cache", "cache32": root / "cache32"}
-
+from tests.helpers import ROOT, tiny_config, train_cmd
 
 # ---- loss -------------------------------------------------------------------------------------------------------
 
@@ -160,12 +132,6 @@ def test_dataset_shapes_and_split(tiny_cache: dict[str, Path]) -> None:
 # ---- the train stage --------------------------------------------------------------------------------------------
 
 
-def _train_cmd(c: dict[str, Path], cfg: dict, out: Path, *extra: str) -> list[str]:
-    return [*PY, "train", "--cfg", json.dumps(cfg), "--variant", "tiny", "--fold", "0", "--folds", str(c["folds"]),
-            "--cache", str(c["cache32"]), "--out-model", str(out / "best.pt"), "--out-metrics", str(out / "metrics.csv"),
-            "--state-dir", str(out / "state"), "--threads", "2", *extra]
-
-
 def _run(cmd: list[str]) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
@@ -177,15 +143,19 @@ def test_train_resumes_after_a_kill_and_restarts_on_config_change(
     cfg = cfgmod.stage_config(tiny_config(), "train", "tiny")
     out = tmp_path / "run"
     # Invocation 1 (in-process, to save an interpreter start) is "killed" after epoch 1: only the state remains.
-    assert cli.main(_train_cmd(tiny_cache, cfg, out, "--max-epochs-this-run", "1")[3:]) == 2
+    caplog.set_level(logging.INFO)  # what the CLI's logging.basicConfig sets outside pytest
+    assert cli.main(train_cmd(tiny_cache, cfg, out, "--max-epochs-this-run", "1")[3:]) == 2
     assert "stopped after 1 epoch" in capsys.readouterr().err
     assert not (out / "best.pt").exists() and not (out / "metrics.csv").exists()
-    state = torch.load(out / "state" / "last.pt", weights_only=False)
+    state = torch.load(out / "state" / "last.pt", weights_only=True)
     assert state["epoch"] == 1 and len(state["rows"]) == 1
     # Invocation 2, a fresh process: the same command resumes at epoch 2 and keeps epoch 1's row from invocation 1.
-    second = _run(_train_cmd(tiny_cache, cfg, out))
+    second = _run(train_cmd(tiny_cache, cfg, out))
     assert second.returncode == 0, second.stderr
-    assert "resuming from epoch 2" in second.stderr and "epoch 1/2" not in second.stderr
+    # Snakemake's `> {log}` truncates the job's log on a rerun: the stage replays the earlier run's lines first.
+    earlier, _, resumed = second.stderr.partition("--- resumed run ---")
+    assert "resuming from epoch 2" in resumed and "epoch 1/2:" not in resumed and "epoch 2/2:" in resumed
+    assert "--- earlier run(s) of this job" in earlier and "epoch 1/2:" in earlier
     metrics = pd.read_csv(out / "metrics.csv")
     assert list(metrics.columns) == ["epoch", "train_loss", "val_loss", "val_dice", "lr", "seconds", "images_per_s", "data_share"]
     assert metrics["epoch"].tolist() == [1, 2]
@@ -193,7 +163,7 @@ def test_train_resumes_after_a_kill_and_restarts_on_config_change(
     assert metrics["val_dice"].between(0, 1).all() and np.isfinite(metrics["train_loss"]).all()
     model, saved_cfg = load_model(out / "best.pt")
     assert saved_cfg == cfg and saved_cfg["variant"]["name"] == "tiny"
-    ckpt = torch.load(out / "best.pt", weights_only=False)
+    ckpt = torch.load(out / "best.pt", weights_only=True)
     assert ckpt["val_dice"] == pytest.approx(metrics["val_dice"].max())
     assert ckpt["epoch"] == int(metrics.loc[metrics["val_dice"].idxmax(), "epoch"])
     with torch.no_grad():
@@ -201,19 +171,20 @@ def test_train_resumes_after_a_kill_and_restarts_on_config_change(
     # Outputs lost, state finished: the same command rewrites them from the state, without training.
     (out / "best.pt").unlink()
     (out / "metrics.csv").unlink()
-    caplog.set_level(logging.INFO)
-    assert cli.main(_train_cmd(tiny_cache, cfg, out)[3:]) == 0  # in-process: faster
+    caplog.clear()
+    assert cli.main(train_cmd(tiny_cache, cfg, out)[3:]) == 0  # in-process: faster
     assert "holds a finished run" in caplog.text and "epoch 1/2:" not in caplog.text
     pd.testing.assert_frame_equal(pd.read_csv(out / "metrics.csv"), metrics)
     caplog.clear()
     # A changed config or a rebuilt cache does not resume: it starts from epoch 1 and names what changed.
     os.utime(tiny_cache["cache32"] / "masks.npy")
     changed = cfgmod.stage_config(tiny_config(loss={"boundary_weight": 5.0}), "train", "tiny")
-    assert cli.main(_train_cmd(tiny_cache, changed, out, "--max-epochs-this-run", "1")[3:]) == 2
+    assert cli.main(train_cmd(tiny_cache, changed, out, "--max-epochs-this-run", "1")[3:]) == 2
     log = caplog.text
     assert "starting from epoch 1" in log and "train.loss.boundary_weight" in log and "cache" in log
     assert "resuming" not in log
-    assert torch.load(out / "state" / "last.pt", weights_only=False)["epoch"] == 1
+    assert torch.load(out / "state" / "last.pt", weights_only=True)["epoch"] == 1
+    assert "epoch 2/2:" not in (out / "state" / "train.log").read_text()  # a fresh start forgets the old run's log
 
 
 def test_nonfinite_losses_stop_training_with_a_clear_error(
@@ -221,8 +192,39 @@ def test_nonfinite_losses_stop_training_with_a_clear_error(
 ) -> None:
     cfg = cfgmod.stage_config(tiny_config(max_nonfinite_steps=2), "train", "tiny")
     cfg["variant"]["lr"] = 1e30  # the first step blows the weights up, the following losses are NaN
-    rc = cli.main(_train_cmd(tiny_cache, cfg, tmp_path)[3:])
+    rc = cli.main(train_cmd(tiny_cache, cfg, tmp_path)[3:])
     assert rc == 2
     err = capsys.readouterr().err
     assert "consecutive non-finite losses" in err and "train.max_nonfinite_steps=2" in err
     assert not (tmp_path / "best.pt").exists()
+
+
+class _Payload:
+    """Stands for any pickled object: unpickling it could run code, so a checkpoint holding one is refused."""
+
+    def __reduce__(self):
+        return (os.system, ("echo pwned > /dev/null",))
+
+
+def test_a_checkpoint_carrying_a_pickled_object_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from carvana_seg.models.model import build_model, load_checkpoint
+
+    variant = {"name": "tiny", "arch": "Unet", "encoder": "resnet18", "width": 32, "height": 32}
+    state = build_model(variant).state_dict()
+    good, bad = tmp_path / "good.pt", tmp_path / "evil" / "models" / "tiny" / "fold0" / "best.pt"
+    torch.save({"state_dict": state, "config": {"variant": variant}, "epoch": 1}, good)
+    assert load_model(good)[1]["variant"]["name"] == "tiny"
+    bad.parent.mkdir(parents=True)
+    torch.save({"state_dict": state, "config": {"variant": variant}, "extra": _Payload()}, bad)
+    with pytest.raises(DataError, match=r"best.pt: refused: the checkpoint holds Python objects"):
+        load_checkpoint(bad)
+    torch.save(["not", "a", "checkpoint"], good)
+    with pytest.raises(DataError, match="not a carvana-seg checkpoint"):
+        load_model(good)
+    # predict --models <any folder> goes through the same loader: one line, exit 2, nothing run
+    photo = tmp_path / "car.jpg"
+    from carvana_seg.core.images import write_jpeg
+    write_jpeg(photo, np.zeros((32, 32, 3), np.uint8))
+    assert cli.main(["predict", "--models", str(tmp_path / "evil"), "--out", str(tmp_path / "o"), str(photo)]) == 2
+    err = capsys.readouterr().err
+    assert "refused" in err and len(err.strip().splitlines()) == 1, err

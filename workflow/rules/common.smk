@@ -5,6 +5,7 @@ import re
 from carvana_seg.pipeline import codedeps
 from carvana_seg.pipeline import config as cs_config
 from carvana_seg.pipeline import launch as cs_launch
+from carvana_seg.pipeline import resources as cs_resources
 from carvana_seg.pipeline import rounds as cs_rounds
 
 config.update(cs_config.resolve(config))  # same schema, plus cross-key checks and nested defaults
@@ -76,10 +77,6 @@ def pseudo_dir(r):
     return f"{DATA}/pseudo/round{r}"
 
 
-def pseudo_cache(variant, r):
-    return f"{DATA}/cache/pseudo_r{r}/{size_of(variant)}"
-
-
 def train_cfg(wc):
     return cs_config.to_json(cs_rounds.train_slice(config, wc.variant, round_of(wc)))
 
@@ -93,20 +90,19 @@ def _retraining(wc):
 
 
 def train_extra_inputs(wc):
-    """Round >= 2: the round's pseudo-label cache at the variant's size, and the model it starts from."""
+    """Round >= 2: the round's pseudo-label layout (linked test JPEGs + masks, decoded by the DataLoader: never
+    cached at each size), and the model it starts from."""
     r, init = _retraining(wc)
     if r == 1:
         return []
-    c = pseudo_cache(wc.variant, r)
-    files = [f"{c}/images.npy", f"{c}/masks.npy", f"{c}/ids.txt"]
-    return files + ([model_path(wc.variant, wc.fold, init)] if init else [])
+    return [f"{pseudo_dir(r)}/train_masks.csv"] + ([model_path(wc.variant, wc.fold, init)] if init else [])
 
 
 def train_extra_args(wc):
     r, init = _retraining(wc)
     if r == 1:
         return ""
-    args = f"--extra-cache {pseudo_cache(wc.variant, r)}"
+    args = f"--extra-layout {pseudo_dir(r)}"
     return args + (f" --init-from {model_path(wc.variant, wc.fold, init)}" if init else "")
 
 

@@ -14,7 +14,7 @@ rule fetch:
         f"{LOGS}/fetch.log",
     benchmark:
         f"{BENCH}/fetch.tsv"
-    threads: 2
+    threads: cs_resources.threads(config, "fetch")
     shell:
         "python -m carvana_seg fetch --cfg {params.cfg:q} --out {params.raw} --manifest {output.manifest}"
         " --threads {threads} > {log} 2>&1"
@@ -35,7 +35,7 @@ rule validate_data:
         f"{LOGS}/validate.log",
     benchmark:
         f"{BENCH}/validate.tsv"
-    threads: 2
+    threads: cs_resources.threads(config, "validate_data")
     shell:
         "python -m carvana_seg validate --cfg {params.cfg:q} --raw {params.raw} --out {output.summary}"
         " --threads {threads} > {log} 2>&1"
@@ -77,7 +77,7 @@ rule resize_cache:
         f"{LOGS}/resize_{{size}}.log",
     benchmark:
         f"{BENCH}/resize_{{size}}.tsv"
-    threads: 2
+    threads: cs_resources.threads(config, "resize_cache")
     shell:
         "python -m carvana_seg resize --cfg {params.cfg:q} --raw {params.raw} --size {wildcards.size} --out $(dirname {output.images})"
         " --threads {threads} > {log} 2>&1"

@@ -3,7 +3,7 @@
 # zoomed re-prediction of cars far smaller than any training car) or flag the outliers. It reads the ensemble's
 # shards and never reruns it: changing `outliers:` reruns outliers -> submission -> score (and, with
 # pseudo-labelling, the next round, which leaves flagged cars out). Only repredict: zoom runs models (a GPU job then).
-ZOOM = config["outliers"]["action"] == "fix" and config["outliers"]["repredict"] == "zoom"
+ZOOM = cs_resources.zoom(config)
 
 
 rule outliers:
@@ -23,14 +23,14 @@ rule outliers:
         raw=RAW,
         device="auto" if ZOOM else "cpu",
     resources:
-        gpu=1 if ZOOM else 0,
+        gpu=cs_resources.gpus(config, "outliers"),
     conda:
         ENV_TORCH
     log:
         "{rdir}/logs/outliers.log",
     benchmark:
         "{rdir}/benchmarks/outliers.tsv"
-    threads: 2
+    threads: cs_resources.threads(config, "outliers")
     shell:
         "python -m carvana_seg outliers --cfg {params.cfg:q} --manifest {input.manifest} --threshold {input.threshold}"
         " --folds {input.folds} --raw {params.raw} --models {input.models} --device {params.device}"

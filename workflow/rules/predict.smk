@@ -23,7 +23,7 @@ rule threshold:
         "{rdir}/logs/threshold.log",
     benchmark:
         "{rdir}/benchmarks/threshold.tsv"
-    threads: 2
+    threads: cs_resources.threads(config, "threshold")
     shell:
         "python -m carvana_seg threshold --cfg {params.cfg:q} --oof {input.oof} --raw {params.raw} --out {output.threshold}"
         " --curve {output.curve} --out-images {output.images} --threads {threads} > {log} 2>&1"
@@ -41,14 +41,14 @@ rule ensemble:
         raw=RAW,
         shards=lambda wildcards, output: output.manifest.removesuffix(".json"),  # {RES}/test_probs/
     resources:
-        gpu=1,
+        gpu=cs_resources.gpus(config, "ensemble"),
     conda:
         ENV_TORCH
     log:
         "{rdir}/logs/ensemble.log",
     benchmark:
         "{rdir}/benchmarks/ensemble.tsv"
-    threads: 2
+    threads: cs_resources.threads(config, "ensemble")
     shell:
         "python -m carvana_seg ensemble --cfg {params.cfg:q} --models {input.models} --raw {params.raw} --out-dir {params.shards}"
         " --manifest {output.manifest} --threads {threads} > {log} 2>&1"
@@ -71,7 +71,7 @@ rule submission:
         f"{LOGS}/submission{{sfx}}.log",
     benchmark:
         f"{BENCH}/submission{{sfx}}.tsv"
-    threads: 2
+    threads: cs_resources.threads(config, "submission")
     shell:
         "python -m carvana_seg submission --cfg {params.cfg:q} --manifest {input.manifest} --threshold {input.threshold}"
         " --fixes {input.fixes} --sample-submission {params.sample} --out {output.submission} --threads {threads}"

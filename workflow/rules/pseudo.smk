@@ -1,7 +1,8 @@
 # Pseudo-labelling (config `pseudo_label:`): round r-1's ensemble -> the most confident test images, no car the
-# outlier check flagged, as a Kaggle training layout data/<name>/pseudo/round<r>/ -> its resize cache at each
-# retrained variant's size -> round r's train/oof/threshold/ensemble/outliers (the {rdir} rules of train.smk,
-# predict.smk, outliers.smk, in results/<name>/round<r>/) -> pseudo_gain.json compares the rounds.
+# outlier check flagged, as a Kaggle training layout data/<name>/pseudo/round<r>/ (links to the test JPEGs, GIF
+# masks: round r's training decodes them in its DataLoader workers, never cached at each size) -> round r's
+# train/oof/threshold/ensemble/outliers (the {rdir} rules of train.smk, predict.smk, outliers.smk, in
+# results/<name>/round<r>/) -> pseudo_gain.json compares the rounds.
 # With pseudo_label.enabled: false none of these jobs exist (LAST == 1).
 
 
@@ -28,30 +29,12 @@ rule pseudo_labels:
         f"{RES}/round{{round}}/logs/pseudo_labels.log",
     benchmark:
         f"{RES}/round{{round}}/benchmarks/pseudo_labels.tsv"
-    threads: 2
+    threads: cs_resources.threads(config, "pseudo_labels")
     shell:
         "python -m carvana_seg pseudo --cfg {params.cfg:q} --manifest {input.manifest} --threshold {input.threshold}"
         " --outliers {input.outliers} --raw {params.raw} --out-dir $(dirname {output.masks_csv})"
         " --table {output.table} --summary {output.summary} --round {wildcards.round} --threads {threads}"
         " > {log} 2>&1"
-
-
-# The normal resize stage, pointed at the pseudo-label layout instead of raw/.
-use rule resize_cache as resize_pseudo with:
-    input:
-        masks_csv=f"{DATA}/pseudo/round{{round}}/train_masks.csv",
-    output:
-        images=f"{DATA}/cache/pseudo_r{{round}}/{{size}}/images.npy",
-        masks=f"{DATA}/cache/pseudo_r{{round}}/{{size}}/masks.npy",
-        ids=f"{DATA}/cache/pseudo_r{{round}}/{{size}}/ids.txt",
-    params:
-        code=code("resize"),
-        cfg=cfg("resize"),
-        raw=lambda wc: pseudo_dir(wc.round),
-    log:
-        f"{LOGS}/resize_pseudo_r{{round}}_{{size}}.log",
-    benchmark:
-        f"{BENCH}/resize_pseudo_r{{round}}_{{size}}.tsv"
 
 
 rule pseudo_gain:
@@ -72,7 +55,7 @@ rule pseudo_gain:
         ENV_BASE
     log:
         f"{LOGS}/pseudo_gain.log",
-    threads: 2
+    threads: cs_resources.threads(config, "pseudo_gain")
     shell:
         "python -m carvana_seg pseudo-gain --thresholds {input.thresholds} --oof-tables {input.oof_tables}"
         " --pseudo-tables {input.pseudo_tables} --pseudo-masks {input.pseudo_masks} {params.measure}"

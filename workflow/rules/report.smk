@@ -62,6 +62,7 @@ rule report_figures:
         weights=" ".join(str(float(VARIANTS[v].get("weight", 1.0))) for v in VARIANTS for f in FOLDS),  # LAST_OOF's order
         raw=RAW,
         score=lambda wc, input: f"--test-score {input.score}" if input.score else "",
+        plan=cs_config.to_json(config),  # planned next to measured (carvana_seg.plan)
     conda:
         ENV_BASE
     log:
@@ -73,4 +74,5 @@ rule report_figures:
         " --threshold {input.threshold} --curve {input.curve} --outliers {input.outliers} --sheets {input.sheets}"
         " --test-probs {input.test_probs} --results $(dirname {input.oof_dice})"
         " --out-dir $(dirname {output.stage_csv}) --oof-images {input.oof_images} --folds {input.folds}"
-        " --oof-npz {input.oof_npz} --oof-weights {params.weights} --raw {params.raw} {params.score} > {log} 2>&1"
+        " --oof-npz {input.oof_npz} --oof-weights {params.weights} --raw {params.raw} {params.score}"
+        " --plan-config {params.plan:q} > {log} 2>&1"

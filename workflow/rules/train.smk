@@ -2,7 +2,7 @@
 # The resume state lives in {RES}/state/<variant>/fold<k>: deliberately not an output, so Snakemake keeps it
 # when a job fails or is killed, and the rerun continues from the last finished epoch.
 # {rdir} is a round's results directory: RES for round one, RES/round<r> for pseudo-label round r (pseudo.smk),
-# which adds that round's pseudo-label cache to training (--extra-cache) and may start from an earlier model.
+# which adds that round's pseudo-label layout to training (--extra-layout) and may start from an earlier model.
 
 
 rule train:
@@ -29,9 +29,9 @@ rule train:
         "{rdir}/logs/train/{variant}_fold{fold}.log",
     benchmark:
         "{rdir}/benchmarks/train/{variant}_fold{fold}.tsv"
-    threads: 2
+    threads: cs_resources.threads(config, "train")
     resources:
-        gpu=1,
+        gpu=cs_resources.gpus(config, "train"),
     shell:
         "python -m carvana_seg train --cfg {params.cfg:q} --variant {wildcards.variant} --fold {wildcards.fold}"
         " --folds {input.folds} --cache {params.cache} --out-model {output.model} --out-metrics {output.metrics}"
@@ -59,9 +59,9 @@ rule oof:
         "{rdir}/logs/oof/{variant}_fold{fold}.log",
     benchmark:
         "{rdir}/benchmarks/oof/{variant}_fold{fold}.tsv"
-    threads: 2
+    threads: cs_resources.threads(config, "oof")
     resources:
-        gpu=1,
+        gpu=cs_resources.gpus(config, "oof"),
     shell:
         "python -m carvana_seg oof --cfg {params.cfg:q} --variant {wildcards.variant} --fold {wildcards.fold}"
         " --model {input.model} --folds {input.folds} --cache {params.cache} --raw {params.raw}"

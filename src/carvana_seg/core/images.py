@@ -67,7 +67,7 @@ def write_mask_gif(path: str | os.PathLike, mask: np.ndarray) -> None:
     """Write a 0/1 mask as a single-frame palette GIF, the Kaggle training-mask format."""
     im = Image.fromarray((np.asarray(mask) != 0).astype(np.uint8), mode="P")
     im.putpalette([0, 0, 0, 255, 255, 255] + [0, 0, 0] * 254)
-    with staging.staged_file(Path(path)) as tmp:
+    with staging.staged_file(Path(path), sweep_stale=False) as tmp:  # written into staged directories
         im.save(tmp, format="GIF")
 
 
@@ -76,7 +76,7 @@ def write_jpeg(path: str | os.PathLike, rgb: np.ndarray, quality: int = 92) -> N
     ok, buf = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
     if not ok:
         raise DataError(f"{path}: JPEG encoding failed")
-    staging.write_bytes(Path(path), buf.tobytes())
+    staging.write_bytes(Path(path), buf.tobytes(), sweep_stale=False)  # written into staged directories
 
 
 def write_png(path: str | os.PathLike, image: np.ndarray) -> None:

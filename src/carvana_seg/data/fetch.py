@@ -14,14 +14,14 @@ import argparse
 import json
 import logging
 import os
-import tempfile
+import re
 from pathlib import Path
 from typing import Any
 
 from carvana_seg.data import kaggle_source, local_source
 from carvana_seg.data.validate import validate_raw
 from carvana_seg.pipeline import staging
-from carvana_seg.pipeline.errors import ConfigError
+from carvana_seg.pipeline.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +41,11 @@ def _key(section: dict, key: str, prefix: str = "data") -> Any:
     return section[key]
 
 
+def _checks(data: dict) -> dict:
+    """The ``validate_raw`` settings of ``data``: a partial test set allowed, odd views an error (strict)."""
+    return {"partial": bool(data.get("partial", False)), "strict": bool(data.get("strict", True))}
+
+
 def _fetch_synthetic(data: dict, out: Path, threads: int) -> dict:
     if out.name != "raw":
         raise ConfigError(f"--out {out}: the synthetic source writes <root>/raw, so --out must end in 'raw'")
@@ -50,7 +55,7 @@ def _fetch_synthetic(data: dict, out: Path, threads: int) -> dict:
     kwargs = {k: _key(params, k, "data.synthetic") for k in SYNTHETIC_KEYS}
     synthetic.generate(root=out.parent, workers=threads, **kwargs)
     try:
-        return validate_raw(out, quick=True, workers=threads)
+        return validate_raw(out, quick=True, workers=threads, **_checks(data))
     except BaseException:
         staging.remove(out)
         raise
@@ -60,28 +65,42 @@ def _fetch_local(data: dict, out: Path, threads: int) -> dict:
     path = _key(data, "path")
     if not path:
         raise ConfigError("config key 'data.path': required when data.source is 'local'")
-    partial = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial-"))
-    umask = os.umask(0)
-    os.umask(umask)
-    partial.chmod(0o777 & ~umask)  # mkdtemp makes it 0700; the final raw dir gets ordinary permissions
+    partial = out.with_name(f".{out.name}.partial-{os.getpid()}")  # swept by the next fetch if we are killed
     try:
-        local_source.link_local(Path(path), partial, hq=bool(data.get("hq", False)))
-        summary = validate_raw(partial, quick=True, workers=threads)
-        staging.replace_dir(partial, out)
+        with staging.write_errors(out, partial):
+            staging.sweep(out)
+            staging.remove(partial)
+            partial.mkdir()
+            local_source.link_local(Path(path), partial, hq=bool(data.get("hq", False)))
+            try:
+                summary = validate_raw(partial, quick=True, workers=threads, **_checks(data))
+            except DataError as exc:
+                raise DataError(_user_paths(str(exc), partial, out)) from None
+            staging.replace_dir(partial, out)
     except BaseException:
         staging.remove(partial)
         raise
     return summary
 
 
+def _user_paths(message: str, partial: Path, out: Path) -> str:
+    """``message`` naming the user's own files (what the staging links point at) instead of ``partial/...``;
+    a path with no link behind it (an extracted zip member) is named as it will be in ``out``."""
+    def user(m: re.Match) -> str:
+        real = os.path.realpath(m.group(0))
+        return real if not real.startswith(str(partial.resolve())) else m.group(0).replace(str(partial), str(out))
+
+    return re.sub(re.escape(str(partial)) + r"[^\s:,()']*", user, message)
+
+
 def _fetch_kaggle(data: dict, out: Path, threads: int) -> dict:
     kaggle_source.check_credentials()  # before anything is created on disk
     partial = out.with_name(f".{out.name}.kaggle-partial")
     try:
-        kaggle_source.download(
-            _key(data, "competition"), partial, hq=bool(_key(data, "hq")), include_test=bool(_key(data, "include_test"))
-        )
-        summary = validate_raw(partial, quick=True, workers=threads)
+        with staging.write_errors(out, partial):
+            kaggle_source.download(_key(data, "competition"), partial, hq=bool(_key(data, "hq")),
+                                   include_test=bool(_key(data, "include_test")))
+            summary = validate_raw(partial, quick=True, workers=threads, **_checks(data))
     except BaseException:
         if not any((partial / kaggle_source.DOWNLOAD_DIR).glob("*.ok")):
             staging.remove(partial)

@@ -3,7 +3,8 @@
 Each archive goes to ``dest/.download/``; it counts as done only once it is non-empty and passes
 ``ZipFile.testzip()`` (marker ``<file>.ok``), so a rerun skips verified archives and fetches only the rest.
 Archives are then extracted into ``dest`` in the Kaggle layout (marker ``<file>.extracted``) and deleted
-unless ``keep_archives``. The API key is never logged, written, or put in an error message.
+unless ``keep_archives``. Credentials are found as the ``kaggle`` package finds them (``kaggle_credentials``);
+the API key is never logged, written, or put in an error message.
 """
 
 from __future__ import annotations
@@ -15,71 +16,20 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+from carvana_seg.data.kaggle_credentials import NO_CREDENTIALS, check_credentials, scrub  # noqa: F401 (re-exported)
 from carvana_seg.data.local_source import extract_zip
-from carvana_seg.pipeline.errors import CredentialsError, DataError
+from carvana_seg.pipeline import staging
+from carvana_seg.pipeline.errors import CredentialsError, DataError, WriteError
 
 log = logging.getLogger(__name__)
 
 DOWNLOAD_DIR = ".download"
-NO_CREDENTIALS = (
-    "Kaggle credentials not found: put your API token in ~/.kaggle/kaggle.json (chmod 600) "
-    "or set KAGGLE_USERNAME and KAGGLE_KEY"
-)
-
-
 def archive_names(hq: bool, include_test: bool) -> list[str]:
     """The competition files to download, in download order."""
     names = ["train_hq.zip" if hq else "train.zip", "train_masks.zip", "train_masks.csv.zip"]
     if include_test:
         names.append("test_hq.zip" if hq else "test.zip")
     return names + ["metadata.csv.zip", "sample_submission.csv.zip"]
-
-
-def _config_dirs() -> list[Path]:
-    """Where the kaggle package looks for ``kaggle.json``."""
-    if os.environ.get("KAGGLE_CONFIG_DIR"):
-        return [Path(os.environ["KAGGLE_CONFIG_DIR"]).expanduser()]
-    xdg = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
-    return [Path("~/.kaggle").expanduser(), Path(xdg) / "kaggle"]
-
-
-def check_credentials() -> str:
-    """Where the Kaggle credentials come from (never their value); raise CredentialsError when there are none."""
-    if os.environ.get("KAGGLE_USERNAME") and os.environ.get("KAGGLE_KEY"):
-        return "environment (KAGGLE_USERNAME, KAGGLE_KEY)"
-    if os.environ.get("KAGGLE_API_TOKEN"):
-        return "environment (KAGGLE_API_TOKEN)"
-    for directory in _config_dirs():
-        path = directory / "kaggle.json"
-        if path.is_file():
-            try:
-                values = json.loads(path.read_text())
-            except (OSError, ValueError) as exc:
-                raise CredentialsError(f"{path}: unreadable Kaggle token file ({type(exc).__name__})") from None
-            if not (isinstance(values, dict) and values.get("username") and values.get("key")):
-                raise CredentialsError(f"{path}: Kaggle token file lacks 'username' and 'key'")
-            return str(path)
-    token = Path("~/.kaggle/access_token").expanduser()
-    if token.is_file() and token.stat().st_size > 0:
-        return str(token)
-    raise CredentialsError(NO_CREDENTIALS)
-
-
-def _secrets() -> list[str]:
-    """Secret values to scrub from any message we build from a third-party exception."""
-    values = [os.environ.get("KAGGLE_KEY", ""), os.environ.get("KAGGLE_API_TOKEN", "")]
-    for directory in _config_dirs():
-        try:
-            values.append(str(json.loads((directory / "kaggle.json").read_text()).get("key", "")))
-        except (OSError, ValueError, AttributeError):
-            pass
-    return [v for v in values if len(v) >= 4]
-
-
-def _scrub(text: str) -> str:
-    for secret in _secrets():
-        text = text.replace(secret, "***")
-    return " ".join(text.split())[:300]
 
 
 def make_api() -> Any:
@@ -92,25 +42,34 @@ def make_api() -> Any:
     except SystemExit:
         raise CredentialsError("Kaggle authentication failed: the kaggle package rejected the credentials") from None
     except Exception as exc:  # noqa: BLE001 - anything from the client is reported as one line
-        raise CredentialsError(f"Kaggle authentication failed: {type(exc).__name__}: {_scrub(str(exc))}") from None
+        raise CredentialsError(f"Kaggle authentication failed: {type(exc).__name__}: {scrub(str(exc))}") from None
     return api
 
 
-def _api_error(exc: BaseException, competition: str, name: str) -> Exception:
-    """Translate an exception from the Kaggle client into one CredentialsError/DataError line."""
+def _api_error(exc: BaseException, competition: str, name: str, upload: bool = False) -> Exception:
+    """Translate an exception from the Kaggle client into one CredentialsError/DataError line (``upload``: the
+    failed call sent ``name`` to Kaggle rather than fetching it)."""
     status = getattr(getattr(exc, "response", None), "status_code", None)
-    detail = f"{type(exc).__name__}: {_scrub(str(exc))}"
+    detail = f"{type(exc).__name__}: {scrub(str(exc))}"
+    what = f"the upload of {name} to '{competition}'" if upload else f"{name} of '{competition}'"
     if status in (401, 403):
         return CredentialsError(
-            f"Kaggle refused {name} of '{competition}' (HTTP {status}): check your API token and accept the "
+            f"Kaggle refused {what} (HTTP {status}): check your API token and accept the "
             f"competition rules at https://www.kaggle.com/c/{competition}/rules ({detail})"
         )
     if status == 404:
+        if upload:
+            return DataError(f"Kaggle has no competition '{competition}' to submit {name} to ({detail})")
         return DataError(f"Kaggle has no file {name} in competition '{competition}' ({detail})")
     if status is not None:
-        return DataError(f"Kaggle answered HTTP {status} for {name} of '{competition}' ({detail})")
+        return DataError(f"Kaggle answered HTTP {status} for {what} ({detail})")
+    verb = f"uploading {name} to" if upload else f"downloading {name} from"
+    if isinstance(exc, OSError) and exc.errno in staging.WRITE_ERRNOS and not upload:
+        return WriteError(f"cannot write {staging.public_path(exc.filename or name)}: {os.strerror(exc.errno)}")
     if isinstance(exc, (ConnectionError, TimeoutError, OSError)) or "Connection" in type(exc).__name__:
-        return CredentialsError(f"network error while downloading {name} from Kaggle ({detail})")
+        return CredentialsError(f"network error while {verb} Kaggle ({detail})")
+    if upload:
+        return DataError(f"upload of {name} to Kaggle competition '{competition}' failed ({detail})")
     return DataError(f"download of {name} from Kaggle competition '{competition}' failed ({detail})")
 
 

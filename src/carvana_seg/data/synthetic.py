@@ -28,6 +28,7 @@ import numpy as np
 from carvana_seg.core import layout, rle
 from carvana_seg.core.images import write_jpeg, write_mask_gif
 from carvana_seg.data import synthetic_draw as draw
+from carvana_seg.pipeline import staging
 from carvana_seg.pipeline.errors import ConfigError
 
 RAW_DIR = "raw"
@@ -64,26 +65,28 @@ def generate(root: Path, *, n_train_cars: int, n_test_cars: int, n_outlier_cars:
     kinds = {car: draw.OUTLIER_KINDS[int(rng.integers(len(draw.OUTLIER_KINDS)))] for car in test[:n_outlier_cars]}
     tmp_raw, tmp_gt = root / f".raw.tmp-{os.getpid()}", root / f".ground_truth.tmp-{os.getpid()}"
     try:
-        for d in (tmp_raw, tmp_gt):
-            shutil.rmtree(d, ignore_errors=True)
-        for sub in (layout.TRAIN_DIR, layout.MASK_DIR, layout.TEST_DIR):
-            (tmp_raw / sub).mkdir(parents=True)
-        tmp_gt.mkdir()
-        jobs = [_Job(car, split, kinds.get(car, "normal"), seed, width, height, jpeg_quality, str(tmp_raw))
-                for split, ids in (("train", train), ("test", test)) for car in ids]
-        if workers > 1 and len(jobs) > 1:
-            with multiprocessing.Pool(min(workers, len(jobs))) as pool:
-                results = pool.map(_render_car, jobs, chunksize=1)
-        else:
-            results = [_render_car(job) for job in jobs]
-        train_rows = sorted(row for job, (_, rows) in zip(jobs, results) if job.split == "train" for row in rows)
-        test_rows = sorted(row for job, (_, rows) in zip(jobs, results) if job.split == "test" for row in rows)
-        _write_text(tmp_raw / layout.TRAIN_MASKS_CSV, _mask_csv(train_rows))
-        _write_text(tmp_gt / TEST_MASKS_CSV, _mask_csv(test_rows))
-        _write_text(tmp_raw / layout.SAMPLE_SUBMISSION_CSV, _mask_csv([(img, "1 1") for img, _ in test_rows]))
-        _write_text(tmp_raw / layout.METADATA_CSV, _metadata_csv(sorted(meta for meta, _ in results)))
-        _write_text(tmp_gt / OUTLIER_CARS_TXT, "".join(f"{car}\n" for car in sorted(kinds)))
-        _swap_into_place(root, tmp_raw, tmp_gt)
+        with staging.write_errors(root / RAW_DIR, tmp_raw, tmp_gt):
+            staging.sweep(root / RAW_DIR, root / GROUND_TRUTH_DIR)  # a killed run's temporaries
+            for d in (tmp_raw, tmp_gt):
+                shutil.rmtree(d, ignore_errors=True)
+            for sub in (layout.TRAIN_DIR, layout.MASK_DIR, layout.TEST_DIR):
+                (tmp_raw / sub).mkdir(parents=True)
+            tmp_gt.mkdir()
+            jobs = [_Job(car, split, kinds.get(car, "normal"), seed, width, height, jpeg_quality, str(tmp_raw))
+                    for split, ids in (("train", train), ("test", test)) for car in ids]
+            if workers > 1 and len(jobs) > 1:
+                with multiprocessing.Pool(min(workers, len(jobs))) as pool:
+                    results = pool.map(_render_car, jobs, chunksize=1)
+            else:
+                results = [_render_car(job) for job in jobs]
+            train_rows = sorted(row for job, (_, rows) in zip(jobs, results) if job.split == "train" for row in rows)
+            test_rows = sorted(row for job, (_, rows) in zip(jobs, results) if job.split == "test" for row in rows)
+            _write_text(tmp_raw / layout.TRAIN_MASKS_CSV, _mask_csv(train_rows))
+            _write_text(tmp_gt / TEST_MASKS_CSV, _mask_csv(test_rows))
+            _write_text(tmp_raw / layout.SAMPLE_SUBMISSION_CSV, _mask_csv([(img, "1 1") for img, _ in test_rows]))
+            _write_text(tmp_raw / layout.METADATA_CSV, _metadata_csv(sorted(meta for meta, _ in results)))
+            _write_text(tmp_gt / OUTLIER_CARS_TXT, "".join(f"{car}\n" for car in sorted(kinds)))
+            _swap_into_place(root, tmp_raw, tmp_gt)
     except BaseException:
         for d in (tmp_raw, tmp_gt):
             shutil.rmtree(d, ignore_errors=True)

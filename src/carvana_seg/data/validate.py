@@ -2,9 +2,11 @@
 
 ``validate_raw`` checks that the required parts exist, that every photo has its mask (and every mask its
 photo), that sizes match, that ``train_masks.csv`` lists exactly the training images (and, in full mode, matches
-every GIF) and that ``sample_submission.csv`` lists every test image. The full check decodes every
-JPEG and GIF in worker processes; ``quick`` reads only headers (and the JPEG end marker). The first problem
-found is raised as one DataError naming the file.
+every GIF) and that ``sample_submission.csv`` lists every test image. There must be test images, as many as
+``sample_submission.csv`` lists unless ``partial`` (a copy with a few test cars); every car must have the 16 views
+01-16 (``strict``; otherwise a warning), and every file's first bytes must be the format its name says (a PNG
+named ``.jpg`` is refused). The full check decodes every JPEG and GIF in worker processes; ``quick`` reads only
+headers (and the JPEG end marker). The first problem found is raised as one DataError naming the file.
 """
 
 from __future__ import annotations
@@ -20,11 +22,28 @@ from typing import Iterable
 
 from carvana_seg.core import layout, rle
 from carvana_seg.core.images import image_size, read_image, read_mask
+from carvana_seg.pipeline import staging
 from carvana_seg.pipeline.errors import DataError
 
 log = logging.getLogger(__name__)
 
 SUBMISSION_HEADER = "img,rle_mask"
+VIEWS = [f"{v:02d}" for v in range(1, 17)]  # every Carvana car is photographed from these 16 angles
+# file signatures: what a name's suffix promises, and how to name what was found instead
+MAGIC = {"image": (b"\xff\xd8\xff",), "mask": (b"GIF87a", b"GIF89a")}
+FORMATS = {b"\x89PNG": "PNG", b"\xff\xd8\xff": "JPEG", b"GIF8": "GIF", b"BM": "BMP", b"RIFF": "RIFF/WebP",
+           b"II*\x00": "TIFF", b"MM\x00*": "TIFF"}
+
+
+def _sniff(kind: str, path: str) -> bytes:
+    """The first bytes of ``path``; DataError when they are not the format its name says (JPEG photo, GIF mask)."""
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+    if not head.startswith(MAGIC[kind]):
+        found = next((name for magic, name in FORMATS.items() if head.startswith(magic)), "not an image")
+        want = "JPEG" if kind == "image" else "GIF"
+        raise DataError(f"{path}: content is {found}, but the name says {want}")
+    return head
 
 
 def _check_file(task: tuple[str, str, bool, str | None]) -> tuple[int, int, bool]:
@@ -33,13 +52,13 @@ def _check_file(task: tuple[str, str, bool, str | None]) -> tuple[int, int, bool
     ``matches`` is False when a fully decoded mask differs from its ``train_masks.csv`` RLE (``expected``).
     """
     kind, path, quick, expected = task
+    _sniff(kind, path)
     if quick:
         if kind == "image":
             with open(path, "rb") as fh:
-                head = fh.read(2)
                 fh.seek(max(0, os.fstat(fh.fileno()).st_size - 2))
                 tail = fh.read(2)
-            if head == b"\xff\xd8" and tail != b"\xff\xd9":
+            if tail != b"\xff\xd9":
                 raise DataError(f"{path}: truncated JPEG (no end-of-image marker)")
         return (*image_size(path), True)
     arr = read_image(path) if kind == "image" else read_mask(path)
@@ -91,8 +110,46 @@ def _size_counts(sizes: Iterable[tuple[int, int]]) -> dict[str, int]:
     return dict(sorted(Counter(f"{w}x{h}" for w, h in sizes).items()))
 
 
-def validate_raw(raw: Path, quick: bool = False, workers: int = 1) -> dict:
-    """Check the Kaggle layout in ``raw``; return a summary dict or raise DataError naming the bad file."""
+def _check_views(directory: Path, ids: list[str], suffix: str, strict: bool) -> None:
+    """Every car in ``ids`` has exactly the views 01-16: DataError naming a file (or a warning unless ``strict``)."""
+    views: dict[str, list[str]] = {}
+    for image_id in ids:
+        car, view = image_id.rsplit("_", 1)
+        views.setdefault(car, []).append(view)
+    for car, got in sorted(views.items()):
+        odd = sorted(set(got) - set(VIEWS))
+        if odd:
+            problem = (f"{directory / f'{car}_{odd[0]}{suffix}'}: view {odd[0]} is outside 01-16 "
+                       f"({len(odd)} such views of car {car})")
+        elif len(got) != len(VIEWS):
+            missing = sorted(set(VIEWS) - set(got))
+            problem = (f"{directory / f'{car}_{got[0]}{suffix}'}: car {car} has {len(got)} views, not 16 "
+                       f"(missing {', '.join(missing[:4])}{' ...' if len(missing) > 4 else ''})")
+        else:
+            continue
+        if strict:
+            raise DataError(problem + "; set data.strict: false to accept such cars with a warning")
+        log.warning("%s", problem)
+
+
+def _check_test_count(submission: Path, test: Path, n_listed: int, n_test: int, partial: bool) -> None:
+    """Stop on an empty test set, and on fewer test images than listed unless the copy is declared partial."""
+    if n_test == 0:
+        raise DataError(f"{test}: no test images (*.jpg): there is nothing to predict or submit")
+    if n_listed != n_test and not partial:
+        raise DataError(f"{submission} lists {n_listed} test images, {test} holds {n_test}: set data.partial: true "
+                        "if this copy holds only some test cars on purpose (its submission then cannot be uploaded)")
+    if n_listed != n_test:
+        log.warning("%s lists %d test images, %s holds %d: a partial test set (data.partial), so a submission "
+                    "built from it is incomplete", submission, n_listed, test, n_test)
+
+
+def validate_raw(raw: Path, quick: bool = False, workers: int = 1, partial: bool = False,
+                 strict: bool = True) -> dict:
+    """Check the Kaggle layout in ``raw``; return a summary dict or raise DataError naming the bad file.
+
+    ``partial``: fewer test images than ``sample_submission.csv`` lists is accepted (with a warning); ``strict``:
+    a car without exactly the views 01-16 is an error, not a warning."""
     raw = Path(raw)
     if not raw.is_dir():
         raise DataError(f"{raw}: raw data directory not found")
@@ -122,14 +179,14 @@ def validate_raw(raw: Path, quick: bool = False, workers: int = 1) -> dict:
     if unlisted:
         raise DataError(f"{submission}: test image {layout.image_file(unlisted[0])} is not listed "
                         f"({len(unlisted)} test images missing from it)")
-    if len(listed) != len(test_ids):
-        log.warning("%s lists %d test images, %s holds %d: a partial test set, so a submission built from it "
-                    "is incomplete", submission, len(listed), test, len(test_ids))
+    _check_test_count(submission, test, len(listed), len(test_ids), partial)
     mask_rles = _read_listing(masks_csv)
     extra = sorted(set(mask_rles) - set(train_ids)) or sorted(set(train_ids) - set(mask_rles))
     if extra:
         where = "has no image in train/" if extra[0] in mask_rles else "is not listed there"
         raise DataError(f"{masks_csv}: {layout.image_file(extra[0])} {where}")
+    _check_views(train, train_ids, ".jpg", strict)
+    _check_views(test, test_ids, ".jpg", strict)
     train_cars = {layout.car_id(i) for i in train_ids}
     test_cars = {layout.car_id(i) for i in test_ids}
     if train_cars & test_cars:
@@ -174,11 +231,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, cfg: dict) -> None:
     """CLI entry: validate ``--raw`` and write the summary to ``--out`` atomically."""
-    summary = validate_raw(Path(args.raw), quick=args.quick, workers=max(1, args.threads))
+    data = cfg.get("data", {})
+    summary = validate_raw(Path(args.raw), quick=args.quick, workers=max(1, args.threads),
+                           partial=bool(data.get("partial", False)), strict=bool(data.get("strict", True)))
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, out)
+    staging.write_text(out, json.dumps(summary, indent=2, sort_keys=True) + "\n")
     log.info("%s: %d training and %d test images valid; summary in %s", args.raw, summary["n_train"],
              summary["n_test"], out)

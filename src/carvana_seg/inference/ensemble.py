@@ -40,6 +40,7 @@ from carvana_seg.models import runtime
 from carvana_seg.pipeline import staging
 from carvana_seg.pipeline.config import config_hash, to_json
 from carvana_seg.pipeline.errors import ConfigError, DataError
+from carvana_seg.pipeline.resources import torch_threads
 
 log = logging.getLogger(__name__)
 META = "shards_meta.json"
@@ -266,14 +267,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--raw", required=True, help="raw Kaggle layout with test/ and sample_submission.csv")
     parser.add_argument("--out-dir", required=True, help="shard directory (results/<name>/test_probs)")
     parser.add_argument("--manifest", required=True, help="manifest JSON to write (results/<name>/test_probs.json)")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads on CPU")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="the job's CPU threads: torch gets what the decode workers (predict.workers) leave")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
 
 
 def run(args: argparse.Namespace, cfg: dict) -> None:
     t0, device = time.perf_counter(), runtime.pick_device(args.device)
     if device.type == "cpu":
-        torch.set_num_threads(max(1, args.threads))
+        torch.set_num_threads(torch_threads(args.threads, cfg["predict"]["workers"]))
     torch.backends.cudnn.benchmark = device.type == "cuda"
     raw, out_dir, manifest = Path(args.raw), Path(args.out_dir), Path(args.manifest)
     ids, n_listed = layout.test_ids(raw)
@@ -294,7 +296,8 @@ def run(args: argparse.Namespace, cfg: dict) -> None:
         "n_reused": len(ids) - result["n_computed"], "seconds": round(seconds, 3),
         "images_per_s": round(result["n_computed"] / seconds, 3), "bytes_total": total,
         "bytes_per_image": round(total / len(ids), 1), "hash": digest, "config_hash": config_hash(cfg),
-        "models": [str(p) for p in paths], "device": str(device), "tta_hflip": cfg["predict"]["tta_hflip"],
+        "models": [str(p) for p in paths], "tta_hflip": cfg["predict"]["tta_hflip"],
+        "device": f"cuda ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else str(device),
         "variant_masks": {"files": [variant_masks.file_name(k) for k in range(len(result["shards"]))],
                           "variants": [v.name for v in variants], "scale": variant_masks.SCALE,
                           "threshold": variant_masks.THRESHOLD},

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 from pathlib import Path
 
 import pandas as pd
 
+from carvana_seg.pipeline import staging
 from carvana_seg.pipeline.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -43,11 +43,7 @@ def aggregate(dice_csvs: list[Path], out: Path) -> pd.DataFrame:
     if dup.any():
         raise DataError(f"oof-table: {int(dup.sum())} images appear twice for one variant, e.g. "
                         f"{table.loc[dup, ['variant', 'img']].iloc[0].tolist()}")
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
-    table.to_csv(tmp, index=False)
-    os.replace(tmp, out)
+    staging.write_text(Path(out), table.to_csv(index=False))
     return table
 
 

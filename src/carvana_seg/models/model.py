@@ -9,7 +9,9 @@ hold the weights *and* the resolved config slice that made them, so a model file
 
 from __future__ import annotations
 
+import io
 import os
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,7 @@ import torch
 from torch import nn
 
 from carvana_seg.models import encoder_weights
+from carvana_seg.pipeline import staging
 from carvana_seg.pipeline.errors import ConfigError, DataError
 
 
@@ -67,27 +70,43 @@ def build_model(variant: dict) -> Normalized:
 
 def save_checkpoint(path: str | os.PathLike, model: nn.Module, cfg: dict, **extra: Any) -> None:
     """Write ``{"state_dict", "config", **extra}`` atomically (tmp + rename): never a half-written model."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu() for k, v in _unwrap(model).state_dict().items()}
-    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
-    torch.save({"state_dict": state, "config": cfg, **extra}, tmp)
-    os.replace(tmp, path)
+    staging.write_bytes(Path(path), to_bytes({"state_dict": state, "config": cfg, **extra}))
+
+
+def to_bytes(obj: dict) -> bytes:
+    """``torch.save`` into memory, so the file write goes through ``staging`` (one WriteError, no temporary)."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
 
 
 def load_model(path: str | os.PathLike, device: torch.device | str = "cpu") -> tuple[Normalized, dict]:
     """Load a checkpoint written by ``save_checkpoint``: (model in eval mode on ``device``, its config slice)."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: model checkpoint not found")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:
-        raise DataError(f"{path}: not a readable checkpoint ({exc})") from exc
+    ckpt = load_checkpoint(path)
     variant = dict(ckpt["config"]["variant"], encoder_weights=None)  # weights come from the checkpoint
     model = build_model(variant)
     model.load_state_dict(with_order(ckpt["state_dict"]))
     return model.to(device).eval(), ckpt["config"]
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict:
+    """A checkpoint's contents, loaded with ``weights_only=True``: tensors and plain data only, so a checkpoint from
+    an untrusted source (a shared Kaggle dataset, ``predict --models``) cannot run code while it loads."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: model checkpoint not found")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise DataError(f"{path}: refused: the checkpoint holds Python objects besides tensors and plain data "
+                        f"(loading it could run code); only checkpoints holding plain data are loaded") from exc
+    except Exception as exc:
+        raise DataError(f"{path}: not a readable checkpoint ({type(exc).__name__}: "
+                        f"{str(exc).splitlines()[0][:160] if str(exc) else ''})") from exc
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "variant" not in ckpt.get("config", {}):
+        raise DataError(f"{path}: not a carvana-seg checkpoint (no state_dict and config.variant)")
+    return ckpt
 
 
 def with_order(state: dict) -> dict:

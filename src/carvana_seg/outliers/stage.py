@@ -21,8 +21,6 @@ import argparse
 import csv
 import json
 import logging
-import os
-import tempfile
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +37,7 @@ from carvana_seg.inference.shards import shard_paths
 from carvana_seg.outliers import sheets
 from carvana_seg.outliers.features import fix_mask, image_features
 from carvana_seg.outliers.profile import choose_variant, learn_profile, score
+from carvana_seg.pipeline import staging
 from carvana_seg.pipeline.errors import ConfigError
 from carvana_seg.pipeline.pool import worker_pool
 
@@ -183,13 +182,10 @@ def zoom(jobs: list[CarJob], df: pd.DataFrame, args: argparse.Namespace, cfg: di
 
 
 def _write_csv(path: Path, header: list[str], rows: list[list]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as fh:
+    with staging.staged_file(path) as tmp, open(tmp, "w", newline="") as fh:
         writer = csv.writer(fh, lineterminator="\n")
         writer.writerow(header)
         writer.writerows(rows)
-    os.replace(tmp, path)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -220,8 +216,8 @@ def run(args: argparse.Namespace, cfg: dict) -> None:
     for old in sheet_manifest.parent.glob("*.png"):
         old.unlink()  # sheets of cars no longer flagged must not linger
     jobs = plan(df, names, profile, ocfg, threshold, Path(args.raw), sheet_manifest.parent)
-    with tempfile.TemporaryDirectory(dir=sheet_manifest.parent, prefix=".zoom-") as tmp_dir:
-        zoom(jobs, df, args, cfg, threshold, Path(tmp_dir))
+    with staging.scratch_dir(sheet_manifest.parent / ".zoom") as tmp_dir:
+        zoom(jobs, df, args, cfg, threshold, tmp_dir)
         with worker_pool(workers, len(jobs)) as pool:
             results = pool.map(_car_job, jobs, chunksize=1)
     fixes = [[layout.image_file(i), m] for res in results for i, m, _ in res if m is not None]
@@ -235,13 +231,11 @@ def run(args: argparse.Namespace, cfg: dict) -> None:
     _write_csv(Path(args.fixes), ["img", "rle_mask"], fixes)
     extra = [c for c in df.columns if c.startswith("area_")]
     scores = Path(args.scores)
-    df.assign(img=df["img"].map(layout.image_file))[COLUMNS + extra].round(5).to_csv(f"{scores}.tmp", index=False)
-    os.replace(f"{scores}.tmp", scores)
+    staging.write_text(scores, df.assign(img=df["img"].map(layout.image_file))[COLUMNS + extra].round(5)
+                       .to_csv(index=False))
     record = {"action": ocfg["action"], "n_images": len(df), "n_flagged_images": len(flagged),
               "n_flagged_cars": len(jobs), "n_fixed_images": len(fixes), "variants": names,
               "sheets": [{"car": j.car, "file": Path(j.sheet).name, "title": j.title} for j in jobs if j.sheet]}
-    tmp = sheet_manifest.with_name(sheet_manifest.name + ".tmp")
-    tmp.write_text(json.dumps(record, indent=2) + "\n")
-    os.replace(tmp, sheet_manifest)
+    staging.write_text(sheet_manifest, json.dumps(record, indent=2) + "\n")
     log.info("outliers: %d of %d images flagged in %d cars (%s); %d masks changed; %d contact sheets",
              len(flagged), len(df), len(jobs), ocfg["action"], len(fixes), len(record["sheets"]))

@@ -91,4 +91,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:  # a file-system refusal no stage translated: still one line, naming the final path
+        from carvana_seg.pipeline import staging
+
+        if exc.errno not in staging.WRITE_ERRNOS and exc.filename is None:
+            raise
+        where = f"{staging.public_path(exc.filename)}: " if exc.filename else ""
+        print(f"error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 2
     return 0

@@ -24,7 +24,7 @@ SCHEMA_PATH = PROJECT_ROOT / "workflow" / "schemas" / "config.schema.yaml"
 # Which top-level sections each stage reads. A stage never reads a key outside its slice.
 STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
     "fetch": ("name", "data"),
-    "validate": ("name",),
+    "validate": ("name", "data"),  # data.partial, data.strict
     "folds": ("name", "folds"),
     "resize": ("name", "resize"),
     "train": ("name", "seed", "train"),

@@ -15,3 +15,7 @@ class ConfigError(CarvanaSegError):
 
 class CredentialsError(CarvanaSegError):
     """Missing or unusable Kaggle credentials or network."""
+
+
+class WriteError(CarvanaSegError):
+    """An output could not be written (full disk, read-only file system, no permission); names the final output."""

@@ -26,6 +26,19 @@ STAGES: dict[str, tuple[str, str | None, str]] = {
     "predict": ("carvana_seg.inference.predict", None, "mask PNG and RGBA cut-out for any photo, with the trained ensemble"),
     "export": ("carvana_seg.inference.export", None, "export one variant's model to ONNX and check it against PyTorch"),
     "report-figures": ("carvana_seg.report.figures", None, "figures and tables of the HTML report (make report)"),
+    "plan": ("carvana_seg.plan.command", None, "what a config will cost: jobs, images, disk, FLOPs, device-hours"),
 }
 # stages that run models: each claims a free GPU (carvana_seg.pipeline.gpu) before torch can initialise CUDA
 GPU_STAGES = {"train", "oof", "ensemble", "predict", "outliers"}  # outliers: only for repredict: zoom
+# Snakemake rule -> the stage its job runs (rules outside this table run no stage: ``all``)
+RULES: dict[str, str] = {
+    "fetch": "fetch", "validate_data": "validate", "folds": "folds", "resize_cache": "resize", "train": "train",
+    "oof": "oof", "oof_table": "oof-table", "threshold": "threshold", "ensemble": "ensemble", "outliers": "outliers",
+    "pseudo_labels": "pseudo", "pseudo_gain": "pseudo-gain", "submission": "submission", "score": "score",
+    "submit": "submit", "report_figures": "report-figures",
+}
+# the rules of GPU stages: each asks for `gpu=1` (outliers only with repredict: zoom) and both cluster profiles list
+# exactly these with their GPU request (tests/pipeline/test_profiles.py)
+GPU_RULES = tuple(rule for rule, stage in RULES.items() if stage in GPU_STAGES)
+# rules that need the internet: run on the submitting host, never as cluster jobs (Snakefile `localrules`)
+LOCAL_RULES = ("fetch", "submit")

@@ -46,6 +46,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--results", required=True,
                         help="results/<name>: its benchmarks/ (and round<r>/benchmarks/) and pseudo-label files")
     parser.add_argument("--out-dir", required=True, help="where the figures and tables go")
+    parser.add_argument("--plan-config", default=None,
+                        help="the run's resolved config as JSON: adds planned next to measured (carvana_seg.plan)")
     parser.add_argument("--oof-images", default=None, help="oof_image_dice.csv of the threshold stage (cars.html)")
     parser.add_argument("--folds", default=None, help="folds.csv (cars.html)")
     parser.add_argument("--oof-npz", nargs="*", default=[], help="the final round's OOF npz files (cars.html)")
@@ -53,6 +55,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--raw", default=None, help="raw Kaggle layout (photos and masks of the sheets)")
     parser.add_argument("--test-score", default=None, help="test_score.json with per_car Dice, where known")
     parser.add_argument("--worst-cars", type=int, default=6, help="contact sheets of this many worst cars")
+    parser.add_argument("--oof-images", default=None, help="oof_image_dice.csv of the threshold stage (cars.html)")
+    parser.add_argument("--folds", default=None, help="folds.csv (cars.html)")
+    parser.add_argument("--oof-npz", nargs="*", default=[], help="the final round's OOF npz files (cars.html)")
+    parser.add_argument("--oof-weights", nargs="*", type=float, default=[], help="ensemble weight of each --oof-npz")
+    parser.add_argument("--raw", default=None, help="raw Kaggle layout (photos and masks of the sheets)")
+    parser.add_argument("--test-score", default=None, help="test_score.json with per_car Dice, where known")
+    parser.add_argument("--worst-cars", type=int, default=6, help="contact sheets of this many worst cars")
+    parser.add_argument("--plan-config", default=None,
+                        help="the run's resolved config as JSON: adds planned next to measured (carvana_seg.plan)")
 
 
 def _plt():
@@ -223,10 +234,27 @@ def outlier_gallery(outliers_csv: Path, sheets_json: Path, out_table: Path, out_
     return len(figures)
 
 
-def throughput(bench_dir: Path, test_probs: Path, out_png: Path, out_html: Path, out_csv: Path) -> pd.DataFrame:
-    """Wall time per stage from the benchmark TSVs (table and bar chart) with the test-set images/s."""
+def planned(config: dict | None, device: str, measured: list[pd.DataFrame]) -> str:
+    """HTML of the plan (``carvana_seg.plan``) for the run's device next to the measured jobs and hours."""
+    if config is None:
+        return ""
+    from carvana_seg.plan.command import make_plan
+    from carvana_seg.plan.compare import compare, device_row
+
+    plan = make_plan(config, device_row(device))
+    return (f"<h2>Planned ({plan['device']['name']}: {html.escape(plan['device']['source'])}) next to measured</h2>"
+            f"<p>planned peak disk {plan['peak_disk'] / 1e9:.2f} GB; planned hours are device-hours of the model "
+            "stages</p>" + compare(plan, measured).to_html(index=False, border=0, na_rep="-"))
+
+
+def throughput(bench_dir: Path, test_probs: Path, out_png: Path, out_html: Path, out_csv: Path,
+               config: dict | None = None) -> pd.DataFrame:
+    """Wall time per stage from the benchmark TSVs (table and bar chart) with the test-set images/s; with the
+    run's config, the plan next to it."""
     times = stage_times(bench_dir, exclude={"report_figures"})
     rounds = [(r, stage_times(d / "benchmarks")) for r, d in round_dirs(bench_dir.parent)[1:]]  # round<r>/benchmarks
+    plan_html = planned(config, str(json.loads(Path(test_probs).read_text()).get("device", "cpu")),
+                        [times] + [t for _, t in rounds])
     extra = [t.assign(stage=t["stage"] + f" (round {r})") for r, t in rounds if not t.empty]
     if extra:
         times = pd.concat([t for t in (times, *extra) if not t.empty], ignore_index=True)
@@ -235,7 +263,8 @@ def throughput(bench_dir: Path, test_probs: Path, out_png: Path, out_html: Path,
     probs = json.loads(Path(test_probs).read_text())
     line = (f"test set: {probs.get('n_images', '?')} images in {probs.get('seconds', math.nan):.1f} s, "
             f"{probs.get('images_per_s', math.nan):.2f} images/s on {probs.get('device', '?')}")
-    out_html.write_text(html_page("Time per stage", f"<p>{line}</p>" + times.to_html(index=False, border=0)))
+    out_html.write_text(html_page("Time per stage", f"<p>{line}</p>" + times.to_html(index=False, border=0)
+                                  + plan_html))
     if times.empty:
         _note(out_png, "Time per stage", "No benchmark TSVs found.\n" + line)
         return times
@@ -259,7 +288,8 @@ def run(args: argparse.Namespace, cfg: dict) -> None:
     n_sheets = outlier_gallery(Path(args.outliers), Path(args.sheets), out / "outliers.html",
                                out / "outlier_gallery.html")
     times = throughput(Path(args.results) / "benchmarks", Path(args.test_probs), out / "throughput.png",
-                       out / "stage_times.html", out / "stage_times.csv")
+                       out / "stage_times.html", out / "stage_times.csv",
+                       json.loads(args.plan_config) if args.plan_config else None)
     if args.oof_images:
         from carvana_seg.report import cars as report_cars
 

@@ -67,8 +67,7 @@ def check_credentials() -> str:
     try:
         return kaggle_source.check_credentials()
     except CredentialsError as exc:
-        raise CredentialsError(f"cannot submit to Kaggle: {exc} (or set KAGGLE_CONFIG_DIR to a directory holding "
-                               "kaggle.json); nothing was uploaded") from None
+        raise CredentialsError(f"cannot submit to Kaggle: {exc}; nothing was uploaded") from None
 
 
 def submit(submission: Path, competition: str, message: str, raw: Path, api: Any = None) -> dict:
@@ -82,7 +81,7 @@ def submit(submission: Path, competition: str, message: str, raw: Path, api: Any
     try:
         response = api.competition_submit(str(submission), message, competition)
     except Exception as exc:  # noqa: BLE001 - translated into one scrubbed line
-        raise kaggle_source._api_error(exc, competition, "the submission") from None  # noqa: SLF001
+        raise kaggle_source._api_error(exc, competition, str(submission), upload=True) from None  # noqa: SLF001
     return {
         "competition": competition,
         "submission": str(submission),
@@ -90,7 +89,7 @@ def submit(submission: Path, competition: str, message: str, raw: Path, api: Any
         "n_images": n,
         "message": message,
         "submitted_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "response": kaggle_source._scrub(str(response)),  # noqa: SLF001
+        "response": kaggle_source.scrub(str(response)),
     }
 
 

@@ -2,7 +2,9 @@
 
 Samples come from the memory-mapped cache (``resize_cache.load``) restricted to a list of image ids. The memmaps
 are opened lazily in each process and never pickled, so DataLoader workers (fork or spawn) share the page cache
-instead of receiving a copy of the arrays.
+instead of receiving a copy of the arrays. Extra training images in a Kaggle layout (the pseudo-labelled test
+photos: linked JPEGs and GIF masks) are decoded and resized by the DataLoader workers with the cache's own
+preprocessing (``resize_cache.load_pair``), so they are never stored again at every network size.
 Output per sample: image (3, H, W) uint8 — normalisation happens inside the model (``model.Normalized``) — and
 mask (1, H, W) float32 coverage 0..1.
 """
@@ -16,6 +18,7 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
+from carvana_seg.core import layout
 from carvana_seg.data import resize_cache
 from carvana_seg.pipeline.errors import DataError
 from carvana_seg.training import augment as aug
@@ -33,14 +36,6 @@ def read_folds(folds_csv: str | Path) -> pd.DataFrame:
     if missing:
         raise DataError(f"{path}: missing columns {missing}")
     return df
-
-
-def cache_ids(cache_dir: str | Path) -> list[str]:
-    """Every image id of a resize cache, in array order."""
-    path = Path(cache_dir) / "ids.txt"
-    if not path.is_file():
-        raise DataError(f"{cache_dir}: not a resize cache (ids.txt missing)")
-    return path.read_text().split()
 
 
 def split_ids(folds: pd.DataFrame, fold: int) -> tuple[list[str], list[str]]:
@@ -91,13 +86,40 @@ class CacheDataset(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         images, masks = self._open()
         k = self.rows[i]
-        image, mask = aug.apply(self.augment, np.asarray(images[k]), np.asarray(masks[k]))
-        x = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
-        y = torch.from_numpy(mask.astype(np.float32) / 255.0).unsqueeze(0)
-        return x, y
+        return to_tensors(self.augment, np.asarray(images[k]), np.asarray(masks[k]))
 
     def reseed(self, seed: int) -> None:
         """Reseed the augmentation (called per epoch in the main process and per DataLoader worker)."""
+        aug.reseed(self.augment, seed)
+
+
+def to_tensors(augment, image: np.ndarray, mask: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """Augment one (H, W, 3) uint8 image and (H, W) uint8 coverage mask; return (3, H, W) uint8, (1, H, W) 0..1."""
+    image, mask = aug.apply(augment, image, mask)
+    x = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
+    y = torch.from_numpy(mask.astype(np.float32) / 255.0).unsqueeze(0)
+    return x, y
+
+
+class LayoutDataset(Dataset):
+    """Every image of a Kaggle training layout (``train/``, ``train_masks/``) at ``size`` = (W, H), decoded per
+    sample: the pseudo-labelled test photos, which are already on disk as JPEG (module docstring)."""
+
+    def __init__(self, root: str | Path, size: tuple[int, int], augment=None) -> None:
+        self.root = Path(root)
+        if not (self.root / layout.TRAIN_MASKS_CSV).is_file():
+            raise DataError(f"{self.root}: not a training layout ({layout.TRAIN_MASKS_CSV} missing)")
+        self.ids = layout.list_ids(self.root / layout.TRAIN_DIR)
+        self.size = tuple(size)
+        self.augment = augment
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return to_tensors(self.augment, *resize_cache.load_pair(self.root, self.ids[i], self.size))
+
+    def reseed(self, seed: int) -> None:
         aug.reseed(self.augment, seed)
 
 
@@ -114,20 +136,17 @@ class ConcatCacheDataset(torch.utils.data.ConcatDataset):
 
 
 def build_datasets(cache_dir: str | Path, train_ids: list[str], val_ids: list[str], augment=None,
-                   extra_caches: list[str | Path] = ()) -> tuple[Dataset, CacheDataset]:
+                   extra_layouts: list[str | Path] = ()) -> tuple[Dataset, CacheDataset]:
     """(training set, validation set). Training: ``train_ids`` of ``cache_dir`` plus *every* image of each extra
-    cache (e.g. pseudo-labelled test images), augmented; validation: ``val_ids`` of ``cache_dir`` only."""
+    training layout (e.g. pseudo-labelled test images), augmented; validation: ``val_ids`` of ``cache_dir`` only."""
     val = CacheDataset(cache_dir, val_ids)
     parts = [CacheDataset(cache_dir, train_ids, augment)]
-    for extra in extra_caches:
-        ids = cache_ids(extra)
-        leak = sorted(set(ids) & set(val_ids))
+    for extra in extra_layouts:
+        part = LayoutDataset(extra, parts[0].size, augment)
+        leak = sorted(set(part.ids) & set(val_ids))
         if leak:
-            raise DataError(f"{extra}: {len(leak)} images of the validation fold in an extra cache, e.g. {leak[:3]}")
-        if ids:
-            part = CacheDataset(extra, ids, augment)
-            if part.size != parts[0].size:
-                raise DataError(f"{extra}: cache is {part.size}, {cache_dir} is {parts[0].size}")
+            raise DataError(f"{extra}: {len(leak)} images of the validation fold in an extra layout, e.g. {leak[:3]}")
+        if part.ids:
             parts.append(part)
     return (parts[0] if len(parts) == 1 else ConcatCacheDataset(parts)), val
 
@@ -135,6 +154,6 @@ def build_datasets(cache_dir: str | Path, train_ids: list[str], val_ids: list[st
 def worker_init(worker_id: int) -> None:  # noqa: ARG001
     """DataLoader ``worker_init_fn``: derive the worker's augmentation seed from the loader's per-worker seed."""
     info = torch.utils.data.get_worker_info()
-    if info is not None and isinstance(info.dataset, (CacheDataset, ConcatCacheDataset)):
+    if info is not None and isinstance(info.dataset, (CacheDataset, LayoutDataset, ConcatCacheDataset)):
         info.dataset.reseed(torch.initial_seed())
     np.random.seed(torch.initial_seed() % (2**32))

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import copy
 import hashlib
-import json
 import logging
 import os
 import random
@@ -28,15 +27,19 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from carvana_seg.core import layout
 from carvana_seg.core.metrics import dice_from_counts
 from carvana_seg.models import encoder_weights
 from carvana_seg.models import model as modelmod
 from carvana_seg.models.runtime import autocast, maybe_compile, pick_device
+from carvana_seg.pipeline import staging
 from carvana_seg.pipeline.errors import CarvanaSegError, DataError
+from carvana_seg.pipeline.resources import torch_threads
 from carvana_seg.training.augment import build_augment
-from carvana_seg.training.dataset import build_datasets, cache_ids, read_folds, split_ids, worker_init
-from carvana_seg.training.losses import BceDiceLoss
+from carvana_seg.training.dataset import build_datasets, read_folds, split_ids, worker_init
+from carvana_seg.training import state_log
 from carvana_seg.training import optim as optimmod
+from carvana_seg.training.losses import BceDiceLoss
 from carvana_seg.training.tensorboard_log import Board
 
 log = logging.getLogger(__name__)
@@ -44,7 +47,7 @@ log = logging.getLogger(__name__)
 # data_share: the fraction of the training epoch spent blocked on the DataLoader (0 = the model never waits).
 METRIC_COLUMNS = ["epoch", "train_loss", "val_loss", "val_dice", "lr", "seconds", "images_per_s", "data_share"]
 STATE_FILE = "last.pt"
-STATE_FORMAT = 1
+STATE_FORMAT = 2  # 2: loadable with weights_only=True
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -55,10 +58,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out-model", required=True, help="best.pt to write when training ends")
     parser.add_argument("--out-metrics", required=True, help="metrics.csv to write when training ends")
     parser.add_argument("--state-dir", required=True, help="resume state directory (kept across failed runs)")
-    parser.add_argument("--threads", type=int, default=2, help="CPU threads for torch on CPU")
-    parser.add_argument("--extra-cache", action="append", default=[], metavar="DIR",
-                        help="resize cache whose images are all added to the training set, never to validation "
-                             "(pseudo-labelled test images); repeatable")
+    parser.add_argument("--threads", type=int, default=2,
+                        help="the job's CPU threads: torch gets what the DataLoader workers (train.num_workers) leave")
+    parser.add_argument("--extra-layout", action="append", default=[], metavar="DIR",
+                        help="Kaggle training layout whose images are all added to the training set, never to "
+                             "validation, decoded by the DataLoader (pseudo-labelled test images); repeatable")
     parser.add_argument("--init-from", default=None, metavar="BEST_PT",
                         help="start from this checkpoint's weights (same variant) instead of random init")
     parser.add_argument("--tensorboard", default=None, metavar="DIR",
@@ -69,7 +73,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _identity(cfg: dict, fold: int, train_ids: list[str], val_ids: list[str], extra: dict | None = None) -> dict:
     """What a saved state must match to be resumed: the config (minus the ensemble weight) and the fold split;
-    with ``extra`` (extra caches' ids and mask digests, init weights' digest) those too."""
+    with ``extra`` (extra layouts' ids and mask digests, init weights' digest) those too."""
     c = copy.deepcopy(cfg)
     c.get("variant", {}).pop("weight", None)  # ensemble weight does not change training
     for key in ("compile", "tensorboard_images"):  # nor how it runs or what it shows: a saved state still resumes
@@ -89,17 +93,13 @@ def _file_digest(path: str | os.PathLike) -> str:
     return h.hexdigest()[:16]
 
 
-def _extra_identity(extra_caches: list[str], init_from: str | None) -> dict:
-    """Extra caches (ids and the digest of their masks, from meta.json) and the init checkpoint's digest."""
+def _extra_identity(extra_layouts: list[str], init_from: str | None) -> dict:
+    """Extra layouts (ids, and the digest of their train_masks.csv: every mask as RLE) and the init checkpoint's."""
     out: dict = {}
-    if extra_caches:
-        caches = []
-        for d in extra_caches:
-            meta = Path(d) / "meta.json"
-            sha = json.loads(meta.read_text()).get("masks_sha256") if meta.is_file() else None
-            ids = hashlib.sha256("\n".join(cache_ids(d)).encode()).hexdigest()[:16]
-            caches.append({"ids": ids, "masks": sha})
-        out["caches"] = caches
+    if extra_layouts:
+        out["layouts"] = [{"ids": hashlib.sha256("\n".join(layout.list_ids(Path(d) / layout.TRAIN_DIR)).encode())
+                           .hexdigest()[:16], "masks": _file_digest(Path(d) / layout.TRAIN_MASKS_CSV)}
+                          for d in extra_layouts]
     if init_from:
         out["init"] = _file_digest(init_from)
     return out
@@ -117,7 +117,7 @@ def _input_identity(cache_dir: str | os.PathLike) -> dict:
 
 def _init_weights(model: torch.nn.Module, path: str, variant: dict) -> None:
     """Load a ``best.pt`` of the same variant into ``model`` (architecture and size must match)."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    ckpt = modelmod.load_checkpoint(path)
     v = ckpt.get("config", {}).get("variant", {})
     same = all(v.get(k) == variant.get(k) for k in ("name", "arch", "encoder", "width", "height"))
     if not same:
@@ -146,7 +146,10 @@ def subsample(ids: list[str], limit: int | None) -> list[str]:
 
 
 def _rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Every RNG's state as tensors and plain data (numpy's key array as a tensor), loadable with weights_only."""
+    name, key, pos, has_gauss, gauss = np.random.get_state()
+    numpy_state = (name, torch.from_numpy(key.astype(np.int64)), int(pos), int(has_gauss), float(gauss))
+    state = {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -154,20 +157,17 @@ def _rng_state() -> dict:
 
 def _set_rng_state(state: dict) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    name, key, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((name, key.numpy().astype(np.uint32), pos, has_gauss, gauss))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def _save_atomic(obj: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as fh:
-        torch.save(obj, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    """Write the resume state durably through ``staging``: a full disk is one WriteError naming ``path``, and
+    leaves no temporary (torch writing to a file would raise its own RuntimeError mid-file instead)."""
+    staging.write_bytes(path, modelmod.to_bytes(obj), durable=True)
 
 
 def _load_state(state_dir: Path, identity: dict) -> dict | None:
@@ -176,7 +176,7 @@ def _load_state(state_dir: Path, identity: dict) -> dict | None:
     if not path.is_file():
         return None
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        state = torch.load(path, map_location="cpu", weights_only=True)  # plain data only, see _rng_state
     except Exception as exc:  # a state we cannot read is no reason to fail: retrain
         log.warning("ignoring unreadable state %s (%s); starting from epoch 1", path, exc)
         return None
@@ -235,6 +235,8 @@ def _to_device(x: torch.Tensor, y: torch.Tensor, device: torch.device, channels_
 
 
 def run(args: argparse.Namespace, cfg: dict) -> None:
+    # One long function on purpose: setup, resume and the epoch loop share a dozen objects (model, optimizer,
+    # scheduler, scaler, loaders, generator, state); split up, every part would take and return them all.
     tc, variant = cfg["train"], cfg["variant"]
     encoder_weights.ensure_available(variant)  # before any data is read: one error naming the missing file
     device = pick_device(tc.get("device", "auto"))
@@ -242,7 +244,7 @@ def run(args: argparse.Namespace, cfg: dict) -> None:
     if cuda:
         torch.backends.cudnn.benchmark = True
     else:
-        torch.set_num_threads(max(1, args.threads))
+        torch.set_num_threads(torch_threads(args.threads, tc.get("num_workers", 0)))
     channels_last = cuda and tc.get("channels_last", True)
     use_amp = cuda and tc.get("amp", True)
     fp16 = use_amp and not torch.cuda.is_bf16_supported()
@@ -253,7 +255,7 @@ def run(args: argparse.Namespace, cfg: dict) -> None:
     val_ids = subsample(val_ids, tc.get("val_max_images"))
     seed = int(cfg.get("seed", 0)) * 1000 + args.fold
     train_ds, val_ds = build_datasets(args.cache, train_ids, val_ids, build_augment(tc.get("augment", {}), seed),
-                                      args.extra_cache)
+                                      args.extra_layout)
     if train_ds.size != (variant["width"], variant["height"]):
         raise DataError(f"{args.cache}: cache is {train_ds.size}, variant '{args.variant}' needs "
                         f"{variant['width']}x{variant['height']}")
@@ -277,103 +279,104 @@ def run(args: argparse.Namespace, cfg: dict) -> None:
     max_bad_steps = tc.get("max_nonfinite_steps", 20)
 
     state_dir = Path(args.state_dir)
-    identity = _identity(cfg, args.fold, train_ids, val_ids, _extra_identity(args.extra_cache, args.init_from))
+    staging.sweep(state_dir / STATE_FILE, args.out_model, args.out_metrics)  # temporaries of a killed run
+    identity = _identity(cfg, args.fold, train_ids, val_ids, _extra_identity(args.extra_layout, args.init_from))
     identity.update(_input_identity(args.cache))
     s = _load_state(state_dir, identity)
-    if s is not None:
-        model.load_state_dict(s["model"])
-        opt.load_state_dict(s["optimizer"])
-        sched.load_state_dict(s["scheduler"])
-        scaler.load_state_dict(s["scaler"])
-        _set_rng_state(s["rng"])
-        if s["epoch"] >= variant["epochs"] or s["bad_epochs"] >= tc.get("early_stopping_patience", 10):
-            log.info("state %s holds a finished run (%d epochs); writing its outputs", state_dir / STATE_FILE,
-                     s["epoch"])
+    handler = state_log.attach(state_dir, resumed=s is not None)  # keeps the earlier epochs' lines
+    try:
+        if s is not None:
+            model.load_state_dict(s["model"])
+            opt.load_state_dict(s["optimizer"])
+            sched.load_state_dict(s["scheduler"])
+            scaler.load_state_dict(s["scaler"])
+            _set_rng_state(s["rng"])
+            if s["epoch"] >= variant["epochs"] or s["bad_epochs"] >= tc.get("early_stopping_patience", 10):
+                log.info("state %s holds a finished run (%d epochs); writing its outputs", state_dir / STATE_FILE,
+                         s["epoch"])
+            else:
+                log.info("resuming from epoch %d (state %s, best val Dice %.5f at epoch %d)",
+                         s["epoch"] + 1, state_dir / STATE_FILE, s["best_dice"], s["best_epoch"])
         else:
-            log.info("resuming from epoch %d (state %s, best val Dice %.5f at epoch %d)",
-                     s["epoch"] + 1, state_dir / STATE_FILE, s["best_dice"], s["best_epoch"])
-    else:
-        if args.init_from:
-            _init_weights(model, args.init_from, variant)
-        s = {"epoch": 0, "best_dice": -1.0, "best_epoch": 0, "best_model": None, "bad_epochs": 0, "rows": [],
-             "nonfinite_total": 0}
-    log.info("variant %s fold %d: %d train (%d from extra caches) / %d val images at %dx%d on %s (amp=%s), "
-             "%d epochs", args.variant, args.fold, len(train_ds), len(train_ds) - len(train_ids), len(val_ds),
-             *train_ds.size, device, ("fp16" if fp16 else "bf16") if use_amp else "off", epochs)
+            if args.init_from:
+                _init_weights(model, args.init_from, variant)
+            s = {"epoch": 0, "best_dice": -1.0, "best_epoch": 0, "best_model": None, "bad_epochs": 0, "rows": [],
+                 "nonfinite_total": 0}
+        log.info("variant %s fold %d: %d train (%d from extra layouts) / %d val images at %dx%d on %s (amp=%s), "
+                 "%d epochs", args.variant, args.fold, len(train_ds), len(train_ds) - len(train_ids), len(val_ds),
+                 *train_ds.size, device, ("fp16" if fp16 else "bf16") if use_amp else "off", epochs)
 
-    live = s["epoch"] < epochs and s["bad_epochs"] < patience
-    board = Board(args.tensorboard if live else None, s["epoch"] + 1, tc.get("tensorboard_images", 4))
-    run_epochs = 0
-    while s["epoch"] < epochs and s["bad_epochs"] < patience:
-        epoch = s["epoch"] + 1
-        t0 = time.perf_counter()
-        gen.manual_seed(seed * 100_003 + epoch)  # shuffling and worker seeds of this epoch
-        train_ds.reseed(seed * 100_019 + epoch)  # augmentation when num_workers == 0
-        lr = opt.param_groups[0]["lr"]
-        model.train()
-        loss_sum, n_seen, consecutive, data_seconds = 0.0, 0, 0, 0.0
-        bar = tqdm(train_dl, desc=f"epoch {epoch}/{epochs}", mininterval=5.0, leave=False)
-        t_ready = time.perf_counter()
-        for x, y in bar:
-            data_seconds += time.perf_counter() - t_ready  # blocked on the loader (the loss sync ends each step)
-            loss = train_step(fwd, x, y, criterion, opt, scaler, device, use_amp, channels_last)
-            if loss is None:
-                consecutive += 1
-                s["nonfinite_total"] += 1
-                log.warning("epoch %d: non-finite loss, step skipped (%d in a row)", epoch, consecutive)
-                if consecutive >= max_bad_steps:
-                    raise CarvanaSegError(
-                        f"{consecutive} consecutive non-finite losses (train.max_nonfinite_steps={max_bad_steps}) "
-                        f"in epoch {epoch}: lower variants.{args.variant}.lr or set train.amp: false")
-                t_ready = time.perf_counter()
-                continue
-            consecutive = 0
-            sched.after_step()
-            loss_sum += loss * x.shape[0]
-            n_seen += x.shape[0]
-            bar.set_postfix(loss=f"{loss_sum / n_seen:.4f}", refresh=False)
+        live = s["epoch"] < epochs and s["bad_epochs"] < patience
+        board = Board(args.tensorboard if live else None, s["epoch"] + 1, tc.get("tensorboard_images", 4))
+        run_epochs = 0
+        while s["epoch"] < epochs and s["bad_epochs"] < patience:
+            epoch = s["epoch"] + 1
+            t0 = time.perf_counter()
+            gen.manual_seed(seed * 100_003 + epoch)  # shuffling and worker seeds of this epoch
+            train_ds.reseed(seed * 100_019 + epoch)  # augmentation when num_workers == 0
+            lr = opt.param_groups[0]["lr"]
+            model.train()
+            loss_sum, n_seen, consecutive, data_seconds = 0.0, 0, 0, 0.0
+            bar = tqdm(train_dl, desc=f"epoch {epoch}/{epochs}", mininterval=5.0, leave=False)
             t_ready = time.perf_counter()
-        bar.close()
-        train_seconds = time.perf_counter() - t0
-        val_loss, val_dice = _evaluate(fwd, val_dl, criterion, device, use_amp, channels_last)
-        sched.after_epoch(val_dice)
-        if val_dice > s["best_dice"]:
-            s.update(best_dice=val_dice, best_epoch=epoch, bad_epochs=0,
-                     best_model={k: v.detach().cpu().clone() for k, v in model.state_dict().items()})
-        else:
-            s["bad_epochs"] += 1
-        seconds = time.perf_counter() - t0
-        row = {"epoch": epoch, "train_loss": loss_sum / max(n_seen, 1), "val_loss": val_loss, "val_dice": val_dice,
-               "lr": lr, "seconds": round(seconds, 3), "images_per_s": round(n_seen / max(train_seconds, 1e-9), 2),
-               "data_share": round(data_seconds / max(train_seconds, 1e-9), 4)}
-        s["rows"].append(row)
-        s["epoch"] = epoch
-        board.epoch(epoch, row, model, val_ds, device)
-        _save_atomic({**s, "format": STATE_FORMAT, "identity": identity, "cfg": cfg,
-                      "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-                      "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "scaler": scaler.state_dict(),
-                      "rng": _rng_state()}, state_dir / STATE_FILE)
-        log.info("epoch %d/%d: train loss %.4f, val loss %.4f, val Dice %.5f, lr %.2e, %.1f s, %.1f img/s, "
-                 "%.1f%% waiting for data", epoch, epochs, row["train_loss"], val_loss, val_dice, lr, seconds,
-                 row["images_per_s"], 100 * row["data_share"])
-        if s["bad_epochs"] >= patience:
-            log.info("early stopping: no val Dice improvement for %d epochs", patience)
-        run_epochs += 1
-        done = s["epoch"] >= epochs or s["bad_epochs"] >= patience
-        if args.max_epochs_this_run is not None and run_epochs >= args.max_epochs_this_run and not done:
-            raise CarvanaSegError(f"stopped after {run_epochs} epoch(s) this run (--max-epochs-this-run); "
-                                  f"state kept in {state_dir}, rerun to resume")
-    board.close()
-    _write_outputs(args, cfg, model, s)
+            for x, y in bar:
+                data_seconds += time.perf_counter() - t_ready  # blocked on the loader (the loss sync ends each step)
+                loss = train_step(fwd, x, y, criterion, opt, scaler, device, use_amp, channels_last)
+                if loss is None:
+                    consecutive += 1
+                    s["nonfinite_total"] += 1
+                    log.warning("epoch %d: non-finite loss, step skipped (%d in a row)", epoch, consecutive)
+                    if consecutive >= max_bad_steps:
+                        raise CarvanaSegError(
+                            f"{consecutive} consecutive non-finite losses (train.max_nonfinite_steps={max_bad_steps}) "
+                            f"in epoch {epoch}: lower variants.{args.variant}.lr or set train.amp: false")
+                    t_ready = time.perf_counter()
+                    continue
+                consecutive = 0
+                sched.after_step()
+                loss_sum += loss * x.shape[0]
+                n_seen += x.shape[0]
+                bar.set_postfix(loss=f"{loss_sum / n_seen:.4f}", refresh=False)
+                t_ready = time.perf_counter()
+            bar.close()
+            train_seconds = time.perf_counter() - t0
+            val_loss, val_dice = _evaluate(fwd, val_dl, criterion, device, use_amp, channels_last)
+            sched.after_epoch(val_dice)
+            if val_dice > s["best_dice"]:
+                s.update(best_dice=val_dice, best_epoch=epoch, bad_epochs=0,
+                         best_model={k: v.detach().cpu().clone() for k, v in model.state_dict().items()})
+            else:
+                s["bad_epochs"] += 1
+            seconds = time.perf_counter() - t0
+            row = {"epoch": epoch, "train_loss": loss_sum / max(n_seen, 1), "val_loss": val_loss, "val_dice": val_dice,
+                   "lr": lr, "seconds": round(seconds, 3), "images_per_s": round(n_seen / max(train_seconds, 1e-9), 2),
+                   "data_share": round(data_seconds / max(train_seconds, 1e-9), 4)}
+            s["rows"].append(row)
+            s["epoch"] = epoch
+            board.epoch(epoch, row, model, val_ds, device)
+            _save_atomic({**s, "format": STATE_FORMAT, "identity": identity, "cfg": cfg,
+                          "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                          "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "scaler": scaler.state_dict(),
+                          "rng": _rng_state()}, state_dir / STATE_FILE)
+            log.info("epoch %d/%d: train loss %.4f, val loss %.4f, val Dice %.5f, lr %.2e, %.1f s, %.1f img/s, "
+                     "%.1f%% waiting for data", epoch, epochs, row["train_loss"], val_loss, val_dice, lr, seconds,
+                     row["images_per_s"], 100 * row["data_share"])
+            if s["bad_epochs"] >= patience:
+                log.info("early stopping: no val Dice improvement for %d epochs", patience)
+            run_epochs += 1
+            done = s["epoch"] >= epochs or s["bad_epochs"] >= patience
+            if args.max_epochs_this_run is not None and run_epochs >= args.max_epochs_this_run and not done:
+                raise CarvanaSegError(f"stopped after {run_epochs} epoch(s) this run (--max-epochs-this-run); "
+                                      f"state kept in {state_dir}, rerun to resume")
+        board.close()
+        _write_outputs(args, cfg, model, s)
+    finally:
+        state_log.detach(handler)
 
 
 def _write_outputs(args: argparse.Namespace, cfg: dict, model: torch.nn.Module, s: dict) -> None:
     """Write metrics.csv and best.pt (the best epoch's weights), each atomically, after training has finished."""
-    metrics = Path(args.out_metrics)
-    metrics.parent.mkdir(parents=True, exist_ok=True)
-    tmp = metrics.with_name(f"{metrics.name}.tmp-{os.getpid()}")
-    pd.DataFrame(s["rows"], columns=METRIC_COLUMNS).to_csv(tmp, index=False)
-    os.replace(tmp, metrics)
+    staging.write_text(Path(args.out_metrics), pd.DataFrame(s["rows"], columns=METRIC_COLUMNS).to_csv(index=False))
     model.load_state_dict(s["best_model"])
     modelmod.save_checkpoint(args.out_model, model, cfg, epoch=s["best_epoch"], val_dice=s["best_dice"],
                              fold=args.fold, nonfinite_steps=s["nonfinite_total"])
