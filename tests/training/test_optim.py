@@ -11,7 +11,7 @@ import torch
 from carvana_seg.pipeline import cli
 from carvana_seg.pipeline import config as cfgmod
 from carvana_seg.training import optim
-from tests.training.test_training import _train_cmd, tiny_cache, tiny_config  # noqa: F401 - fixture
+from tests.helpers import tiny_config, train_cmd
 
 
 def _lrs(kind: str, total: int = 20, warmup: float = 0.2, opt_name: str = "adamw") -> list[float]:
@@ -77,9 +77,9 @@ def test_schema_defaults_keep_the_seed_recipe() -> None:
     assert (tc["optimizer"], tc["schedule"]) == ("rmsprop", "plateau") and 0 <= tc["warmup_share"] < 1
 
 
-def test_train_with_adamw_onecycle(tiny_cache: dict[str, Path], tmp_path: Path) -> None:  # noqa: F811
+def test_train_with_adamw_onecycle(tiny_cache: dict[str, Path], tmp_path: Path) -> None:
     cfg = cfgmod.stage_config(tiny_config(optimizer="adamw", schedule="onecycle", weight_decay=1e-4), "train", "tiny")
-    assert cli.main(_train_cmd(tiny_cache, cfg, tmp_path)[3:]) == 0
+    assert cli.main(train_cmd(tiny_cache, cfg, tmp_path)[3:]) == 0
     lrs = pd.read_csv(tmp_path / "metrics.csv")["lr"].tolist()
     # A per-step schedule: the rate changes between epochs (the plateau schedule would keep 1e-3) and stays <= peak.
     assert len(lrs) == 2 and lrs[1] != pytest.approx(lrs[0]) and max(lrs) <= 1e-3 + 1e-12
