@@ -55,15 +55,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--raw", default=None, help="raw Kaggle layout (photos and masks of the sheets)")
     parser.add_argument("--test-score", default=None, help="test_score.json with per_car Dice, where known")
     parser.add_argument("--worst-cars", type=int, default=6, help="contact sheets of this many worst cars")
-    parser.add_argument("--oof-images", default=None, help="oof_image_dice.csv of the threshold stage (cars.html)")
-    parser.add_argument("--folds", default=None, help="folds.csv (cars.html)")
-    parser.add_argument("--oof-npz", nargs="*", default=[], help="the final round's OOF npz files (cars.html)")
-    parser.add_argument("--oof-weights", nargs="*", type=float, default=[], help="ensemble weight of each --oof-npz")
-    parser.add_argument("--raw", default=None, help="raw Kaggle layout (photos and masks of the sheets)")
-    parser.add_argument("--test-score", default=None, help="test_score.json with per_car Dice, where known")
-    parser.add_argument("--worst-cars", type=int, default=6, help="contact sheets of this many worst cars")
-    parser.add_argument("--plan-config", default=None,
-                        help="the run's resolved config as JSON: adds planned next to measured (carvana_seg.plan)")
 
 
 def _plt():
