@@ -63,3 +63,20 @@ def test_test_time_benchmark_prints_the_ratio():
                "--threads", "1", "--multiples", "1", "2", "8")
     assert out.splitlines()[-1].startswith("pipeline/model-only: ")
     assert float(out.splitlines()[-1].split()[-1]) > 0
+
+
+def test_edge_refine_benchmark_prints_gain_and_cost(tmp_path):
+    import numpy as np
+
+    from carvana_seg.core import layout
+    from carvana_seg.core.images import read_mask
+    from tests.helpers import make_layout
+
+    raw = make_layout(tmp_path / "raw", n_cars=1, w=96, h=64)
+    ids = [p.stem for p in sorted((raw / layout.TRAIN_DIR).glob("*.jpg"))][:3]
+    maps = {i: (read_mask(raw / layout.MASK_DIR / layout.mask_file(i)) * 255).astype(np.uint8) for i in ids}
+    np.savez(tmp_path / "fold0.npz", **maps)
+    out = _run("edge_refine.py", "--raw", str(raw), "--oof", str(tmp_path / "fold0.npz"), "--n", "3",
+               "--settings", "4:1e-3:2", "2:1e-4:1")
+    rows = [line.split() for line in out.splitlines()[1:]]
+    assert [r[0] for r in rows] == ["4:1e-3:2", "2:1e-4:1"] and all(r[1] == "3" for r in rows)

@@ -128,3 +128,14 @@ def test_missing_fold_or_variant_is_an_error(tmp_path):
         oof_curve(paths, raw, cfg)
 
 # The DAG rerun property of threshold.value is tested in tests/test_rerun.py.
+
+
+def test_per_image_dice_at_the_chosen_level_averages_to_the_curve(tmp_path):
+    """The threshold stage's per-image table (report: worst cars first) agrees with its mean-Dice curve."""
+    from carvana_seg.inference.threshold import oof_image_curves
+
+    raw, paths, cfg = make_oof(tmp_path)
+    ids, curves = oof_image_curves(paths, raw, cfg)
+    assert len(ids) == len(set(ids)) == 12 and curves.shape == (12, 256)
+    np.testing.assert_allclose(curves.mean(axis=0), oof_curve(paths, raw, cfg)[0])
+    assert np.allclose(curves[:, 77], 1.0)  # every image is perfect at the optimum level of make_oof

@@ -47,7 +47,7 @@ def test_duplicate_variant_names():
         config.resolve(bad)
 
 
-@pytest.mark.parametrize("path", ["config/config.yaml", "config/demo.yaml"])
+@pytest.mark.parametrize("path", ["config/config.yaml", "config/demo.yaml", "config/sample.yaml"])
 def test_shipped_configs_resolve(repo_root, path):
     cfg = config.load(repo_root / path)
     assert cfg["name"]
@@ -59,6 +59,7 @@ def test_competition_config_is_the_seed(repo_root):
     assert cfg["folds"]["k"] == 5
     assert [(v["width"], v["height"]) for v in cfg["variants"]] == [(1024, 1024), (1344, 896), (1280, 1280)]
     assert all(v["arch"] == "Unet" for v in cfg["variants"])
+    assert (cfg["train"]["optimizer"], cfg["train"]["schedule"]) == ("adamw", "onecycle")  # docs/recipe.md
 
 
 def test_demo_config_is_synthetic(repo_root):

@@ -47,3 +47,27 @@ def test_lint_is_clean(repo_root, tmp_path):
     out = res.stdout + res.stderr
     assert res.returncode == 0, out[-3000:]
     assert "Lints for" not in out, out[-3000:]
+
+
+def test_sample_config_validates(repo_root):
+    from carvana_seg.pipeline import config
+
+    cfg = config.load(repo_root / "config/sample.yaml")
+    assert cfg["data"] == {**cfg["data"], "source": "local", "path": "../shared/carvana-sample"}
+    assert len(cfg["variants"]) >= 2 and cfg["pseudo_label"]["enabled"] and cfg["folds"]["k"] >= 2
+    assert all(v["encoder_weights"] is None for v in cfg["variants"])  # offline: no weight download
+    assert cfg["threshold"]["value"] is None  # searched on the OOF predictions, never on test photos
+
+
+def test_sample_config_dry_run_plans_every_stage(repo_root, real_sample, tmp_path):
+    """config/sample.yaml on the real sample (skipped without ../shared/carvana-sample): every stage is planned."""
+    cfg = write_config(tmp_path, repo_root / "config/sample.yaml", data={"source": "local", "path": str(real_sample)})
+    res = snakemake(repo_root, tmp_path, "-n", "--configfile", str(cfg))
+    assert res.returncode == 0, res.stderr[-3000:]
+    counts = job_counts(res.stdout + res.stderr)
+    k, n_variants = 2, 2
+    assert counts.get("train") == k * n_variants + k, counts  # round two retrains the U-Net only
+    for rule in ("fetch", "validate_data", "folds", "pseudo_labels", "pseudo_gain", "report_figures"):
+        assert counts.get(rule) == 1, (rule, counts)
+    for rule in ("threshold", "ensemble", "outliers", "submission"):
+        assert counts.get(rule) == 2, (rule, counts)

@@ -277,6 +277,9 @@ def test_rounds_helpers():
     assert rounds.train_slice(c, "a", 1)["variant"]["epochs"] == 7
     assert rounds.train_slice(c, "a", 2)["variant"]["epochs"] == 2
     assert rounds.train_slice(c, "a", 2)["pseudo"] == {"round": 2, "init": "previous"}
+    assert rounds.train_slice(c, "a", 2)["variant"]["lr"] == rounds.train_slice(c, "a", 1)["variant"]["lr"]
+    slow = _config(rounds=2, lr=1e-5)
+    assert rounds.train_slice(slow, "a", 2)["variant"]["lr"] == 1e-5 != rounds.train_slice(slow, "a", 1)["variant"]["lr"]
     assert [rounds.suffix(c, r) for r in (1, 2, 3)] == ["_round1", "_round2", ""]
     assert rounds.round_of_suffix(c, "") == 3 and rounds.round_of_suffix(c, "_round2") == 2
     assert rounds.round_dir("results/t", 2) == "results/t/round2"

@@ -21,7 +21,7 @@ from carvana_seg.report.tables import dice_by_round, pseudo_rounds, stage_times
 from tests.report.report_fixtures import FLAGGED, fabricate
 
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
-CATEGORIES = ["1. Training curves", "2. Architecture comparison", "3. Threshold", "4. Pseudo-labels", "5. Outliers",
+CATEGORIES = ["0. Worst cars first", "1. Training curves", "2. Architecture comparison", "3. Threshold", "4. Pseudo-labels", "5. Outliers",
               "6. Throughput"]
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -126,7 +126,7 @@ def test_report_renders_in_headless_chromium(repo_root, tmp_path):
     assert sorted(categories) == CATEGORIES
     by_name = {Path(p).name: r for p, r in results.items()}
     assert {"training_va_fold0.png", "training_vb_fold1.png", "oof_dice.png", "threshold.png", "pseudo_labels.png",
-            "throughput.png", "outliers.html", "outlier_gallery.html", "stage_times.html"} <= set(by_name)
+            "throughput.png", "outliers.html", "outlier_gallery.html", "stage_times.html", "cars.html"} <= set(by_name)
     assert "Architecture comparison" in by_name["oof_dice.png"]["caption"]
     assert re.search(r"this run:\s+searched", by_name["threshold.png"]["caption"])  # rendered with the config
     stage_html = (work / "results" / "rep" / "report" / "stage_times.html").read_text()

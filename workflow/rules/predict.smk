@@ -12,6 +12,7 @@ rule threshold:
     output:
         threshold="{rdir}/threshold.json",
         curve="{rdir}/threshold_curve.csv",
+        images="{rdir}/oof_image_dice.csv",
     params:
         code=code("threshold"),
         cfg=cfg("threshold"),
@@ -25,7 +26,7 @@ rule threshold:
     threads: cs_resources.threads(config, "threshold")
     shell:
         "python -m carvana_seg threshold --cfg {params.cfg:q} --oof {input.oof} --raw {params.raw} --out {output.threshold}"
-        " --curve {output.curve} --threads {threads} > {log} 2>&1"
+        " --curve {output.curve} --out-images {output.images} --threads {threads} > {log} 2>&1"
 
 
 rule ensemble:

@@ -10,6 +10,9 @@ report: "../report/workflow.rst"
 REPORT = f"{RES}/report"
 
 
+# The final round's OOF npz of every variant x fold (each variant's from the last round that trained it).
+LAST_OOF = [f"{round_dir(cs_rounds.latest_round(config, v, LAST))}/oof/{v}/fold{f}.npz" for v in VARIANTS for f in FOLDS]
+
 # (round, variant, fold) of every training job: all variants in round one, the retrained ones after
 TRAINED = [(r, v, f) for r in ROUNDS for v in cs_rounds.round_variants(config, r) for f in FOLDS]
 
@@ -25,6 +28,10 @@ rule report_figures:
         test_probs=f"{round_dir(LAST)}/test_probs.json",
         submission=f"{RES}/submission.csv.gz",  # the last stage: every benchmark TSV exists by now
         pseudo=[f"{RES}/pseudo_gain.json"] if LAST > 1 else [],
+        oof_images=f"{round_dir(LAST)}/oof_image_dice.csv",  # worst cars first (cars.html)
+        folds=f"{RES}/folds.csv",
+        oof_npz=LAST_OOF,
+        score=[f"{RES}/test_score.json"] if config["data"]["source"] == "synthetic" else [],
     output:
         curves=[
             report(f"{REPORT}/training_{v}_fold{f}{'' if r == 1 else f'_round{r}'}.png", caption="../report/training.rst",
@@ -47,8 +54,14 @@ rule report_figures:
         stage_times=report(f"{REPORT}/stage_times.html", caption="../report/stage_times.rst",
                            category="6. Throughput", labels={"figure": "time per stage (table)"}),
         stage_csv=f"{REPORT}/stage_times.csv",
+        cars=report(f"{REPORT}/cars.html", caption="../report/cars.rst", category="0. Worst cars first",
+                    labels={"page": "OOF Dice per car and view, worst cars' outlines"}),
+        cars_csv=f"{REPORT}/cars.csv",
     params:
         code=code("report-figures"),
+        weights=" ".join(str(float(VARIANTS[v].get("weight", 1.0))) for v in VARIANTS for f in FOLDS),  # LAST_OOF's order
+        raw=RAW,
+        score=lambda wc, input: f"--test-score {input.score}" if input.score else "",
         plan=cs_config.to_json(config),  # planned next to measured (carvana_seg.plan)
     conda:
         ENV_BASE
@@ -60,4 +73,6 @@ rule report_figures:
         "python -m carvana_seg report-figures --metrics {input.metrics} --oof-dice {input.oof_dice}"
         " --threshold {input.threshold} --curve {input.curve} --outliers {input.outliers} --sheets {input.sheets}"
         " --test-probs {input.test_probs} --results $(dirname {input.oof_dice})"
-        " --out-dir $(dirname {output.stage_csv}) --plan-config {params.plan:q} > {log} 2>&1"
+        " --out-dir $(dirname {output.stage_csv}) --oof-images {input.oof_images} --folds {input.folds}"
+        " --oof-npz {input.oof_npz} --oof-weights {params.weights} --raw {params.raw} {params.score}"
+        " --plan-config {params.plan:q} > {log} 2>&1"

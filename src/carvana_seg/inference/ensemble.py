@@ -33,8 +33,9 @@ import numpy as np
 import torch
 
 from carvana_seg.core import layout
+from carvana_seg.core.images import read_image
 from carvana_seg.data.resize_cache import load_resized
-from carvana_seg.inference import variant_masks
+from carvana_seg.inference import refine, variant_masks
 from carvana_seg.models import runtime
 from carvana_seg.pipeline import staging
 from carvana_seg.pipeline.config import config_hash, to_json
@@ -86,12 +87,15 @@ def load_variants(paths: list[Path], cfg: dict, device: torch.device) -> list[Va
 
 
 def run_hash(paths: list[Path], cfg: dict, ids: list[str]) -> str:
-    """Hash of what determines the shards: model file contents, TTA, variants, folds, shard size, test ids."""
+    """Hash of what determines the shards: model file contents, TTA, edge refinement, variants, folds, shard size,
+    test ids."""
     h = hashlib.sha256()
     for digest in sorted(_file_sha(p) for p in paths):
         h.update(digest.encode())  # contents, not names or mtimes: a retrained model always invalidates
     p = cfg["predict"]
     h.update(to_json({"tta": p["tta_hflip"], "n": p["shard_size"], "v": cfg["variants"], "f": cfg["folds"]}).encode())
+    if refine.enabled(p.get("edge_refine")):  # only when on: shards of runs without it keep their hash
+        h.update(to_json({"edge_refine": p["edge_refine"]}).encode())
     h.update("\n".join(ids).encode())
     return h.hexdigest()[:16]
 
@@ -107,24 +111,28 @@ def _file_sha(path: Path) -> str:
 class _TestImages(torch.utils.data.Dataset):
     """A test photo at every distinct network size (decoded once per JPEG reduction factor) and its own size."""
 
-    def __init__(self, raw: Path, ids: list[str], sizes: list[tuple[int, int]]) -> None:
-        self.raw, self.ids, self.sizes = Path(raw), ids, sizes
+    def __init__(self, raw: Path, ids: list[str], sizes: list[tuple[int, int]], guide: bool = False) -> None:
+        self.raw, self.ids, self.sizes, self.guide = Path(raw), ids, sizes, guide
 
     def __len__(self) -> int:
         return len(self.ids)
 
-    def __getitem__(self, i: int) -> tuple[int, tuple[int, int], list[np.ndarray]]:
-        shape, images = load_resized(self.raw / layout.TEST_DIR / layout.image_file(self.ids[i]), self.sizes)
-        return i, shape, images
+    def __getitem__(self, i: int) -> tuple[int, tuple[int, int], list[np.ndarray], np.ndarray | None]:
+        path = self.raw / layout.TEST_DIR / layout.image_file(self.ids[i])
+        shape, images = load_resized(path, self.sizes)
+        # The edge refinement's guide: the full-resolution grey photo (a second, full decode; only when asked).
+        return i, shape, images, (refine.to_gray(read_image(path)) if self.guide else None)
 
 
-def _collate(items: list) -> tuple[list[int], list[tuple[int, int]], list[torch.Tensor]]:
+def _collate(items: list) -> tuple[list[int], list[tuple[int, int]], list[torch.Tensor], list]:
     stacks = [torch.from_numpy(np.stack([it[2][k] for it in items])) for k in range(len(items[0][2]))]
-    return [it[0] for it in items], [it[1] for it in items], stacks
+    return [it[0] for it in items], [it[1] for it in items], stacks, [it[3] for it in items]
 
 
-def finalize(shape: tuple[int, int], probs: list[np.ndarray], weights: list[float]) -> np.ndarray:
-    """Per-variant probabilities at network size -> weighted mean at ``shape`` (H, W) as uint8 round(p*255)."""
+def finalize(shape: tuple[int, int], probs: list[np.ndarray], weights: list[float], guide: np.ndarray | None = None,
+             refine_cfg: dict | None = None) -> np.ndarray:
+    """Per-variant probabilities at network size -> weighted mean at ``shape`` (H, W) as uint8 round(p*255);
+    with ``refine_cfg`` (``predict.edge_refine``) the mean is refined with the grey photo ``guide`` first."""
     h, w = shape
     total = float(sum(weights))
     if total <= 0:
@@ -135,6 +143,8 @@ def finalize(shape: tuple[int, int], probs: list[np.ndarray], weights: list[floa
     for p, wt in zip(probs, weights):
         full = p if p.shape == (h, w) else cv2.resize(p, (w, h), interpolation=cv2.INTER_LINEAR)
         cv2.scaleAdd(np.asarray(full, np.float32), float(255.0 * wt / total), acc, dst=acc)
+    if refine.enabled(refine_cfg):
+        acc = refine.refine(acc / 255.0, guide, refine_cfg) * 255.0
     return cv2.convertScaleAbs(np.maximum(acc, 0.0, out=acc))  # convertScaleAbs would mirror a negative value
 
 
@@ -147,8 +157,8 @@ def iter_probs(variants: list[Variant], raw: Path, ids: list[str], pcfg: dict, d
     weights = [v.weight for v in variants]
     cuda = device.type == "cuda"
     loader = torch.utils.data.DataLoader(
-        _TestImages(raw, ids, sizes), batch_size=pcfg["batch_size"], num_workers=pcfg["workers"],
-        collate_fn=_collate, pin_memory=cuda)
+        _TestImages(raw, ids, sizes, refine.enabled(pcfg.get("edge_refine"))), batch_size=pcfg["batch_size"],
+        num_workers=pcfg["workers"], collate_fn=_collate, pin_memory=cuda)
     batches = iter(loader)  # workers fork here, in the calling thread, before the producer thread exists
     out: queue.Queue = queue.Queue(maxsize=2)
     stop = threading.Event()
@@ -164,11 +174,11 @@ def iter_probs(variants: list[Variant], raw: Path, ids: list[str], pcfg: dict, d
 
     def produce() -> None:
         try:
-            for idx, shapes, stacks in batches:
+            for idx, shapes, stacks, guides in batches:
                 xs = [s.to(device, non_blocking=cuda).permute(0, 3, 1, 2) for s in stacks]
                 probs = [runtime.predict_probs(v.models, xs[k], pcfg["tta_hflip"], amp=cuda).float().cpu().numpy()
                          for v, k in zip(variants, slot)]
-                if not put((idx, shapes, probs)):
+                if not put((idx, shapes, probs, guides)):
                     return
             put(None)
         except BaseException as exc:  # noqa: BLE001 - handed to the consumer, which re-raises it
@@ -180,9 +190,10 @@ def iter_probs(variants: list[Variant], raw: Path, ids: list[str], pcfg: dict, d
         while (item := out.get()) is not None:
             if isinstance(item, BaseException):
                 raise item
-            idx, shapes, probs = item
+            idx, shapes, probs, guides = item
             for j, i in enumerate(idx):
-                prob, own = finalize(shapes[j], [p[j] for p in probs], weights), [p[j] for p in probs]
+                own = [p[j] for p in probs]
+                prob = finalize(shapes[j], own, weights, guides[j], pcfg.get("edge_refine"))
                 yield (ids[i], prob, variant_masks.pack(shapes[j], own)) if with_variants else (ids[i], prob)
     finally:
         stop.set()

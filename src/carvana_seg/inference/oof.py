@@ -24,9 +24,10 @@ import torch
 from torch import nn
 
 from carvana_seg.core import layout
-from carvana_seg.core.images import image_size, read_mask
+from carvana_seg.core.images import image_size, read_image, read_mask
 from carvana_seg.core.metrics import dice
 from carvana_seg.data import resize_cache
+from carvana_seg.inference import refine
 from carvana_seg.inference.oof_table import DICE_COLUMNS
 from carvana_seg.models import runtime
 from carvana_seg.pipeline import staging
@@ -67,11 +68,18 @@ def to_original(prob: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.clip(np.rint(p * 255.0), 0, 255).astype(np.uint8)
 
 
-def _postprocess(job: tuple[str, np.ndarray, Path]) -> tuple[np.ndarray, float]:
-    """Original-size uint8 probabilities of one image and its Dice against the full-resolution mask."""
-    image_id, prob, raw = job
-    size = image_size(raw / layout.TRAIN_DIR / layout.image_file(image_id))
-    full = to_original(prob, size)
+def _postprocess(job: tuple[str, np.ndarray, Path, dict]) -> tuple[np.ndarray, float]:
+    """Original-size uint8 probabilities of one image (edge-refined with its photo when ``predict.edge_refine``
+    asks for it) and its Dice against the full-resolution mask."""
+    image_id, prob, raw, refine_cfg = job
+    photo = raw / layout.TRAIN_DIR / layout.image_file(image_id)
+    if refine.enabled(refine_cfg):
+        guided = refine.refine(prob, refine.to_gray(read_image(photo)), refine_cfg)
+        full = np.clip(np.rint(guided * 255.0), 0, 255).astype(np.uint8)
+        size = (full.shape[1], full.shape[0])
+    else:
+        size = image_size(photo)
+        full = to_original(prob, size)
     truth = read_mask(raw / layout.MASK_DIR / layout.mask_file(image_id))
     if truth.shape != full.shape:
         raise DataError(f"{image_id}: mask is {truth.shape[::-1]}, photo is {size}")
@@ -106,19 +114,20 @@ def run(args: argparse.Namespace, cfg: dict) -> None:
     scores: list[float] = []
     with staging.NpzWriter(args.out) as npz, ThreadPoolExecutor(max(1, pc.get("workers", 1))) as pool:
         preds = predict_rows([model], images, rows, device, pc["batch_size"], pc["tta_hflip"], channels_last)
-        batch: list[tuple[str, np.ndarray, Path]] = []
+        batch: list[tuple[str, np.ndarray, Path, dict]] = []
         for n, (row, prob) in enumerate(preds, 1):
-            batch.append((cache_ids[row], prob, raw))
+            batch.append((cache_ids[row], prob, raw, pc.get("edge_refine", {})))
             if len(batch) == pc["batch_size"] or n == len(rows):
-                for (image_id, _, _), (full, d) in zip(batch, pool.map(_postprocess, batch)):
+                for (image_id, *_), (full, d) in zip(batch, pool.map(_postprocess, batch)):
                     npz.add(image_id, full)
                     scores.append(d)
                 batch = []
     table = pd.DataFrame({"img": val_ids, "car": [cars[i] for i in val_ids], "fold": args.fold,
                           "variant": args.variant, "dice": scores}, columns=DICE_COLUMNS)
     staging.write_text(Path(args.out_dice), table.to_csv(index=False))
-    log.info("variant %s fold %d: %d OOF images (tta_hflip=%s), mean Dice %.5f at original size",
-             args.variant, args.fold, len(table), pc["tta_hflip"], table["dice"].mean())
+    log.info("variant %s fold %d: %d OOF images (tta_hflip=%s, edge_refine=%s), mean Dice %.5f at original size",
+             args.variant, args.fold, len(table), pc["tta_hflip"], pc.get("edge_refine", {}).get("method", "none"),
+             table["dice"].mean())
 
 
 def _load(path: str, device: torch.device, variant: str) -> tuple[nn.Module, dict]:

@@ -115,19 +115,23 @@ def _image_job(job: tuple[str, list[tuple[str, str]], dict[str, float], str]) ->
     return dice_curve(image_histograms(prob, truth))
 
 
-def oof_curve(paths: list[Path], raw: Path, cfg: dict, workers: int = 1) -> tuple[np.ndarray, int]:
-    """Exact mean Dice of the OOF ensemble at every level 0..255, and the number of images."""
+def oof_image_curves(paths: list[Path], raw: Path, cfg: dict, workers: int = 1) -> tuple[list[str], np.ndarray]:
+    """(image ids, (n, 256) Dice of each image's OOF ensemble at every level); 2 KB per image."""
     by_variant = _oof_files([Path(p) for p in paths], cfg)
     weights = {v["name"]: float(v.get("weight", 1.0)) for v in cfg["variants"]}
     jobs = [(i, src, weights, str(raw)) for i, src in _jobs(by_variant)]  # ids and paths only: small
-    total, n = np.zeros(LEVELS), 0
     with worker_pool(workers, len(jobs)) as pool:
-        for curve in pool.imap(_image_job, jobs, chunksize=8):
-            total, n = total + curve, n + 1
+        curves = list(pool.imap(_image_job, jobs, chunksize=8))
         _NPZ.clear()
-    if n == 0:
+    if not curves:
         raise DataError("no OOF images in " + ", ".join(str(p) for p in paths))
-    return total / n, n
+    return [j[0] for j in jobs], np.stack(curves)
+
+
+def oof_curve(paths: list[Path], raw: Path, cfg: dict, workers: int = 1) -> tuple[np.ndarray, int]:
+    """Exact mean Dice of the OOF ensemble at every level 0..255, and the number of images."""
+    _ids, curves = oof_image_curves(paths, raw, cfg, workers)
+    return curves.mean(axis=0), len(curves)
 
 
 def choose(curve: np.ndarray, n_images: int, cfg: dict) -> dict:
@@ -148,11 +152,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="threshold JSON to write")
     parser.add_argument("--curve", required=True, help="CSV of (threshold, mean_dice) at every uint8 level")
     parser.add_argument("--threads", type=int, default=1, help="worker processes")
+    parser.add_argument("--out-images", default=None,
+                        help="CSV (img, dice): each image's OOF ensemble Dice at the chosen threshold (report)")
 
 
 def run(args: argparse.Namespace, cfg: dict) -> None:
-    curve, n = oof_curve([Path(p) for p in args.oof], Path(args.raw), cfg, workers=max(1, args.threads))
+    ids, curves = oof_image_curves([Path(p) for p in args.oof], Path(args.raw), cfg, workers=max(1, args.threads))
+    curve, n = curves.mean(axis=0), len(ids)
     result = choose(curve, n, cfg)
+    if args.out_images:
+        rows = "".join(f"{i},{d:.6f}\n" for i, d in zip(ids, curves[:, result["level"]]))
+        staging.write_text(Path(args.out_images), "img,dice\n" + rows)
     rows = "".join(f"{lv / 255.0:.6f},{d:.6f}\n" for lv, d in enumerate(curve))
     staging.write_text(Path(args.curve), "threshold,mean_dice\n" + rows)
     staging.write_text(Path(args.out), json.dumps(result, indent=2) + "\n")

@@ -54,12 +54,15 @@ def init_round(config: dict, variant: str, r: int) -> int | None:
 
 def train_slice(config: dict, variant: str, r: int) -> dict:
     """The ``train`` stage's config slice for ``variant`` in round ``r``: round one's unchanged; later rounds with
-    ``pseudo_label.epochs`` and ``{"pseudo": {"round", "init"}}`` (so a changed setting retrains that round)."""
+    ``pseudo_label.epochs``, ``pseudo_label.lr`` and ``{"pseudo": {"round", "init"}}`` (so a changed setting
+    retrains that round)."""
     out = stage_config(config, "train", variant)
     if r > 1:
         pl = config["pseudo_label"]
         if pl["epochs"] is not None:
             out["variant"]["epochs"] = pl["epochs"]
+        if pl.get("lr") is not None:
+            out["variant"]["lr"] = pl["lr"]
         out["pseudo"] = {"round": r, "init": pl["init"]}
     return out
 

@@ -8,6 +8,8 @@ Reads what the pipeline wrote under ``results/<name>/`` and writes into ``--out-
 - ``pseudo_labels.png``: pseudo-labelling rounds, or a note that there were none (``report_tables.pseudo_rounds``)
 - ``outliers.html``, ``outlier_gallery.html``: the flagged images, and the outlier stage's contact sheets
 - ``throughput.png``, ``stage_times.html``, ``stage_times.csv``: time per stage (benchmark TSVs) and test images/s
+- ``cars.html``, ``cars.csv``: worst cars first, per-view failures and the worst cars' outline sheets
+  (``report.cars``; with ``--oof-images``)
 """
 
 from __future__ import annotations
@@ -46,6 +48,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out-dir", required=True, help="where the figures and tables go")
     parser.add_argument("--plan-config", default=None,
                         help="the run's resolved config as JSON: adds planned next to measured (carvana_seg.plan)")
+    parser.add_argument("--oof-images", default=None, help="oof_image_dice.csv of the threshold stage (cars.html)")
+    parser.add_argument("--folds", default=None, help="folds.csv (cars.html)")
+    parser.add_argument("--oof-npz", nargs="*", default=[], help="the final round's OOF npz files (cars.html)")
+    parser.add_argument("--oof-weights", nargs="*", type=float, default=[], help="ensemble weight of each --oof-npz")
+    parser.add_argument("--raw", default=None, help="raw Kaggle layout (photos and masks of the sheets)")
+    parser.add_argument("--test-score", default=None, help="test_score.json with per_car Dice, where known")
+    parser.add_argument("--worst-cars", type=int, default=6, help="contact sheets of this many worst cars")
 
 
 def _plt():
@@ -272,6 +281,13 @@ def run(args: argparse.Namespace, cfg: dict) -> None:
     times = throughput(Path(args.results) / "benchmarks", Path(args.test_probs), out / "throughput.png",
                        out / "stage_times.html", out / "stage_times.csv",
                        json.loads(args.plan_config) if args.plan_config else None)
+    if args.oof_images:
+        from carvana_seg.report import cars as report_cars
+
+        images = report_cars.per_image(Path(args.oof_images), Path(args.folds))
+        threshold = json.loads(Path(args.threshold).read_text())["threshold"]
+        report_cars.write_page(out / "cars.html", images, report_cars.oof_sources(args.oof_npz, args.oof_weights),
+                               threshold, Path(args.raw), args.worst_cars, args.test_score)
     log.info("report figures in %s: %d training curves, %d variants, %d contact sheets, %d timed stages; "
              "mean OOF Dice per variant: %s", out, len(args.metrics), len(means), n_sheets, len(times),
              means.mean(axis=1).round(5).to_dict())
