@@ -64,7 +64,7 @@ rule report_figures:
         score=lambda wc, input: f"--test-score {input.score}" if input.score else "",
         plan=cs_config.to_json(config),  # planned next to measured (carvana_seg.plan)
     conda:
-        ENV_BASE
+        ENV_TORCH  # the planned-vs-measured table counts model FLOPs (plan.model_cost)
     log:
         f"{LOGS}/report_figures.log",
     benchmark:
