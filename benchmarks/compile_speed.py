@@ -20,8 +20,8 @@ import torch
 from carvana_seg.models import model as modelmod
 from carvana_seg.models.runtime import autocast, maybe_compile, pick_device, predict_probs
 from carvana_seg.pipeline import config as cfgmod
+from carvana_seg.training.loop import train_step
 from carvana_seg.training.losses import BceDiceLoss
-from carvana_seg.training.train import train_step
 
 
 def _sync(device: torch.device) -> None:

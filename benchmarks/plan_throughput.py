@@ -16,12 +16,12 @@ import time
 
 import torch
 
-from carvana_seg.pipeline import config as cfgmod
-from carvana_seg.models.runtime import pick_device
-from carvana_seg.plan.model_cost import model_cost
 from carvana_seg.models import model as modelmod
+from carvana_seg.models.runtime import pick_device
+from carvana_seg.pipeline import config as cfgmod
+from carvana_seg.plan.model_cost import model_cost
+from carvana_seg.training.loop import train_step
 from carvana_seg.training.losses import BceDiceLoss
-from carvana_seg.training.train import train_step
 
 
 def rate(step, steps: int, device: torch.device) -> float:

@@ -37,8 +37,8 @@ from carvana_seg.models.runtime import pick_device
 from carvana_seg.pipeline import config as cfgmod
 from carvana_seg.training.augment import build_augment
 from carvana_seg.training.dataset import CacheDataset, LayoutDataset, worker_init
+from carvana_seg.training.loop import train_step
 from carvana_seg.training.losses import BceDiceLoss
-from carvana_seg.training.train import train_step
 
 ROOT = Path(__file__).resolve().parents[1]
 
