@@ -150,6 +150,8 @@ def validate_raw(raw: Path, quick: bool = False, workers: int = 1, partial: bool
 
     ``partial``: fewer test images than ``sample_submission.csv`` lists is accepted (with a warning); ``strict``:
     a car without exactly the views 01-16 is an error, not a warning."""
+    # Over 60 lines on purpose: one flat list of independent checks, in the order a user would fix them (layout,
+    # names, views, test set size, file contents); split up, each part would only pass the same summary dict along.
     raw = Path(raw)
     if not raw.is_dir():
         raise DataError(f"{raw}: raw data directory not found")
