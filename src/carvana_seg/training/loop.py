@@ -66,6 +66,7 @@ class EpochStats:
     images: int
     train_seconds: float
     data_seconds: float
+    skipped: int  # steps skipped for a non-finite loss
 
 
 def subsample(ids: list[str], limit: int | None) -> list[str]:
@@ -135,22 +136,26 @@ def trainer_state(t: Trainer) -> dict:
             "scheduler": t.sched.state_dict(), "scaler": t.scaler.state_dict()}
 
 
-def train_epoch(t: Trainer, epoch: int, epochs: int, on_nonfinite) -> EpochStats:
-    """One pass over the training set, reseeded from (seed, epoch); ``on_nonfinite(count_in_a_row)`` is called for
-    every skipped step and raises to stop the run."""
+def train_epoch(t: Trainer, epoch: int, epochs: int, variant: str) -> EpochStats:
+    """One pass over the training set, reseeded from (seed, epoch). A step whose loss is not finite is skipped;
+    ``max_bad_steps`` of them in a row stop the run with one error naming the setting to change."""
     t0 = time.perf_counter()
     t.gen.manual_seed(t.seed * 100_003 + epoch)  # shuffling and worker seeds of this epoch
     t.train_ds.reseed(t.seed * 100_019 + epoch)  # augmentation when num_workers == 0
     t.model.train()
-    loss_sum, n_seen, consecutive, data_seconds = 0.0, 0, 0, 0.0
+    loss_sum, n_seen, consecutive, skipped, data_seconds = 0.0, 0, 0, 0, 0.0
     bar = tqdm(t.train_dl, desc=f"epoch {epoch}/{epochs}", mininterval=5.0, leave=False)
     t_ready = time.perf_counter()
     for x, y in bar:
         data_seconds += time.perf_counter() - t_ready  # blocked on the loader (the loss sync ends each step)
         loss = train_step(t.fwd, x, y, t.criterion, t.opt, t.scaler, t.device, t.use_amp, t.channels_last)
         if loss is None:
-            consecutive += 1
-            on_nonfinite(consecutive)
+            consecutive, skipped = consecutive + 1, skipped + 1
+            log.warning("epoch %d: non-finite loss, step skipped (%d in a row)", epoch, consecutive)
+            if consecutive >= t.max_bad_steps:
+                raise CarvanaSegError(
+                    f"{consecutive} consecutive non-finite losses (train.max_nonfinite_steps={t.max_bad_steps}) "
+                    f"in epoch {epoch}: lower variants.{variant}.lr or set train.amp: false")
         else:
             consecutive = 0
             t.sched.after_step()
@@ -159,19 +164,7 @@ def train_epoch(t: Trainer, epoch: int, epochs: int, on_nonfinite) -> EpochStats
             bar.set_postfix(loss=f"{loss_sum / n_seen:.4f}", refresh=False)
         t_ready = time.perf_counter()
     bar.close()
-    return EpochStats(loss_sum / max(n_seen, 1), n_seen, time.perf_counter() - t0, data_seconds)
-
-
-def nonfinite_guard(t: Trainer, epoch: int, variant: str, counter: list[int]):
-    """The ``on_nonfinite`` callback of :func:`train_epoch`: count, warn, and stop after ``max_bad_steps`` in a row."""
-    def on_nonfinite(consecutive: int) -> None:
-        counter[0] += 1
-        log.warning("epoch %d: non-finite loss, step skipped (%d in a row)", epoch, consecutive)
-        if consecutive >= t.max_bad_steps:
-            raise CarvanaSegError(
-                f"{consecutive} consecutive non-finite losses (train.max_nonfinite_steps={t.max_bad_steps}) "
-                f"in epoch {epoch}: lower variants.{variant}.lr or set train.amp: false")
-    return on_nonfinite
+    return EpochStats(loss_sum / max(n_seen, 1), n_seen, time.perf_counter() - t0, data_seconds, skipped)
 
 
 def evaluate(model, loader, criterion, device, use_amp: bool, channels_last: bool) -> tuple[float, float]:

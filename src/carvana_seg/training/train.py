@@ -153,9 +153,8 @@ def _run_epochs(t: loop.Trainer, progress: Progress, job: TrainJob, cfg: dict, i
     run_epochs = 0
     while not _finished(progress, cfg):
         epoch, lr, t0 = progress.epoch + 1, t.opt.param_groups[0]["lr"], time.perf_counter()
-        counter = [progress.nonfinite_total]
-        stats = loop.train_epoch(t, epoch, epochs, loop.nonfinite_guard(t, epoch, job.variant, counter))
-        progress.nonfinite_total = counter[0]
+        stats = loop.train_epoch(t, epoch, epochs, job.variant)
+        progress.nonfinite_total += stats.skipped
         val_loss, val_dice = loop.evaluate(t.fwd, t.val_dl, t.criterion, t.device, t.use_amp, t.channels_last)
         t.sched.after_epoch(val_dice)
         row = _record_epoch(t, progress, epoch, lr, stats, val_loss, val_dice, time.perf_counter() - t0)
