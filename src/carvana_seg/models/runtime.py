@@ -24,9 +24,32 @@ def pick_device(spec: str = "auto") -> torch.device:
     return torch.device(spec)
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 in hardware (AVX512-BF16 or AMX): only then does CPU autocast pay.
+
+    Measured on a 2-core EPYC with AVX512-BF16 (docs/recipe.md): bf16 autocast plus channels-last trains a resnet18
+    U-Net at 192x128 2.1x as fast as fp32 (13.3 against 6.4 images/s on one thread). Without the instructions
+    oneDNN emulates bf16 and it is slower than fp32."""
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in probes)
+
+
+def mixed_precision(device: torch.device, amp: bool, amp_cpu: bool) -> bool:
+    """Whether to autocast on ``device``: config key ``amp`` on CUDA, ``amp_cpu`` on a CPU with native bf16."""
+    if device.type == "cuda":
+        return amp
+    return device.type == "cpu" and amp_cpu and cpu_has_native_bf16()
+
+
 def autocast(device: torch.device, enabled: bool = True):
-    """bf16 autocast on CUDA where supported (fp16 otherwise); a no-op on CPU."""
-    if not enabled or device.type != "cuda":
+    """bf16 autocast on CUDA where supported (fp16 otherwise) and on a CPU (bf16); a no-op when not ``enabled``.
+
+    Callers decide ``enabled`` with ``mixed_precision``, which turns it on for a CPU only where bf16 is native."""
+    if not enabled:
+        return contextlib.nullcontext()
+    if device.type == "cpu":
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    if device.type != "cuda":
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.autocast("cuda", dtype=dtype)

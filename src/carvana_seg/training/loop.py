@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from carvana_seg.core.metrics import dice_from_counts
 from carvana_seg.models import model as modelmod
-from carvana_seg.models.runtime import autocast, maybe_compile, pick_device
+from carvana_seg.models.runtime import autocast, maybe_compile, mixed_precision, pick_device
 from carvana_seg.pipeline.errors import CarvanaSegError, DataError
 from carvana_seg.pipeline.resources import torch_threads
 from carvana_seg.training import optim as optimmod
@@ -92,7 +92,8 @@ def build_trainer(cfg: dict, fold: int, folds_csv: str | Path, cache: str | Path
         torch.backends.cudnn.benchmark = True
     else:
         torch.set_num_threads(torch_threads(threads, tc["num_workers"]))
-    channels_last, use_amp = cuda and tc["channels_last"], cuda and tc["amp"]
+    use_amp = mixed_precision(device, tc["amp"], tc["amp_cpu"])
+    channels_last = (cuda or use_amp) and tc["channels_last"]
     train_ids, val_ids = split_ids(read_folds(folds_csv), fold)
     if not train_ids or not val_ids:
         raise DataError(f"fold {fold}: {len(train_ids)} training and {len(val_ids)} validation images")
@@ -114,7 +115,7 @@ def build_trainer(cfg: dict, fold: int, folds_csv: str | Path, cache: str | Path
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     opt, sched = optimmod.from_config(model, variant, tc, len(train_dl))
-    fp16 = use_amp and not torch.cuda.is_bf16_supported()
+    fp16 = use_amp and cuda and not torch.cuda.is_bf16_supported()
     return Trainer(model=model, fwd=maybe_compile(model, tc["compile"]), criterion=BceDiceLoss.from_config(tc["loss"]),
                    opt=opt, sched=sched, scaler=torch.amp.GradScaler("cuda", enabled=fp16), train_ds=train_ds,
                    val_ds=val_ds, train_dl=train_dl, val_dl=val_dl, gen=gen, device=device, use_amp=use_amp, fp16=fp16,
