@@ -76,11 +76,14 @@ def predict_probs(
     models: Sequence[nn.Module],
     batch: torch.Tensor,
     tta_hflip: bool = True,
-    amp: bool = True,
+    *,
+    amp: bool,
 ) -> torch.Tensor:
     """Mean sigmoid probability (N, H, W) float32 over ``models`` and, with ``tta_hflip``, the mirrored image.
 
     ``batch`` is (N, 3, H, W) 0..255 on the models' device. With TTA the image and its flip run as one batch of 2N.
+    ``amp`` has no default: the callers pass ``device.type == "cuda"``, so CPU predictions stay fp32 (bf16 on a
+    CPU is for training only, ``train.amp_cpu``) and OOF and test probabilities come from the same arithmetic.
     """
     x = torch.cat([batch, batch.flip(-1)]) if tta_hflip else batch
     n = batch.shape[0]
