@@ -1,6 +1,6 @@
 """The settings dataclasses (``carvana_seg.settings``) mirror the schema: one dataclass per config section, its fields
 exactly the section's keys with matching types and enums, built from validated sections without changing a value.
-Also: a stage imports the settings of the sections its slice holds only, so a new key reruns no other stage."""
+Also: a rule's stage imports only the settings of sections it or its inputs read, so a new key reruns no other rule."""
 
 from __future__ import annotations
 
@@ -140,12 +140,43 @@ def test_build_refuses_a_section_with_missing_or_unknown_keys():
     assert build(Folds, _resolved()["folds"]).use == (0, 2)
 
 
-@pytest.mark.parametrize("stage", sorted(STAGES))
-def test_a_stage_imports_only_the_settings_of_its_own_sections(stage):
-    """A new key means a new field in its section's module: only the stages reading that section (whose config
-    slice changes anyway) may import it, so adding a training key never reruns fetch, resize or the ensemble."""
+# The stages whose outputs each rule's stage reads (workflow/rules/*.smk, round one): a change to a section one of
+# them reads reruns it, so the stage reruns anyway. report-figures takes the whole config as a param (plan=...).
+INPUTS = {"fetch": set(), "validate": {"fetch"}, "folds": {"validate"}, "resize": {"validate"},
+          "train": {"folds", "resize"}, "oof": {"train"}, "oof-table": {"oof"}, "threshold": {"oof"},
+          "ensemble": {"train", "validate"}, "outliers": {"ensemble", "threshold", "folds"},
+          "pseudo": {"ensemble", "threshold", "outliers"}, "submission": {"ensemble", "threshold", "outliers"},
+          "score": {"submission"}, "submit": {"submission"}, "pseudo-gain": {"threshold", "pseudo", "score"},
+          "report-figures": set(STAGES)}
+
+
+def _upstream(stage: str) -> set[str]:
+    todo, seen = [stage], set()
+    while todo:
+        for s in INPUTS.get(todo.pop(), set()) - seen:
+            seen.add(s)
+            todo.append(s)
+    return seen - {stage}
+
+
+def _sections(stage: str) -> set[str]:
+    """The config sections ``stage`` reads (its slice; ``variants`` for the per-variant rules)."""
     slice_name = STAGES[stage][1]
-    sections = set(cfgmod.STAGE_SECTIONS.get(slice_name, ())) | ({"variants"} if stage in PER_VARIANT else set())
+    return set(cfgmod.STAGE_SECTIONS.get(slice_name, ())) | ({"variants"} if stage in PER_VARIANT else set())
+
+
+def test_the_input_table_covers_every_rule():
+    from carvana_seg.pipeline.stages import RULES
+
+    assert set(INPUTS) == set(RULES.values())
+
+
+@pytest.mark.parametrize("stage", sorted(INPUTS))
+def test_a_rule_imports_only_the_settings_of_sections_it_or_its_inputs_read(stage):
+    """A new key means a new field in its section's settings module, and a new ``code`` fingerprint for every
+    stage importing it: only stages that rerun anyway (they or a stage upstream read the section, so its slice
+    changes) may import it. So a new training key never reruns fetch, validate, folds or resize."""
+    allowed = _sections(stage).union(*(_sections(s) for s in _upstream(stage)))
     imported = {m.rpartition(".")[2] for m in codedeps.stage_modules(stage)
                 if m.startswith("carvana_seg.settings.")} - {"build"}
-    assert imported <= sections, f"{stage} imports the settings of {sorted(imported - sections)}"
+    assert imported <= allowed, f"{stage} imports the settings of {sorted(imported - allowed)}"
