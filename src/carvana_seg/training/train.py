@@ -1,7 +1,7 @@
 """The ``train`` stage: one variant on one fold, resumable after a kill.
 
-``run`` turns the command line into a :class:`TrainJob` of plain values and the config slice into
-:class:`TrainSettings` (typed ``settings``), and calls :func:`train`, which reads as the
+``run`` turns the command line into a :class:`TrainJob` of plain values and the config slice into typed
+:class:`TrainSettings`, and calls :func:`train`, which reads as the
 steps it takes: build the trainer (``loop.build_trainer``), resume it from ``<state-dir>/last.pt`` or start it
 (``state``), run the epochs (``loop.train_epoch``, ``loop.evaluate``) saving the state after each, and write the
 declared outputs. The state dir is not a Snakemake output, so it survives a failed or killed job; the next run
@@ -108,6 +108,7 @@ class TrainSettings:
 
     @classmethod
     def from_slice(cls, cfg: dict) -> TrainSettings:
+        """From the validated ``train`` slice (``pipeline.config.validate_slice``: every default filled)."""
         return cls(cfg["seed"], build(Train, cfg["train"]), build(Variant, cfg["variant"]), cfg)
 
 
@@ -117,7 +118,8 @@ def run(args: argparse.Namespace, cfg: dict) -> None:
 
 def train(job: TrainJob, s: TrainSettings) -> None:
     """Train ``job.variant`` on every fold but ``job.fold``: build, resume or start, run the epochs, write outputs."""
-    v = s.variant  # before any data is read: one error naming a missing weights file
+    v = s.variant
+    # before any data is read: one error naming a missing weights file
     encoder_weights.ensure_available(v.encoder, v.encoder_weights, f"variants.{v.name}.encoder_weights")
     t = loop.build_trainer(s.train, v, s.seed, job.fold, job.folds, job.cache, list(job.extra_layouts), job.threads)
     staging.sweep(job.state_dir / STATE_FILE, job.out_model, job.out_metrics)  # temporaries of a killed run
