@@ -45,7 +45,7 @@ def _rate(fn, steps: int, images: int, device: torch.device) -> float:
 def bench(mode: str, variant: dict, args: argparse.Namespace, device: torch.device) -> dict:
     w, h = (int(v) for v in args.size.split("x"))
     torch.manual_seed(0)
-    model = modelmod.build_model(dict(variant, encoder_weights=None)).to(device)
+    model = modelmod.build_model(variant["arch"], variant["encoder"], None, variant["name"]).to(device)
     fwd = maybe_compile(model, mode == "compile")
     opt = torch.optim.RMSprop(model.parameters(), lr=1e-4)
     scaler = torch.amp.GradScaler(device.type, enabled=False)

@@ -25,6 +25,7 @@ from carvana_seg.core import layout  # noqa: E402
 from carvana_seg.core.images import read_image, read_mask  # noqa: E402
 from carvana_seg.core.metrics import dice  # noqa: E402
 from carvana_seg.inference import refine  # noqa: E402
+from carvana_seg.settings.predict import EdgeRefine  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -51,7 +52,7 @@ def main(argv: list[str] | None = None) -> None:
         p = prob.astype(np.float32) / 255.0
         for k, s in enumerate(settings):
             t0 = time.perf_counter()
-            q = refine.refine(p, guide, {"method": "guided", **s})
+            q = refine.refine(p, guide, EdgeRefine(method="guided", **s))
             secs[k].append(time.perf_counter() - t0)
             after[k].append(dice(q >= 0.5, truth))
     print(f"{'setting':<16} {'images':>6} {'before':>8} {'after':>8} {'gain':>8} {'ms/image':>9}")

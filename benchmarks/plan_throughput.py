@@ -54,9 +54,9 @@ def main() -> None:
     w, h = (int(v) for v in args.size.split("x"))
     variant = dict(cfgmod.load(args.config)["variants"][0], width=w, height=h, encoder_weights=None)
     cost = model_cost(variant)
-    model = modelmod.build_model(variant).to(device)
+    model = modelmod.build_model(variant["arch"], variant["encoder"], None, variant["name"]).to(device)
     opt = torch.optim.RMSprop(model.parameters(), lr=1e-4)
-    criterion, scaler = BceDiceLoss.from_config({}), torch.amp.GradScaler(device.type, enabled=False)
+    criterion, scaler = BceDiceLoss(), torch.amp.GradScaler(device.type, enabled=False)
     x = torch.randint(0, 256, (args.batch_size, 3, h, w), dtype=torch.uint8)
     y = (torch.rand(args.batch_size, 1, h, w) > 0.5).float()
     amp = device.type == "cuda"

@@ -23,7 +23,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,9 +32,9 @@ def fabricate(root: Path, n: int, width: int, height: int, folds: int,
     """``n`` test photos (noisy ellipse 'cars'), the stage config and one checkpoint per variant x fold."""
     from carvana_seg.core.images import write_jpeg
     from carvana_seg.models.model import build_model, save_checkpoint
+    from carvana_seg.pipeline import config as cfgmod
 
-    demo = yaml.safe_load(Path(config).read_text())
-    variants = [dict(v, encoder_weights=None, weight=1.0) for v in demo["variants"]]
+    variants = [dict(v, encoder_weights=None, weight=1.0) for v in cfgmod.load(config)["variants"]]
     rng = np.random.default_rng(0)
     (root / "test").mkdir(parents=True)
     yy, xx = np.mgrid[0:height, 0:width]
@@ -50,17 +49,17 @@ def fabricate(root: Path, n: int, width: int, height: int, folds: int,
     for v in variants:
         for f in range(folds):
             paths.append(root / "models" / v["name"] / f"fold{f}" / "best.pt")
-            save_checkpoint(paths[-1], build_model(v), {"variant": v})
+            save_checkpoint(paths[-1], build_model(v["arch"], v["encoder"], None, v["name"]), {"variant": v})
     cfg = {"name": "bench", "variants": variants, "folds": {"k": max(2, folds), "use": list(range(folds))}}
     return paths, cfg
 
 
-def model_only(variants: list, pcfg: dict, n: int, device: torch.device) -> float:
+def model_only(variants: list, pcfg, n: int, device: torch.device) -> float:
     """Seconds for flip-TTA over every fold model of every variant on ``n`` random images, run in a thread
     like the ensemble's producer (same batch, same channels-last uint8 tensors, no I/O at all)."""
     from carvana_seg.models import runtime
 
-    bs, cuda, tta = pcfg["batch_size"], device.type == "cuda", pcfg["tta_hflip"]
+    bs, cuda, tta = pcfg.batch_size, device.type == "cuda", pcfg.tta_hflip
     batches = [torch.randint(0, 256, (bs, v.size[1], v.size[0], 3), dtype=torch.uint8, device=device)
                .permute(0, 3, 1, 2) for v in variants]
     seconds = []
@@ -112,19 +111,25 @@ def child(args: argparse.Namespace) -> None:
         (raw / "test").symlink_to(root / "test")
     ids = sorted(p.stem for p in (root / "test").glob("*.jpg"))[:n]
     (raw / "sample_submission.csv").write_text("img,rle_mask\n" + "".join(f"{i}.jpg,1 1\n" for i in ids))
-    cfg = json.loads((root / "cfg.json").read_text())
+    from carvana_seg.pipeline import config as cfgmod
+    from carvana_seg.settings.build import build
+    from carvana_seg.settings.predict import Predict
+    from carvana_seg.settings.variants import Variant
+
+    cfg = cfgmod.validate_slice("ensemble", json.loads((root / "cfg.json").read_text()))
+    config, predict = [build(Variant, v) for v in cfg["variants"]], build(Predict, cfg["predict"])
     device = runtime.pick_device(args.device)
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    variants = ensemble.load_variants(sorted((root / "models").glob("*/*/best.pt")), cfg, device)
+    variants = ensemble.load_variants(sorted((root / "models").glob("*/*/best.pt")), config, predict.compile, device)
     out = root / f"probs{n}"
     ensemble.prepare_dir(out, f"bench{n}")
     t1 = time.perf_counter()
-    result = ensemble.write_shards(variants, raw, ids, out, cfg["predict"], device)
+    result = ensemble.write_shards(variants, raw, ids, out, predict, device)
     t2 = time.perf_counter()
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     rss_workers = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    model_s = [model_only(variants, cfg["predict"], n, device) for _ in range(2)] if args.model_only else []
+    model_s = [model_only(variants, predict, n, device) for _ in range(2)] if args.model_only else []
     size = sum(s["bytes"] for s in result["shards"])
     print(json.dumps({"n": n, "load_s": t1 - t0, "write_s": t2 - t1, "bytes_per_image": size / n,
                       "max_rss_mib": rss, "max_rss_workers_mib": rss_workers,

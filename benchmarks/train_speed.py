@@ -35,6 +35,8 @@ from torch.utils.data import DataLoader
 from carvana_seg.models import model as modelmod
 from carvana_seg.models.runtime import pick_device
 from carvana_seg.pipeline import config as cfgmod
+from carvana_seg.settings.build import build
+from carvana_seg.settings.train import Augment, Loss
 from carvana_seg.training.augment import build_augment
 from carvana_seg.training.dataset import CacheDataset, LayoutDataset, worker_init
 from carvana_seg.training.loop import train_step
@@ -72,13 +74,13 @@ def batches(loader: DataLoader):
 
 def setup(variant: dict, device: torch.device, args: argparse.Namespace, loss_cfg: dict):
     """(model, criterion, optimizer, scaler): the objects ``train`` builds, with the benchmark's switches."""
-    model = modelmod.build_model(dict(variant, encoder_weights=None)).to(device)
+    model = modelmod.build_model(variant["arch"], variant["encoder"], None, variant["name"]).to(device)
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
     step_model = torch.compile(model) if args.compile else model
     opt = torch.optim.RMSprop(model.parameters(), lr=variant["lr"])
     fp16 = args.amp and device.type == "cuda" and not torch.cuda.is_bf16_supported()
-    return step_model, BceDiceLoss.from_config(loss_cfg), opt, torch.amp.GradScaler(device.type, enabled=fp16)
+    return step_model, BceDiceLoss.from_config(build(Loss, loss_cfg)), opt, torch.amp.GradScaler(device.type, enabled=fp16)
 
 
 def timed_steps(step, source, steps: int, warmup: int, device: torch.device) -> tuple[float, float, int]:
@@ -102,7 +104,7 @@ def timed_steps(step, source, steps: int, warmup: int, device: torch.device) -> 
 def bench_variant(variant: dict, tc: dict, workers: int, device: torch.device, args: argparse.Namespace,
                   tmp: Path) -> dict:
     w, h, bs = variant["width"], variant["height"], args.batch_size or variant["batch_size"]
-    augment = build_augment(tc.get("augment", {}), seed=0)
+    augment = build_augment(build(Augment, tc["augment"]), seed=0)
     if args.layout:
         ds = LayoutDataset(args.layout, (w, h), augment)
     else:
@@ -119,7 +121,7 @@ def bench_variant(variant: dict, tc: dict, workers: int, device: torch.device, a
     if args.loader_only:
         return row
     # The model alone, on random tensors of the same shape and dtype (uint8 photos, float coverage masks).
-    model, criterion, opt, scaler = setup(variant, device, args, tc.get("loss", {}))
+    model, criterion, opt, scaler = setup(variant, device, args, tc["loss"])
     model.train()
     x = torch.randint(0, 256, (bs, 3, h, w), dtype=torch.uint8)
     y = (torch.rand(bs, 1, h, w) > 0.5).float()
@@ -182,7 +184,7 @@ def main() -> None:
           f"{'pipeline img/s':>14} {'data share':>10} {'pipe/model':>10}")
     with tempfile.TemporaryDirectory(prefix="train_speed_") as tmp:
         for v in variants:
-            for workers in args.workers if args.workers is not None else [tc.get("num_workers", 0)]:
+            for workers in args.workers if args.workers is not None else [tc["num_workers"]]:
                 r = bench_variant(v, tc, workers, device, args, Path(tmp))
                 print(f"{r['variant']:24} {r['size']:>10} {r['batch']:>5} {r['workers']:>7} {r['loader']:12.1f} "
                       f"{r['model']:11.2f} {r['pipeline']:14.2f} {r['data_share']:10.3f} "

@@ -98,11 +98,26 @@ def make_models(root: Path, folds: int = 2, seed: int = 0) -> list[Path]:
     for v in MODEL_VARIANTS:
         for f in range(folds):
             torch.manual_seed(seed * 100 + f + 10 * len(v["name"]) + ord(v["name"]))
-            model = build_model(dict(v, encoder_weights=None))
+            model = build_model(v["arch"], v["encoder"], None, v["name"])
             path = root / "models" / v["name"] / f"fold{f}" / "best.pt"
             save_checkpoint(path, model, {"variant": dict(v, encoder_weights=None)})
             paths.append(path)
     return paths
+
+
+def settings(cls, **overrides):
+    """The ``carvana_seg.settings`` dataclass ``cls`` holding the schema's defaults, with ``overrides`` replaced
+    (what a stage builds from its validated slice, for tests that call library functions directly)."""
+    import dataclasses
+
+    from carvana_seg.pipeline import config as cfgmod
+    from carvana_seg.settings.build import build
+
+    section = cfgmod.resolve({"name": "t", "data": {"source": "synthetic"},
+                              "variants": [{"name": "v", "width": 32, "height": 32}]})
+    for part in cls.SECTION.split("."):
+        section = section[part][0] if part == "variants" else section[part]
+    return dataclasses.replace(build(cls, section), **overrides)
 
 
 # ---- training: a tiny config, cache and train command -------------------------------------------------------

@@ -21,8 +21,9 @@ from carvana_seg.data.kaggle_source import NO_CREDENTIALS, download
 from carvana_seg.data.local_source import link_local
 from carvana_seg.data.validate import validate_raw
 from carvana_seg.pipeline.errors import CredentialsError, DataError
+from carvana_seg.settings.data import Data, Synthetic
 from tests.helpers import ROOT as REPO
-from tests.helpers import make_raw
+from tests.helpers import make_raw, settings
 
 SECRET = "s3cr3t-kaggle-key-0123456789"
 PARTS = {"train": "train", "train_masks": "train_masks", "test": "test"}
@@ -101,7 +102,7 @@ def test_local_missing_parts(layout: Path, tmp_path: Path) -> None:
 
 def test_fetch_local_atomic(layout: Path, tmp_path: Path) -> None:
     out = tmp_path / "data" / "run" / "raw"
-    data = {"source": "local", "path": str(layout), "hq": False}
+    data = settings(Data, source="local", path=str(layout), hq=False)
     assert fetch_raw(data, out)["n_train"] == 32
     assert fetch_raw(data, out)["n_train"] == 32  # a rerun replaces the old links
     assert sorted(os.listdir(out.parent)) == ["raw"]
@@ -156,7 +157,8 @@ def test_fetch_synthetic_dispatch(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     params = {"n_train_cars": 2, "n_test_cars": 1, "n_outlier_cars": 0, "width": 64, "height": 48,
               "jpeg_quality": 90, "seed": 3}
     out = tmp_path / "demo" / "raw"
-    assert fetch_raw({"source": "synthetic", "synthetic": params}, out, threads=2)["n_cars_train"] == 2
+    data = settings(Data, source="synthetic", synthetic=settings(Synthetic, **params))
+    assert fetch_raw(data, out, threads=2)["n_cars_train"] == 2
     assert calls == [(out.parent, {**params, "workers": 2})]
 
 
@@ -196,7 +198,7 @@ def test_kaggle_without_credentials(no_credentials: Path, tmp_path: Path) -> Non
     assert str(info.value) == NO_CREDENTIALS and not dest.exists()
     out = tmp_path / "data" / "raw"
     with pytest.raises(CredentialsError):
-        fetch_raw({"source": "kaggle", "competition": "c", "hq": False, "include_test": True}, out)
+        fetch_raw(settings(Data, source="kaggle", competition="c", hq=False, include_test=True), out)
     assert os.listdir(out.parent) == []
 
 
@@ -256,7 +258,7 @@ def test_fetch_kaggle_staging(credentials: None, layout: Path, tmp_path: Path,
     api = FakeApi(make_zips(layout, tmp_path / "zips"), fail={"metadata.csv.zip": ConnectionError("offline")})
     monkeypatch.setattr(kaggle_source, "make_api", lambda: api)
     out = tmp_path / "data" / "raw"
-    data = {"source": "kaggle", "competition": "carvana-image-masking-challenge", "hq": False, "include_test": True}
+    data = settings(Data, source="kaggle", competition="carvana-image-masking-challenge", hq=False, include_test=True)
     with pytest.raises(CredentialsError, match="offline"):
         fetch_raw(data, out)
     assert not out.exists() and (out.parent / ".raw.kaggle-partial" / ".download" / "train.zip.ok").exists()

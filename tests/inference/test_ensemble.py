@@ -21,9 +21,19 @@ from carvana_seg.inference import ensemble, variant_masks
 from carvana_seg.inference.shards import shard_paths
 from carvana_seg.models import runtime
 from carvana_seg.pipeline import cli
+from carvana_seg.pipeline import config as cfgmod
+from carvana_seg.settings.build import build
+from carvana_seg.settings.predict import Predict
+from carvana_seg.settings.variants import Variant as VariantSettings
 from carvana_seg.submission.writer import write_submission
 from tests.helpers import MODEL_VARIANTS as VARIANTS
 from tests.helpers import make_layout, make_models
+
+
+def typed(cfg: dict) -> tuple[list[VariantSettings], Predict]:
+    """The ``variants`` and ``predict`` settings the stage builds from its slice ``cfg`` (validated first)."""
+    cfg = cfgmod.validate_slice("ensemble", cfg)
+    return [build(VariantSettings, v) for v in cfg["variants"]], build(Predict, cfg["predict"])
 
 
 def stage_cfg(shard_size: int = 5, batch_size: int = 5, workers: int = 0) -> dict:
@@ -136,10 +146,9 @@ def test_resume_after_kill_and_stale_shards(setup, monkeypatch):
 def test_stream_is_a_generator_and_closing_it_stops_producer_and_workers(setup):
     root, raw, models = setup
     assert inspect.isgeneratorfunction(ensemble.iter_probs)
-    cfg = stage_cfg(batch_size=2, workers=1)  # also exercises the DataLoader worker process
-    stream = ensemble.iter_probs(ensemble.load_variants(models, cfg, torch.device("cpu")), raw,
-                                 layout.test_ids(raw)[0], cfg["predict"],
-                                 torch.device("cpu"))
+    config, predict = typed(stage_cfg(batch_size=2, workers=1))  # also exercises the DataLoader worker process
+    stream = ensemble.iter_probs(ensemble.load_variants(models, config, False, torch.device("cpu")), raw,
+                                 layout.test_ids(raw)[0], predict, torch.device("cpu"))
     image_id, prob = next(stream)
     assert prob.shape == (48, 64)
     stream.close()
@@ -152,16 +161,15 @@ def test_memory_does_not_grow_with_the_number_of_images(tmp_path, setup):
     _root, _raw, models = setup
     raw = make_layout(tmp_path / "raw", n_cars=1, n_test_cars=2, w=640, h=480)
     rows = (raw / "sample_submission.csv").read_text().splitlines()
-    cfg = stage_cfg(shard_size=32, batch_size=2)
-    variants = ensemble.load_variants(models, cfg, torch.device("cpu"))
+    config, predict = typed(stage_cfg(shard_size=32, batch_size=2))
+    variants = ensemble.load_variants(models, config, False, torch.device("cpu"))
     peaks = []
     for n in (8, 32):
         (raw / "sample_submission.csv").write_text("\n".join(rows[: 1 + n]) + "\n")
         out = tmp_path / f"probs{n}"
         ensemble.prepare_dir(out, "x")
         tracemalloc.start()
-        ensemble.write_shards(variants, raw, layout.test_ids(raw)[0], out,
-                              cfg["predict"], torch.device("cpu"))
+        ensemble.write_shards(variants, raw, layout.test_ids(raw)[0], out, predict, torch.device("cpu"))
         peaks.append(tracemalloc.get_traced_memory()[1])
         tracemalloc.stop()
     assert peaks[1] < peaks[0] + 8 * 480 * 640, peaks  # holding the shard would add 24 x 307 kB = 7.4 MB

@@ -43,7 +43,8 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     resize_cache.build(raw, layout.list_ids(raw / layout.TRAIN_DIR), (64, 64), root / "cache")
     cfg = cfgmod.stage_config(_config(), "train", "tiny")
     torch.manual_seed(0)
-    save_checkpoint(root / "best.pt", build_model(cfg["variant"]), cfg, epoch=1, val_dice=0.0)
+    v = cfg["variant"]
+    save_checkpoint(root / "best.pt", build_model(v["arch"], v["encoder"], None, v["name"]), cfg, epoch=1, val_dice=0.0)
     return {"root": root, "raw": raw, "folds": root / "folds.csv", "cache": root / "cache", "model": root / "best.pt"}
 
 

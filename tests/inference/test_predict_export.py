@@ -30,7 +30,8 @@ def make_results(root: Path, variants: list[dict] = VARIANTS, folds: int = 2, th
         for f in range(folds):
             torch.manual_seed(10 * i + f)
             v = dict(v, encoder_weights=None)
-            save_checkpoint(root / "models" / v["name"] / f"fold{f}" / "best.pt", build_model(v), {"variant": v})
+            save_checkpoint(root / "models" / v["name"] / f"fold{f}" / "best.pt",
+                            build_model(v["arch"], v["encoder"], None, v["name"]), {"variant": v})
     if threshold is not None:
         (root / "threshold.json").write_text(json.dumps({"threshold": threshold, "dice": 0.9}))
     return root

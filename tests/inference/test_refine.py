@@ -6,6 +6,10 @@ import numpy as np
 import pytest
 
 from carvana_seg.inference import refine
+from carvana_seg.settings.predict import EdgeRefine
+from tests.helpers import settings
+
+NONE, GUIDED = settings(EdgeRefine, method="none"), settings(EdgeRefine, method="guided")
 
 
 def _scene(h: int = 96, w: int = 144) -> tuple[np.ndarray, np.ndarray]:
@@ -48,12 +52,12 @@ def test_flat_photo_leaves_a_flat_map() -> None:
 
 def test_refine_config() -> None:
     p = np.full((8, 8), 0.5, np.float32)
-    assert refine.refine(p, None, {"method": "none"}) is p and not refine.enabled({"method": "none"})
-    assert refine.enabled({"method": "guided"})
+    assert refine.refine(p, None, NONE) is p and not refine.enabled(NONE) and not refine.enabled(None)
+    assert refine.enabled(GUIDED)
     with pytest.raises(ValueError, match="needs the photo"):
-        refine.refine(p, None, {"method": "guided"})
+        refine.refine(p, None, GUIDED)
     with pytest.raises(ValueError, match="unknown edge_refine"):
-        refine.refine(p, np.zeros((8, 8), np.uint8), {"method": "bilateral"})
+        refine.refine(p, np.zeros((8, 8), np.uint8), settings(EdgeRefine, method="bilateral"))
 
 
 def test_ensemble_finalize_refines_with_the_guide() -> None:
@@ -63,10 +67,11 @@ def test_ensemble_finalize_refines_with_the_guide() -> None:
     low = np.zeros((12, 18), np.float32)
     low[4:9, 5:13] = 1.0
     plain = ensemble.finalize(truth.shape, [low, low], [1.0, 1.0])
-    sharp = ensemble.finalize(truth.shape, [low, low], [1.0, 1.0], photo, {"method": "guided", "scale": 2})
+    sharp = ensemble.finalize(truth.shape, [low, low], [1.0, 1.0], photo, settings(EdgeRefine, method="guided",
+                                                                                      scale=2))
     assert plain.dtype == sharp.dtype == np.uint8 and sharp.shape == truth.shape
     assert np.count_nonzero((sharp >= 128) != truth) < np.count_nonzero((plain >= 128) != truth) / 2
-    same = ensemble.finalize(truth.shape, [low], [1.0], photo, {"method": "none"})
+    same = ensemble.finalize(truth.shape, [low], [1.0], photo, NONE)
     np.testing.assert_array_equal(same, ensemble.finalize(truth.shape, [low], [1.0]))
 
 
@@ -81,8 +86,8 @@ def test_oof_postprocess_refines_with_the_training_photo(tmp_path) -> None:
     images.write_mask_gif(tmp_path / layout.MASK_DIR / layout.mask_file("abc_01"), truth.astype(np.uint8))
     low = np.zeros((12, 18), np.float32)
     low[4:9, 5:13] = 1.0
-    full0, d0 = oof._postprocess(("abc_01", low, tmp_path, {}))
-    full1, d1 = oof._postprocess(("abc_01", low, tmp_path, {"method": "guided", "scale": 2}))
+    full0, d0 = oof._postprocess(("abc_01", low, tmp_path, NONE))
+    full1, d1 = oof._postprocess(("abc_01", low, tmp_path, settings(EdgeRefine, method="guided", scale=2)))
     assert full0.shape == full1.shape == truth.shape and d1 > d0
 
 
@@ -93,7 +98,7 @@ def test_band_keeps_confident_pixels() -> None:
     import cv2
 
     up = cv2.resize(low, (144, 96), interpolation=cv2.INTER_LINEAR)
-    q = refine.refine(low, photo, {"method": "guided", "scale": 2, "band": 0.05})
+    q = refine.refine(low, photo, settings(EdgeRefine, method="guided", scale=2, band=0.05))
     sure = (up <= 0.05) | (up >= 0.95)
     assert sure.any() and (~sure).any()
     np.testing.assert_array_equal(q[sure], up[sure])
@@ -105,10 +110,17 @@ def test_ensemble_shards_are_recomputed_when_the_refinement_changes(tmp_path) ->
 
     model = tmp_path / "best.pt"
     model.write_bytes(b"weights")
-    cfg = {"predict": {"tta_hflip": True, "shard_size": 8, "edge_refine": {"method": "none"}}, "variants": [],
-           "folds": {"k": 2}}
-    plain = ensemble.run_hash([model], cfg, ["a_01"])
-    cfg["predict"]["edge_refine"] = {"method": "guided", "radius": 16}
-    guided = ensemble.run_hash([model], cfg, ["a_01"])
-    cfg["predict"]["edge_refine"] = {"method": "guided", "radius": 8}
-    assert len({plain, guided, ensemble.run_hash([model], cfg, ["a_01"])}) == 3
+    import dataclasses
+
+    from carvana_seg.settings.folds import Folds
+    from carvana_seg.settings.predict import Predict
+
+    predict, folds = settings(Predict, shard_size=8, edge_refine=NONE), settings(Folds, k=2)
+    plain = ensemble.run_hash([model], predict, [], folds, ["a_01"])
+    guided = ensemble.run_hash([model], dataclasses.replace(predict, edge_refine=GUIDED), [], folds, ["a_01"])
+    radius = dataclasses.replace(GUIDED, radius=16)
+    assert len({plain, guided, ensemble.run_hash([model], dataclasses.replace(predict, edge_refine=radius), [], folds,
+                                                 ["a_01"])}) == 3
+    # a refinement setting while the method is none changes nothing: shards of runs without it keep their hash
+    assert ensemble.run_hash([model], dataclasses.replace(predict, edge_refine=dataclasses.replace(NONE, radius=3)),
+                             [], folds, ["a_01"]) == plain

@@ -12,8 +12,10 @@ import pytest
 from carvana_seg.core.images import write_mask_gif
 from carvana_seg.core.masks import binarize, level
 from carvana_seg.core.metrics import dice
-from carvana_seg.inference.threshold import ensemble_u8, oof_curve, search
+from carvana_seg.inference import threshold
+from carvana_seg.inference.threshold import ensemble_u8, search
 from carvana_seg.pipeline import cli
+from carvana_seg.pipeline.config import fold_ids
 from carvana_seg.pipeline.errors import DataError
 
 H, W = 40, 56
@@ -50,6 +52,11 @@ def make_oof(root: Path, n_per_fold: int = 6, folds: int = 2, seed: int = 0) -> 
     cfg = {"name": "t", "threshold": {"value": None, "coarse_step": 0.05}, "variants": VARIANTS,
            "folds": {"k": folds, "use": None}}
     return raw, paths, cfg
+
+
+def oof_curve(paths: list[Path], raw: Path, cfg: dict) -> tuple[np.ndarray, int]:
+    """``threshold.oof_curve`` with the plain values the stage hands it: weights by variant, the trained folds."""
+    return threshold.oof_curve(paths, raw, {v["name"]: v["weight"] for v in cfg["variants"]}, fold_ids(cfg))
 
 
 def brute_force(paths: list[Path], raw: Path, cfg: dict) -> np.ndarray:
@@ -132,10 +139,9 @@ def test_missing_fold_or_variant_is_an_error(tmp_path):
 
 def test_per_image_dice_at_the_chosen_level_averages_to_the_curve(tmp_path):
     """The threshold stage's per-image table (report: worst cars first) agrees with its mean-Dice curve."""
-    from carvana_seg.inference.threshold import oof_image_curves
-
     raw, paths, cfg = make_oof(tmp_path)
-    ids, curves = oof_image_curves(paths, raw, cfg)
+    ids, curves = threshold.oof_image_curves(paths, raw, {v["name"]: v["weight"] for v in cfg["variants"]},
+                                             fold_ids(cfg))
     assert len(ids) == len(set(ids)) == 12 and curves.shape == (12, 256)
     np.testing.assert_allclose(curves.mean(axis=0), oof_curve(paths, raw, cfg)[0])
     assert np.allclose(curves[:, 77], 1.0)  # every image is perfect at the optimum level of make_oof

@@ -13,7 +13,7 @@ def test_compile_is_off_by_default_and_shares_the_parameters():
     cfg = cfgmod.resolve({"name": "t", "data": {"source": "synthetic"}, "variants": [{"name": "a", "width": 64,
                                                                                      "height": 64}]})
     assert cfg["train"]["compile"] is False and cfg["predict"]["compile"] is False
-    model = build_model({"name": "a", "encoder": "resnet18"})
+    model = build_model("Unet", "resnet18", None, "a")
     assert maybe_compile(model, False) is model
     compiled = maybe_compile(model, True)  # lazy: nothing compiles until the first call
     assert compiled is not model and isinstance(compiled, torch._dynamo.eval_frame.OptimizedModule)

@@ -59,7 +59,7 @@ def test_training_step_from_a_local_weights_file(tiny_cache: dict[str, Path], tm
     torch.save({"state_dict": {f"encoder.{k}": v for k, v in state.items()}}, path)  # wrapped and prefixed
     (path.parent / "config.json").write_text(json.dumps(PARAMS))
     cfg = _train_config(str(path))
-    model = build_model(cfg["variant"])
+    model = build_model("Unet", "resnet18", str(path), "tiny")
     for k, v in state.items():
         assert torch.equal(model.net.encoder.state_dict()[k], v), k
     assert model.order.tolist() == [2, 1, 0] and model.mean.flatten().tolist() == PARAMS["mean"]
@@ -78,9 +78,9 @@ def test_local_file_that_does_not_fit_names_the_key(tmp_path: Path) -> None:
     path = tmp_path / "other.pt"
     torch.save({"conv1.weight": torch.zeros(1)}, path)
     with pytest.raises(ConfigError, match="variants.v.encoder_weights.*does not fit"):
-        build_model({"name": "v", "encoder": "resnet18", "encoder_weights": str(path)})
-    with pytest.raises(ConfigError, match="not found"):
-        ew.ensure_available({"name": "v", "encoder": "resnet18", "encoder_weights": str(tmp_path / "missing.pt")})
+        build_model("Unet", "resnet18", str(path), "v")
+    with pytest.raises(ConfigError, match="variants.v.encoder_weights.*not found"):
+        ew.ensure_available("resnet18", str(tmp_path / "missing.pt"), "variants.v.encoder_weights")
 
 
 def test_imagenet_offline_stops_before_training_and_says_what_to_do(
@@ -105,15 +105,14 @@ def test_imagenet_from_the_hub_cache_offline(no_network: Path) -> None:
     state = _encoder_state(seed=5)
     save_file({k: v.contiguous() for k, v in state.items()}, str(snap / "model.safetensors"))
     (snap / "config.json").write_text(json.dumps(PARAMS))
-    variant = {"name": "v", "encoder": "resnet18", "encoder_weights": "imagenet"}
-    ew.ensure_available(variant)  # cached: no download attempted
-    model = build_model(variant)
+    ew.ensure_available("resnet18", "imagenet")  # cached: no download attempted
+    model = build_model("Unet", "resnet18", "imagenet", "v")
     assert torch.equal(model.net.encoder.conv1.weight, state["conv1.weight"])
     assert model.std.flatten().tolist() == PARAMS["std"]  # get_preprocessing_params read the cached config.json
 
 
 def test_unknown_setting_and_scratch() -> None:
     with pytest.raises(ConfigError, match="no pretrained setting 'imagenet22k'"):
-        ew.ensure_available({"name": "v", "encoder": "resnet18", "encoder_weights": "imagenet22k"})
-    scratch = build_model({"name": "v", "encoder": "resnet18", "encoder_weights": None})
+        ew.ensure_available("resnet18", "imagenet22k")
+    scratch = build_model("Unet", "resnet18", None, "v")
     torch.testing.assert_close(scratch.mean.flatten(), torch.tensor(ew.IMAGENET["mean"]) * 255)

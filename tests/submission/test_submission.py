@@ -92,7 +92,8 @@ def test_kaggle_submit_needs_credentials_and_sends_the_hash(tmp_path, monkeypatc
     _no_credentials(monkeypatch, tmp_path)
     cfg = {"name": "demo", "kaggle": {"message": "try"}}
     with pytest.raises(CredentialsError, match="KAGGLE_USERNAME and KAGGLE_KEY"):
-        kaggle_submit.submit(sub, "carvana-image-masking-challenge", kaggle_submit.message_for(cfg, "abc123"), raw)
+        kaggle_submit.submit(sub, "carvana-image-masking-challenge", kaggle_submit.message_for("try", "demo", "abc123"),
+                             raw)
     assert api.calls == []
 
     monkeypatch.setenv("KAGGLE_USERNAME", "someone")

@@ -18,10 +18,11 @@ from carvana_seg.models.model import load_model
 from carvana_seg.pipeline import cli
 from carvana_seg.pipeline import config as cfgmod
 from carvana_seg.pipeline.errors import DataError
+from carvana_seg.settings.train import Augment
 from carvana_seg.training import augment
 from carvana_seg.training.dataset import CacheDataset, read_folds, split_ids
 from carvana_seg.training.losses import BceDiceLoss, boundary_band
-from tests.helpers import ROOT, tiny_config, train_cmd
+from tests.helpers import ROOT, settings, tiny_config, train_cmd
 
 # ---- loss -------------------------------------------------------------------------------------------------------
 
@@ -77,7 +78,7 @@ def test_hflip_keeps_image_and_mask_aligned() -> None:
     rng = np.random.default_rng(0)
     image = rng.integers(0, 255, (32, 48, 3), dtype=np.uint8)
     mask = rng.integers(0, 255, (32, 48), dtype=np.uint8)
-    aug = augment.build_augment({"probability": 0.0, "hflip": 1.0}, seed=0)
+    aug = augment.build_augment(settings(Augment, probability=0.0, hflip=1.0), seed=0)
     img2, mask2 = augment.apply(aug, image, mask)
     np.testing.assert_array_equal(img2, image[:, ::-1])
     np.testing.assert_array_equal(mask2, mask[:, ::-1])
@@ -87,8 +88,8 @@ def test_affine_moves_mask_with_image_and_keeps_coverage() -> None:
     mask = np.zeros((64, 96), np.uint8)
     mask[16:48, 24:72] = 255
     image = np.repeat(mask[..., None], 3, axis=2)  # the image *is* the mask: any misalignment shows
-    aug = augment.build_augment({"probability": 1.0, "hue_shift": 0, "sat_shift": 0, "val_shift": 0,
-                                 "shift": 0.1, "scale": 0.2, "hflip": 0.5}, seed=3)
+    aug = augment.build_augment(settings(Augment, probability=1.0, hue_shift=0, sat_shift=0, val_shift=0, shift=0.1,
+                                         scale=0.2, hflip=0.5), seed=3)
     moved = 0
     for _ in range(8):
         img2, mask2 = augment.apply(aug, image, mask)
@@ -104,7 +105,7 @@ def test_affine_moves_mask_with_image_and_keeps_coverage() -> None:
 def test_colour_shift_changes_image_not_mask() -> None:
     image = np.full((16, 16, 3), (180, 40, 40), np.uint8)
     mask = np.full((16, 16), 255, np.uint8)
-    aug = augment.build_augment({"probability": 1.0, "shift": 0, "scale": 0, "hflip": 0}, seed=0)
+    aug = augment.build_augment(settings(Augment, probability=1.0, shift=0, scale=0, hflip=0), seed=0)
     changed = sum(not np.array_equal(augment.apply(aug, image, mask)[0], image) for _ in range(5))
     assert changed >= 4
     assert np.array_equal(augment.apply(aug, image, mask)[1], mask)
@@ -209,8 +210,8 @@ class _Payload:
 def test_a_checkpoint_carrying_a_pickled_object_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from carvana_seg.models.model import build_model, load_checkpoint
 
-    variant = {"name": "tiny", "arch": "Unet", "encoder": "resnet18", "width": 32, "height": 32}
-    state = build_model(variant).state_dict()
+    variant = {"name": "tiny", "arch": "Unet", "encoder": "resnet18", "width": 32, "height": 32, "weight": 1.0}
+    state = build_model("Unet", "resnet18", None, "tiny").state_dict()
     good, bad = tmp_path / "good.pt", tmp_path / "evil" / "models" / "tiny" / "fold0" / "best.pt"
     torch.save({"state_dict": state, "config": {"variant": variant}, "epoch": 1}, good)
     assert load_model(good)[1]["variant"]["name"] == "tiny"
@@ -218,6 +219,10 @@ def test_a_checkpoint_carrying_a_pickled_object_is_refused(tmp_path: Path, capsy
     torch.save({"state_dict": state, "config": {"variant": variant}, "extra": _Payload()}, bad)
     with pytest.raises(DataError, match=r"best.pt: refused: the checkpoint holds Python objects"):
         load_checkpoint(bad)
+    torch.save({"state_dict": state, "config": {"variant": {k: variant[k] for k in ("name", "width", "height")}}},
+               good)
+    with pytest.raises(DataError, match=r"config.variant lacks \['arch', 'encoder', 'weight'\]"):
+        load_model(good)
     torch.save(["not", "a", "checkpoint"], good)
     with pytest.raises(DataError, match="not a carvana-seg checkpoint"):
         load_model(good)

@@ -15,18 +15,17 @@ import json
 import logging
 import os
 import re
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
 from carvana_seg.data import kaggle_source, local_source
 from carvana_seg.data.validate import validate_raw
 from carvana_seg.pipeline import staging
 from carvana_seg.pipeline.errors import ConfigError, DataError
+from carvana_seg.settings.build import build
+from carvana_seg.settings.data import Data
 
 log = logging.getLogger(__name__)
-
-SYNTHETIC_KEYS = ("n_train_cars", "n_test_cars", "n_outlier_cars", "width", "height", "jpeg_quality", "seed")
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="raw directory to fill (data/<name>/raw)")
@@ -34,26 +33,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--manifest", help="JSON file written last, once --out is complete (the rule's output)")
 
 
-def _key(section: dict, key: str, prefix: str = "data") -> Any:
-    if key not in section:
-        name = f"{prefix}.{key}" if prefix else key
-        raise ConfigError(f"config key '{name}': missing from the fetch config slice")
-    return section[key]
-
-
-def _checks(data: dict) -> dict:
+def _checks(data: Data) -> dict:
     """The ``validate_raw`` settings of ``data``: a partial test set allowed, odd views an error (strict)."""
-    return {"partial": bool(data.get("partial", False)), "strict": bool(data.get("strict", True))}
+    return {"partial": bool(data.partial), "strict": bool(data.strict)}
 
 
-def _fetch_synthetic(data: dict, out: Path, threads: int) -> dict:
+def _fetch_synthetic(data: Data, out: Path, threads: int) -> dict:
     if out.name != "raw":
         raise ConfigError(f"--out {out}: the synthetic source writes <root>/raw, so --out must end in 'raw'")
     from carvana_seg.data import synthetic
 
-    params = _key(data, "synthetic")
-    kwargs = {k: _key(params, k, "data.synthetic") for k in SYNTHETIC_KEYS}
-    synthetic.generate(root=out.parent, workers=threads, **kwargs)
+    synthetic.generate(root=out.parent, workers=threads, **asdict(data.synthetic))
     try:
         return validate_raw(out, quick=True, workers=threads, **_checks(data))
     except BaseException:
@@ -61,8 +51,8 @@ def _fetch_synthetic(data: dict, out: Path, threads: int) -> dict:
         raise
 
 
-def _fetch_local(data: dict, out: Path, threads: int) -> dict:
-    path = _key(data, "path")
+def _fetch_local(data: Data, out: Path, threads: int) -> dict:
+    path = data.path
     if not path:
         raise ConfigError("config key 'data.path': required when data.source is 'local'")
     partial = out.with_name(f".{out.name}.partial-{os.getpid()}")  # swept by the next fetch if we are killed
@@ -71,7 +61,7 @@ def _fetch_local(data: dict, out: Path, threads: int) -> dict:
             staging.sweep(out)
             staging.remove(partial)
             partial.mkdir()
-            local_source.link_local(Path(path), partial, hq=bool(data.get("hq", False)))
+            local_source.link_local(Path(path), partial, hq=bool(data.hq))
             try:
                 summary = validate_raw(partial, quick=True, workers=threads, **_checks(data))
             except DataError as exc:
@@ -93,13 +83,12 @@ def _user_paths(message: str, partial: Path, out: Path) -> str:
     return re.sub(re.escape(str(partial)) + r"[^\s:,()']*", user, message)
 
 
-def _fetch_kaggle(data: dict, out: Path, threads: int) -> dict:
+def _fetch_kaggle(data: Data, out: Path, threads: int) -> dict:
     kaggle_source.check_credentials()  # before anything is created on disk
     partial = out.with_name(f".{out.name}.kaggle-partial")
     try:
         with staging.write_errors(out, partial):
-            kaggle_source.download(_key(data, "competition"), partial, hq=bool(_key(data, "hq")),
-                                   include_test=bool(_key(data, "include_test")))
+            kaggle_source.download(data.competition, partial, hq=bool(data.hq), include_test=bool(data.include_test))
             summary = validate_raw(partial, quick=True, workers=threads, **_checks(data))
     except BaseException:
         if not any((partial / kaggle_source.DOWNLOAD_DIR).glob("*.ok")):
@@ -112,11 +101,11 @@ def _fetch_kaggle(data: dict, out: Path, threads: int) -> dict:
     return summary
 
 
-def fetch_raw(data: dict, out: Path, threads: int = 1) -> dict:
+def fetch_raw(data: Data, out: Path, threads: int = 1) -> dict:
     """Fill ``out`` from ``data.source`` and return the quick validation summary."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    source = _key(data, "source")
+    source = data.source
     fetchers = {"synthetic": _fetch_synthetic, "local": _fetch_local, "kaggle": _fetch_kaggle}
     if source not in fetchers:
         raise ConfigError(f"config key 'data.source': unknown source {source!r} (kaggle, local or synthetic)")
@@ -129,15 +118,16 @@ def fetch_raw(data: dict, out: Path, threads: int = 1) -> dict:
 
 
 def write_manifest(path: Path, data: dict, summary: dict) -> None:
-    """Write the fetch manifest (source settings + quick summary) atomically: it marks ``raw`` as complete."""
+    """Write the fetch manifest (the validated ``data`` section as given + quick summary) atomically: it marks
+    ``raw`` as complete."""
     staging.write_text(path, json.dumps({"data": data, "summary": summary}, indent=2, sort_keys=True) + "\n")
 
 
 def run(args: argparse.Namespace, cfg: dict) -> None:
     """CLI entry: ``python -m carvana_seg fetch --cfg ... --out data/<name>/raw [--manifest FILE]``."""
-    data = _key(cfg, "data", "")
+    data = build(Data, cfg["data"])
     if args.manifest:
         Path(args.manifest).unlink(missing_ok=True)  # a stale manifest must never vouch for new data
     summary = fetch_raw(data, Path(args.out), threads=args.threads)
     if args.manifest:
-        write_manifest(Path(args.manifest), data, summary)
+        write_manifest(Path(args.manifest), cfg["data"], summary)

@@ -18,6 +18,8 @@ from sklearn.model_selection import GroupKFold, StratifiedGroupKFold
 from carvana_seg.core import layout
 from carvana_seg.pipeline import staging
 from carvana_seg.pipeline.errors import ConfigError, DataError
+from carvana_seg.settings.build import build
+from carvana_seg.settings.folds import Folds
 
 log = logging.getLogger(__name__)
 
@@ -80,8 +82,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, cfg: dict) -> None:
-    fc = cfg["folds"]
-    folds = assign_folds(mask_areas(Path(args.raw)), fc["k"], fc["seed"], fc["stratify_by_area"])
+    fc = build(Folds, cfg["folds"])
+    folds = assign_folds(mask_areas(Path(args.raw)), fc.k, fc.seed, fc.stratify_by_area)
     staging.write_text(Path(args.out), folds.to_csv(index=False))
     summary = folds.groupby("fold").agg(cars=("car", "nunique"), images=("img", "size"), area=("area", "mean"))
     log.info("folds:\n%s", summary.to_string())

@@ -32,6 +32,8 @@ from tqdm import tqdm
 from carvana_seg.core import layout
 from carvana_seg.core.images import image_size, read_image, read_mask
 from carvana_seg.pipeline import staging
+from carvana_seg.settings.build import build as build_settings
+from carvana_seg.settings.resize import Resize
 
 log = logging.getLogger(__name__)
 
@@ -175,6 +177,6 @@ def parse_size(text: str) -> tuple[int, int]:
 def run(args: argparse.Namespace, cfg: dict) -> None:
     raw = Path(args.raw)
     ids = layout.list_ids(raw / layout.TRAIN_DIR)
-    workers = args.threads or cfg["resize"]["workers"]
+    workers = args.threads or build_settings(Resize, cfg["resize"]).workers
     build(raw, ids, parse_size(args.size), Path(args.out), workers=workers)
     log.info("cached %d training images at %s in %s", len(ids), args.size, args.out)

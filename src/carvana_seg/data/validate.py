@@ -24,6 +24,8 @@ from carvana_seg.core import layout, rle
 from carvana_seg.core.images import image_size, read_image, read_mask
 from carvana_seg.pipeline import staging
 from carvana_seg.pipeline.errors import DataError
+from carvana_seg.settings.build import build
+from carvana_seg.settings.data import Data
 
 log = logging.getLogger(__name__)
 
@@ -233,9 +235,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, cfg: dict) -> None:
     """CLI entry: validate ``--raw`` and write the summary to ``--out`` atomically."""
-    data = cfg.get("data", {})
-    summary = validate_raw(Path(args.raw), quick=args.quick, workers=max(1, args.threads),
-                           partial=bool(data.get("partial", False)), strict=bool(data.get("strict", True)))
+    data = build(Data, cfg["data"])
+    summary = validate_raw(Path(args.raw), quick=args.quick, workers=max(1, args.threads), partial=bool(data.partial),
+                           strict=bool(data.strict))
     out = Path(args.out)
     staging.write_text(out, json.dumps(summary, indent=2, sort_keys=True) + "\n")
     log.info("%s: %d training and %d test images valid; summary in %s", args.raw, summary["n_train"],

@@ -24,8 +24,8 @@ import queue
 import threading
 import time
 import zipfile
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import cv2
@@ -41,6 +41,10 @@ from carvana_seg.pipeline import staging
 from carvana_seg.pipeline.config import config_hash, to_json
 from carvana_seg.pipeline.errors import ConfigError, DataError
 from carvana_seg.pipeline.resources import torch_threads
+from carvana_seg.settings.build import build
+from carvana_seg.settings.folds import Folds
+from carvana_seg.settings.predict import EdgeRefine, Predict
+from carvana_seg.settings.variants import Variant as VariantSettings
 
 log = logging.getLogger(__name__)
 META = "shards_meta.json"
@@ -60,42 +64,44 @@ class Variant:
     models: list[torch.nn.Module]
 
 
-def load_variants(paths: list[Path], cfg: dict, device: torch.device) -> list[Variant]:
-    """Load every checkpoint and group them by the variant recorded in it, in config order."""
+def load_variants(paths: list[Path], config: Sequence[VariantSettings], compile_models: bool,
+                  device: torch.device) -> list[Variant]:
+    """Load every checkpoint and group them by the variant recorded in it, in the order of ``config`` (the
+    ``variants`` settings); ``compile_models``: ``predict.compile``."""
     from carvana_seg.models.model import load_model
 
     loaded: dict[str, list[torch.nn.Module]] = {}
     for path in paths:
         model, ckpt_cfg = load_model(path, device)
         v = ckpt_cfg["variant"]
-        want = next((c for c in cfg["variants"] if c["name"] == v["name"]), None)
+        want = next((c for c in config if c.name == v["name"]), None)
         if want is None:
             raise ConfigError(f"{path}: variant '{v['name']}' is not in config key 'variants'")
-        if (v["width"], v["height"]) != (want["width"], want["height"]):
+        if (v["width"], v["height"]) != (want.width, want.height):
             raise ConfigError(f"{path}: trained at {v['width']}x{v['height']} but config variant '{v['name']}' "
-                              f"says {want['width']}x{want['height']}")
+                              f"says {want.width}x{want.height}")
         # the loader's (N, H, W, 3) batches arrive as channels-last tensors: match the weights once, on CUDA
         cuda = device.type == "cuda"
         model = model.to(memory_format=torch.channels_last) if cuda else model
-        compiled = runtime.maybe_compile(model, cfg.get("predict", {}).get("compile", False))
+        compiled = runtime.maybe_compile(model, compile_models)
         loaded.setdefault(v["name"], []).append(compiled)
-    missing = [c["name"] for c in cfg["variants"] if c["name"] not in loaded]
+    missing = [c.name for c in config if c.name not in loaded]
     if missing:
         raise ConfigError(f"no model checkpoints given for variant(s) {missing}")
-    return [Variant(c["name"], (c["width"], c["height"]), float(c.get("weight", 1.0)), loaded[c["name"]])
-            for c in cfg["variants"]]
+    return [Variant(c.name, (c.width, c.height), float(c.weight), loaded[c.name]) for c in config]
 
 
-def run_hash(paths: list[Path], cfg: dict, ids: list[str]) -> str:
+def run_hash(paths: list[Path], predict: Predict, variants: Sequence[VariantSettings], folds: Folds,
+             ids: list[str]) -> str:
     """Hash of what determines the shards: model file contents, TTA, edge refinement, variants, folds, shard size,
-    test ids."""
+    test ids. The settings enter as the JSON of their validated sections (``asdict``), as they always have."""
     h = hashlib.sha256()
     for digest in sorted(_file_sha(p) for p in paths):
         h.update(digest.encode())  # contents, not names or mtimes: a retrained model always invalidates
-    p = cfg["predict"]
-    h.update(to_json({"tta": p["tta_hflip"], "n": p["shard_size"], "v": cfg["variants"], "f": cfg["folds"]}).encode())
-    if refine.enabled(p.get("edge_refine")):  # only when on: shards of runs without it keep their hash
-        h.update(to_json({"edge_refine": p["edge_refine"]}).encode())
+    h.update(to_json({"tta": predict.tta_hflip, "n": predict.shard_size, "v": [asdict(v) for v in variants],
+                      "f": asdict(folds)}).encode())
+    if refine.enabled(predict.edge_refine):  # only when on: shards of runs without it keep their hash
+        h.update(to_json({"edge_refine": asdict(predict.edge_refine)}).encode())
     h.update("\n".join(ids).encode())
     return h.hexdigest()[:16]
 
@@ -130,7 +136,7 @@ def _collate(items: list) -> tuple[list[int], list[tuple[int, int]], list[torch.
 
 
 def finalize(shape: tuple[int, int], probs: list[np.ndarray], weights: list[float], guide: np.ndarray | None = None,
-             refine_cfg: dict | None = None) -> np.ndarray:
+             refine_cfg: EdgeRefine | None = None) -> np.ndarray:
     """Per-variant probabilities at network size -> weighted mean at ``shape`` (H, W) as uint8 round(p*255);
     with ``refine_cfg`` (``predict.edge_refine``) the mean is refined with the grey photo ``guide`` first."""
     h, w = shape
@@ -148,7 +154,7 @@ def finalize(shape: tuple[int, int], probs: list[np.ndarray], weights: list[floa
     return cv2.convertScaleAbs(np.maximum(acc, 0.0, out=acc))  # convertScaleAbs would mirror a negative value
 
 
-def iter_probs(variants: list[Variant], raw: Path, ids: list[str], pcfg: dict, device: torch.device,
+def iter_probs(variants: list[Variant], raw: Path, ids: list[str], pcfg: Predict, device: torch.device,
                with_variants: bool = False) -> Iterator[tuple]:
     """Yield ``(id, uint8 probability map)`` for ``ids`` in order; at most a few batches are ever in flight.
     ``with_variants`` adds a third item, the packed per-variant masks (``variant_masks.pack``)."""
@@ -157,8 +163,8 @@ def iter_probs(variants: list[Variant], raw: Path, ids: list[str], pcfg: dict, d
     weights = [v.weight for v in variants]
     cuda = device.type == "cuda"
     loader = torch.utils.data.DataLoader(
-        _TestImages(raw, ids, sizes, refine.enabled(pcfg.get("edge_refine"))), batch_size=pcfg["batch_size"],
-        num_workers=pcfg["workers"], collate_fn=_collate, pin_memory=cuda)
+        _TestImages(raw, ids, sizes, refine.enabled(pcfg.edge_refine)), batch_size=pcfg.batch_size,
+        num_workers=pcfg.workers, collate_fn=_collate, pin_memory=cuda)
     batches = iter(loader)  # workers fork here, in the calling thread, before the producer thread exists
     out: queue.Queue = queue.Queue(maxsize=2)
     stop = threading.Event()
@@ -176,7 +182,7 @@ def iter_probs(variants: list[Variant], raw: Path, ids: list[str], pcfg: dict, d
         try:
             for idx, shapes, stacks, guides in batches:
                 xs = [s.to(device, non_blocking=cuda).permute(0, 3, 1, 2) for s in stacks]
-                probs = [runtime.predict_probs(v.models, xs[k], pcfg["tta_hflip"], amp=cuda).float().cpu().numpy()
+                probs = [runtime.predict_probs(v.models, xs[k], pcfg.tta_hflip, amp=cuda).float().cpu().numpy()
                          for v, k in zip(variants, slot)]
                 if not put((idx, shapes, probs, guides)):
                     return
@@ -193,7 +199,7 @@ def iter_probs(variants: list[Variant], raw: Path, ids: list[str], pcfg: dict, d
             idx, shapes, probs, guides = item
             for j, i in enumerate(idx):
                 own = [p[j] for p in probs]
-                prob = finalize(shapes[j], own, weights, guides[j], pcfg.get("edge_refine"))
+                prob = finalize(shapes[j], own, weights, guides[j], pcfg.edge_refine)
                 yield (ids[i], prob, variant_masks.pack(shapes[j], own)) if with_variants else (ids[i], prob)
     finally:
         stop.set()
@@ -224,10 +230,10 @@ def prepare_dir(out_dir: Path, digest: str) -> None:
         meta.write_text(json.dumps({"hash": digest}) + "\n")
 
 
-def write_shards(variants: list[Variant], raw: Path, ids: list[str], out_dir: Path, pcfg: dict,
+def write_shards(variants: list[Variant], raw: Path, ids: list[str], out_dir: Path, pcfg: Predict,
                  device: torch.device) -> dict:
     """Compute every missing shard in order; return per-shard records and how many images were computed."""
-    size = pcfg["shard_size"]
+    size = pcfg.shard_size
     plan = [(k, ids[s:s + size]) for k, s in enumerate(range(0, len(ids), size))]
     todo = [(k, chunk) for k, chunk in plan if not (shard_complete(out_dir / shard_name(k), chunk)
                                                     and shard_complete(out_dir / variant_masks.file_name(k), chunk))]
@@ -273,9 +279,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, cfg: dict) -> None:
+    predict, folds = build(Predict, cfg["predict"]), build(Folds, cfg["folds"])
+    config_variants = [build(VariantSettings, v) for v in cfg["variants"]]
     t0, device = time.perf_counter(), runtime.pick_device(args.device)
     if device.type == "cpu":
-        torch.set_num_threads(torch_threads(args.threads, cfg["predict"]["workers"]))
+        torch.set_num_threads(torch_threads(args.threads, predict.workers))
     torch.backends.cudnn.benchmark = device.type == "cuda"
     raw, out_dir, manifest = Path(args.raw), Path(args.out_dir), Path(args.manifest)
     ids, n_listed = layout.test_ids(raw)
@@ -285,9 +293,9 @@ def run(args: argparse.Namespace, cfg: dict) -> None:
     if len(ids) < n_listed:
         log.warning("partial test set: %d of the %d test images listed in sample_submission.csv are present; "
                     "predicting those (the submission will not be uploadable)", len(ids), n_listed)
-    variants = load_variants(paths := [Path(p) for p in args.models], cfg, device)
-    prepare_dir(out_dir, digest := run_hash(paths, cfg, ids))
-    result = write_shards(variants, raw, ids, out_dir, cfg["predict"], device)
+    variants = load_variants(paths := [Path(p) for p in args.models], config_variants, predict.compile, device)
+    prepare_dir(out_dir, digest := run_hash(paths, predict, config_variants, folds, ids))
+    result = write_shards(variants, raw, ids, out_dir, predict, device)
     seconds = time.perf_counter() - t0
     total = sum(s["bytes"] for s in result["shards"])
     record = {
@@ -296,7 +304,7 @@ def run(args: argparse.Namespace, cfg: dict) -> None:
         "n_reused": len(ids) - result["n_computed"], "seconds": round(seconds, 3),
         "images_per_s": round(result["n_computed"] / seconds, 3), "bytes_total": total,
         "bytes_per_image": round(total / len(ids), 1), "hash": digest, "config_hash": config_hash(cfg),
-        "models": [str(p) for p in paths], "tta_hflip": cfg["predict"]["tta_hflip"],
+        "models": [str(p) for p in paths], "tta_hflip": predict.tta_hflip,
         "device": f"cuda ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else str(device),
         "variant_masks": {"files": [variant_masks.file_name(k) for k in range(len(result["shards"]))],
                           "variants": [v.name for v in variants], "scale": variant_masks.SCALE,

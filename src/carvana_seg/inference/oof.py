@@ -32,6 +32,8 @@ from carvana_seg.inference.oof_table import DICE_COLUMNS
 from carvana_seg.models import runtime
 from carvana_seg.pipeline import staging
 from carvana_seg.pipeline.errors import DataError
+from carvana_seg.settings.build import build
+from carvana_seg.settings.predict import EdgeRefine, Predict
 from carvana_seg.training.dataset import read_folds, split_ids
 
 log = logging.getLogger(__name__)
@@ -68,7 +70,7 @@ def to_original(prob: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.clip(np.rint(p * 255.0), 0, 255).astype(np.uint8)
 
 
-def _postprocess(job: tuple[str, np.ndarray, Path, dict]) -> tuple[np.ndarray, float]:
+def _postprocess(job: tuple[str, np.ndarray, Path, EdgeRefine]) -> tuple[np.ndarray, float]:
     """Original-size uint8 probabilities of one image (edge-refined with its photo when ``predict.edge_refine``
     asks for it) and its Dice against the full-resolution mask."""
     image_id, prob, raw, refine_cfg = job
@@ -87,7 +89,7 @@ def _postprocess(job: tuple[str, np.ndarray, Path, dict]) -> tuple[np.ndarray, f
 
 
 def run(args: argparse.Namespace, cfg: dict) -> None:
-    pc = cfg["predict"]
+    pc = build(Predict, cfg["predict"])
     device = runtime.pick_device("auto")
     if device.type == "cpu":
         torch.set_num_threads(max(1, args.threads))
@@ -95,7 +97,7 @@ def run(args: argparse.Namespace, cfg: dict) -> None:
     channels_last = device.type == "cuda"
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    model = runtime.maybe_compile(model, pc.get("compile", False))
+    model = runtime.maybe_compile(model, pc.compile)
 
     folds = read_folds(args.folds)
     _, val_ids = split_ids(folds, args.fold)
@@ -112,12 +114,12 @@ def run(args: argparse.Namespace, cfg: dict) -> None:
     raw = Path(args.raw)
     cars = dict(zip(folds["img"], folds["car"]))
     scores: list[float] = []
-    with staging.NpzWriter(args.out) as npz, ThreadPoolExecutor(max(1, pc.get("workers", 1))) as pool:
-        preds = predict_rows([model], images, rows, device, pc["batch_size"], pc["tta_hflip"], channels_last)
-        batch: list[tuple[str, np.ndarray, Path, dict]] = []
+    with staging.NpzWriter(args.out) as npz, ThreadPoolExecutor(max(1, pc.workers)) as pool:
+        preds = predict_rows([model], images, rows, device, pc.batch_size, pc.tta_hflip, channels_last)
+        batch: list[tuple[str, np.ndarray, Path, EdgeRefine]] = []
         for n, (row, prob) in enumerate(preds, 1):
-            batch.append((cache_ids[row], prob, raw, pc.get("edge_refine", {})))
-            if len(batch) == pc["batch_size"] or n == len(rows):
+            batch.append((cache_ids[row], prob, raw, pc.edge_refine))
+            if len(batch) == pc.batch_size or n == len(rows):
                 for (image_id, *_), (full, d) in zip(batch, pool.map(_postprocess, batch)):
                     npz.add(image_id, full)
                     scores.append(d)
@@ -126,7 +128,7 @@ def run(args: argparse.Namespace, cfg: dict) -> None:
                           "variant": args.variant, "dice": scores}, columns=DICE_COLUMNS)
     staging.write_text(Path(args.out_dice), table.to_csv(index=False))
     log.info("variant %s fold %d: %d OOF images (tta_hflip=%s, edge_refine=%s), mean Dice %.5f at original size",
-             args.variant, args.fold, len(table), pc["tta_hflip"], pc.get("edge_refine", {}).get("method", "none"),
+             args.variant, args.fold, len(table), pc.tta_hflip, pc.edge_refine.method,
              table["dice"].mean())
 
 
@@ -135,7 +137,7 @@ def _load(path: str, device: torch.device, variant: str) -> tuple[nn.Module, dic
     from carvana_seg.models.model import load_model
 
     model, mcfg = load_model(path, device)
-    trained = mcfg.get("variant", {}).get("name")
+    trained = mcfg["variant"]["name"]  # load_checkpoint checked that it is there
     if trained != variant:
         raise DataError(f"{path}: checkpoint is of variant '{trained}', not '{variant}'")
     return model, mcfg

@@ -64,7 +64,7 @@ def load_ensemble(paths: list[Path], device: torch.device) -> list[Variant]:
     for path in paths:
         model, cfg = load_model(path, device)
         v = cfg["variant"]
-        size, weight = (int(v["width"]), int(v["height"])), float(v.get("weight", 1.0))
+        size, weight = (int(v["width"]), int(v["height"])), float(v["weight"])  # load_checkpoint checked them
         have = variants.setdefault(v["name"], Variant(v["name"], size, weight, []))
         if (have.size, have.weight) != (size, weight):
             raise DataError(f"{path}: variant '{v['name']}' at {size[0]}x{size[1]} weight {weight} disagrees with "

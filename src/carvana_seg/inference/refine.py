@@ -18,6 +18,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from carvana_seg.settings.predict import EdgeRefine
+
 METHODS = ("none", "guided")
 
 
@@ -62,19 +64,19 @@ def to_gray(rgb: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
 
 
-def refine(prob: np.ndarray, guide: np.ndarray | None, cfg: dict) -> np.ndarray:
+def refine(prob: np.ndarray, guide: np.ndarray | None, cfg: EdgeRefine) -> np.ndarray:
     """Apply ``cfg`` (``predict.edge_refine``) to a float probability map; ``method: none`` returns it unchanged.
 
     The result has the guide's size (the caller upsamples ``prob`` first when no refinement is configured)."""
-    method = cfg.get("method", "none")
+    method = cfg.method
     if method == "none":
         return prob
     if method != "guided":
         raise ValueError(f"unknown edge_refine method {method!r} (one of {METHODS})")
     if guide is None:
         raise ValueError("edge_refine: guided needs the photo")
-    q = guided_filter(guide, prob, cfg.get("radius", 8), cfg.get("eps", 1e-3), cfg.get("scale", 4))
-    band = float(cfg.get("band", 0.0))
+    q = guided_filter(guide, prob, cfg.radius, cfg.eps, cfg.scale)
+    band = float(cfg.band)
     if band > 0:  # only pixels the network was unsure of change; a confident pixel keeps its upsampled value
         h, w = guide.shape[:2]
         up = prob if prob.shape == (h, w) else cv2.resize(prob.astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
@@ -83,6 +85,6 @@ def refine(prob: np.ndarray, guide: np.ndarray | None, cfg: dict) -> np.ndarray:
     return q
 
 
-def enabled(cfg: dict | None) -> bool:
-    """Whether ``predict.edge_refine`` asks for a refinement."""
-    return bool(cfg) and cfg.get("method", "none") != "none"
+def enabled(cfg: EdgeRefine | None) -> bool:
+    """Whether ``predict.edge_refine`` asks for a refinement (None: no settings, no refinement)."""
+    return cfg is not None and cfg.method != "none"

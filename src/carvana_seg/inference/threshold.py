@@ -23,9 +23,13 @@ from carvana_seg.core.images import read_mask
 from carvana_seg.core.masks import level
 from carvana_seg.core.metrics import dice_from_counts
 from carvana_seg.pipeline import staging
-from carvana_seg.pipeline.config import fold_ids
+from carvana_seg.pipeline.config import trained_folds
 from carvana_seg.pipeline.errors import ConfigError, DataError
 from carvana_seg.pipeline.pool import worker_pool
+from carvana_seg.settings.build import build
+from carvana_seg.settings.folds import Folds
+from carvana_seg.settings.threshold import Threshold
+from carvana_seg.settings.variants import Variant
 
 log = logging.getLogger(__name__)
 LEVELS = 256
@@ -69,15 +73,14 @@ def search(curve: np.ndarray, coarse_step: float) -> int:
     return int(fine[np.argmax(curve[fine])])  # argmax: the lowest level among ties
 
 
-def _oof_files(paths: list[Path], cfg: dict) -> dict[str, list[Path]]:
+def _oof_files(paths: list[Path], names: list[str], folds: list[int]) -> dict[str, list[Path]]:
     """OOF npz files per variant (``.../oof/<variant>/fold<k>.npz``), checked against variants x folds."""
-    names = [v["name"] for v in cfg["variants"]]
     by_variant: dict[str, list[Path]] = {n: [] for n in names}
     for p in paths:
         if p.parent.name not in by_variant:
             raise ConfigError(f"{p}: variant '{p.parent.name}' is not in config key 'variants' {names}")
         by_variant[p.parent.name].append(p)
-    want = {f"fold{f}.npz" for f in fold_ids(cfg)}
+    want = {f"fold{f}.npz" for f in folds}
     for name, files in by_variant.items():
         missing = sorted(want - {p.name for p in files})
         if missing:
@@ -115,10 +118,11 @@ def _image_job(job: tuple[str, list[tuple[str, str]], dict[str, float], str]) ->
     return dice_curve(image_histograms(prob, truth))
 
 
-def oof_image_curves(paths: list[Path], raw: Path, cfg: dict, workers: int = 1) -> tuple[list[str], np.ndarray]:
-    """(image ids, (n, 256) Dice of each image's OOF ensemble at every level); 2 KB per image."""
-    by_variant = _oof_files([Path(p) for p in paths], cfg)
-    weights = {v["name"]: float(v.get("weight", 1.0)) for v in cfg["variants"]}
+def oof_image_curves(paths: list[Path], raw: Path, weights: dict[str, float], folds: list[int],
+                     workers: int = 1) -> tuple[list[str], np.ndarray]:
+    """(image ids, (n, 256) Dice of each image's OOF ensemble at every level); 2 KB per image. ``weights``: every
+    variant's ensemble weight by name, in config order; ``folds``: the trained folds."""
+    by_variant = _oof_files([Path(p) for p in paths], list(weights), folds)
     jobs = [(i, src, weights, str(raw)) for i, src in _jobs(by_variant)]  # ids and paths only: small
     with worker_pool(workers, len(jobs)) as pool:
         curves = list(pool.imap(_image_job, jobs, chunksize=8))
@@ -128,19 +132,19 @@ def oof_image_curves(paths: list[Path], raw: Path, cfg: dict, workers: int = 1) 
     return [j[0] for j in jobs], np.stack(curves)
 
 
-def oof_curve(paths: list[Path], raw: Path, cfg: dict, workers: int = 1) -> tuple[np.ndarray, int]:
+def oof_curve(paths: list[Path], raw: Path, weights: dict[str, float], folds: list[int],
+              workers: int = 1) -> tuple[np.ndarray, int]:
     """Exact mean Dice of the OOF ensemble at every level 0..255, and the number of images."""
-    _ids, curves = oof_image_curves(paths, raw, cfg, workers)
+    _ids, curves = oof_image_curves(paths, raw, weights, folds, workers)
     return curves.mean(axis=0), len(curves)
 
 
-def choose(curve: np.ndarray, n_images: int, cfg: dict) -> dict:
+def choose(curve: np.ndarray, n_images: int, settings: Threshold) -> dict:
     """The threshold record: the configured ``threshold.value`` if set, else the searched best level."""
-    section = cfg.get("threshold", {})
-    if section.get("value") is not None:
-        t, source = float(section["value"]), "config"
+    if settings.value is not None:
+        t, source = float(settings.value), "config"
     else:
-        t, source = search(curve, float(section.get("coarse_step", 0.05))) / 255.0, "search"
+        t, source = search(curve, float(settings.coarse_step)) / 255.0, "search"
     return {"threshold": t, "level": level(t), "mean_dice": float(curve[level(t)]), "source": source,
             "n_images": n_images}
 
@@ -157,9 +161,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, cfg: dict) -> None:
-    ids, curves = oof_image_curves([Path(p) for p in args.oof], Path(args.raw), cfg, workers=max(1, args.threads))
+    variants = [build(Variant, v) for v in cfg["variants"]]
+    folds = build(Folds, cfg["folds"])
+    weights = {v.name: float(v.weight) for v in variants}
+    ids, curves = oof_image_curves([Path(p) for p in args.oof], Path(args.raw), weights,
+                                   trained_folds(folds.k, folds.use), workers=max(1, args.threads))
     curve, n = curves.mean(axis=0), len(ids)
-    result = choose(curve, n, cfg)
+    result = choose(curve, n, build(Threshold, cfg["threshold"]))
     if args.out_images:
         rows = "".join(f"{i},{d:.6f}\n" for i, d in zip(ids, curves[:, result["level"]]))
         staging.write_text(Path(args.out_images), "img,dice\n" + rows)

@@ -42,10 +42,6 @@ def is_path(weights: str | None) -> bool:
     return bool(weights) and ("/" in weights or "\\" in weights or weights.endswith(WEIGHT_SUFFIXES))
 
 
-def _key(variant: dict) -> str:
-    return f"variants.{variant.get('name')}.encoder_weights"
-
-
 def hub_repo(encoder: str, setting: str, key: str = "encoder_weights") -> tuple[str, str]:
     """(repo_id, revision) smp downloads ``setting`` weights of ``encoder`` from; ConfigError for unknown ones."""
     import segmentation_models_pytorch as smp
@@ -65,17 +61,17 @@ def _cached(repo_id: str, revision: str) -> dict[str, str] | None:
     return found if all(isinstance(p, str) for p in found.values()) else None
 
 
-def ensure_available(variant: dict) -> None:
-    """Check, before training, that the variant's encoder weights can be loaded; download named ones into the cache
-    when they are missing. Raises one ConfigError naming the file and where to put it."""
-    weights, encoder = variant.get("encoder_weights"), variant.get("encoder", "resnet18")
+def ensure_available(encoder: str, weights: str | None, key: str = "encoder_weights") -> None:
+    """Check, before training, that ``weights`` (a variant's ``encoder_weights``, config key ``key``) of ``encoder``
+    can be loaded; download named ones into the cache when they are missing. Raises one ConfigError naming the file
+    and where to put it."""
     if not weights or encoder.startswith("tu-"):  # timm encoders fetch their own weights (see build errors)
         return
     if is_path(weights):
         if not Path(weights).is_file():
-            raise ConfigError(f"config key '{_key(variant)}': weights file {weights} not found")
+            raise ConfigError(f"config key '{key}': weights file {weights} not found")
         return
-    repo_id, revision = hub_repo(encoder, weights, _key(variant))
+    repo_id, revision = hub_repo(encoder, weights, key)
     if _cached(repo_id, revision):
         return
     from huggingface_hub import constants, hf_hub_download
@@ -85,18 +81,17 @@ def ensure_available(variant: dict) -> None:
             hf_hub_download(repo_id, f, revision=revision)
     except Exception as exc:
         raise WeightsUnavailable(
-            f"config key '{_key(variant)}': '{weights}' weights of encoder '{encoder}' are not in the Hugging Face "
+            f"config key '{key}': '{weights}' weights of encoder '{encoder}' are not in the Hugging Face "
             f"cache and could not be downloaded ({type(exc).__name__}). Offline, either put "
             f"https://huggingface.co/{repo_id} (files {', '.join(HUB_FILES)}, revision {revision}) into "
             f"{constants.HF_HUB_CACHE} (e.g. `hf download {repo_id} --revision {revision}` on a machine with "
-            f"internet, then copy that cache folder), or set {_key(variant)} to the path of its model.safetensors "
+            f"internet, then copy that cache folder), or set {key} to the path of its model.safetensors "
             "(e.g. a Kaggle dataset), or to null to train from scratch"
         ) from exc
 
 
-def preprocessing(variant: dict) -> dict:
-    """The encoder's input normalisation (``smp.encoders.get_preprocessing_params`` format) for these weights."""
-    weights, encoder = variant.get("encoder_weights"), variant.get("encoder", "resnet18")
+def preprocessing(encoder: str, weights: str | None) -> dict:
+    """The input normalisation (``smp.encoders.get_preprocessing_params`` format) of ``encoder`` with ``weights``."""
     if not weights:
         return dict(IMAGENET)
     if is_path(weights):

@@ -22,6 +22,9 @@ from carvana_seg.models import encoder_weights
 from carvana_seg.pipeline import staging
 from carvana_seg.pipeline.errors import ConfigError, DataError
 
+# what loading a checkpoint (build_model) and ensembling it (size, weight) read from its config.variant
+CHECKPOINT_VARIANT_KEYS = ("name", "arch", "encoder", "width", "height", "weight")
+
 
 class Normalized(nn.Module):
     """Wrap a segmentation net: input 0..255 RGB (float or uint8), output logits (N, 1, H, W).
@@ -44,28 +47,29 @@ class Normalized(nn.Module):
         return self.net(x)
 
 
-def build_model(variant: dict) -> Normalized:
-    """The smp model of a variant (``arch``, ``encoder``, ``encoder_weights``), one output channel (logits)."""
+def build_model(arch: str, encoder: str, weights: str | None, name: str) -> Normalized:
+    """The smp model of variant ``name`` (``arch``, ``encoder``, ``encoder_weights``), one output channel (logits);
+    ``name`` only says which ``variants`` entry an error is about."""
     import segmentation_models_pytorch as smp
 
-    arch, encoder, weights = variant.get("arch", "Unet"), variant.get("encoder", "resnet18"), variant.get("encoder_weights")
+    key = f"variants.{name}"
     local = encoder_weights.is_path(weights)
     try:
         net = smp.create_model(arch, encoder_name=encoder, encoder_weights=None if local else weights, in_channels=3,
                                classes=1)
     except KeyError as exc:
-        raise ConfigError(f"config key 'variants.{variant.get('name')}.encoder': unknown encoder '{encoder}'") from exc
+        raise ConfigError(f"config key '{key}.encoder': unknown encoder '{encoder}'") from exc
     except Exception as exc:
         if weights:
             raise ConfigError(
-                f"config key 'variants.{variant.get('name')}.encoder_weights': could not fetch '{weights}' weights "
+                f"config key '{key}.encoder_weights': could not fetch '{weights}' weights "
                 f"for encoder '{encoder}' ({type(exc).__name__}: {str(exc).splitlines()[0][:160]}); this needs network access to the model hub. "
                 "Set encoder_weights to a local weights file, or null to train from scratch offline."
             ) from exc
         raise
     if local:
-        encoder_weights.load_local(weights, net.encoder, f"variants.{variant.get('name')}.encoder_weights")
-    return Normalized(net, encoder_weights.preprocessing(variant))
+        encoder_weights.load_local(weights, net.encoder, f"{key}.encoder_weights")
+    return Normalized(net, encoder_weights.preprocessing(encoder, weights))
 
 
 def save_checkpoint(path: str | os.PathLike, model: nn.Module, cfg: dict, **extra: Any) -> None:
@@ -84,8 +88,8 @@ def to_bytes(obj: dict) -> bytes:
 def load_model(path: str | os.PathLike, device: torch.device | str = "cpu") -> tuple[Normalized, dict]:
     """Load a checkpoint written by ``save_checkpoint``: (model in eval mode on ``device``, its config slice)."""
     ckpt = load_checkpoint(path)
-    variant = dict(ckpt["config"]["variant"], encoder_weights=None)  # weights come from the checkpoint
-    model = build_model(variant)
+    v = ckpt["config"]["variant"]
+    model = build_model(v["arch"], v["encoder"], None, v["name"])  # weights come from the checkpoint
     model.load_state_dict(with_order(ckpt["state_dict"]))
     return model.to(device).eval(), ckpt["config"]
 
@@ -104,8 +108,14 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     except Exception as exc:
         raise DataError(f"{path}: not a readable checkpoint ({type(exc).__name__}: "
                         f"{str(exc).splitlines()[0][:160] if str(exc) else ''})") from exc
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "variant" not in ckpt.get("config", {}):
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or not isinstance(ckpt.get("config"), dict) \
+            or not isinstance(ckpt["config"].get("variant"), dict):
         raise DataError(f"{path}: not a carvana-seg checkpoint (no state_dict and config.variant)")
+    # Every checkpoint the train stage wrote holds the whole validated variant (these keys have been in the schema
+    # since its first version); one made elsewhere must hold at least what loading and ensembling it reads.
+    missing = [k for k in CHECKPOINT_VARIANT_KEYS if k not in ckpt["config"]["variant"]]
+    if missing:
+        raise DataError(f"{path}: checkpoint's config.variant lacks {missing}")
     return ckpt
 
 

@@ -27,6 +27,7 @@ from carvana_seg.core import layout
 from carvana_seg.core.images import image_size
 from carvana_seg.outliers.features import SIDES
 from carvana_seg.pipeline.errors import DataError
+from carvana_seg.settings.outliers import Outliers
 
 MAD_K = 1.4826  # MAD -> standard deviation for normal data
 TEST_FEATURES = {"components": "extra_share", "holes": "hole_share", "uncertain": "uncertain_per_mask_px",
@@ -122,25 +123,25 @@ def learn_profile(folds_csv: Path, raw: Path, floor: float, border_min_px: int) 
     return Profile(mu, sigma, sigma_view, float(np.median(cars)), spread(cars, floor), rate, len(cars))
 
 
-def score(features: pd.DataFrame, profile: Profile, cfg: dict) -> pd.DataFrame:
+def score(features: pd.DataFrame, profile: Profile, cfg: Outliers) -> pd.DataFrame:
     """Add the z-scores, the edges touched against the training profile, ``reasons`` (";"-joined) and ``score``
     (the worst z as a multiple of its limit: above 1 means flagged)."""
     df = features.copy()
-    floors, z_max = cfg["min_spread"], float(cfg["z_max"])
+    floors, z_max = cfg.min_spread, float(cfg.z_max)
     df = df.join(car_relative(df, profile.mu))
-    view_sigma = lambda d: df["view"].map(d).fillna(floors["area"]).to_numpy()  # noqa: E731
+    view_sigma = lambda d: df["view"].map(d).fillna(floors.area).to_numpy()  # noqa: E731
     df["z_train"] = df["la"] / view_sigma(profile.sigma)
     df["z_view"] = (df["la"] - df["car_ref"]) / view_sigma(profile.sigma_view)
     df["z_car"] = (df["car_scale"] - profile.car_median) / profile.car_sigma
     df["disagreement"] = 1.0 - df["variant_dice"]
     for name, column in TEST_FEATURES.items():
-        df[f"z_{name}"] = robust_z(df[column].to_numpy(), floors[name])
-    touched = pd.DataFrame({s: (df[f"border_{s}"] >= cfg["border_min_px"]) & (df["view"].map(
-        lambda v, s=s: profile.border_rate.get((int(v), s), 0.0)) < cfg["border_rate_min"]) for s in SIDES})
+        df[f"z_{name}"] = robust_z(df[column].to_numpy(), getattr(floors, name))
+    touched = pd.DataFrame({s: (df[f"border_{s}"] >= cfg.border_min_px) & (df["view"].map(
+        lambda v, s=s: profile.border_rate.get((int(v), s), 0.0)) < cfg.border_rate_min) for s in SIDES})
     df["border"] = [";".join(s for s in SIDES if row[s]) for row in touched.to_dict("records")]
     checks = {"area_train": df["z_train"].abs(), "area_view": df["z_view"].abs(), "car_area": df["z_car"].abs(),
               **{name: df[f"z_{name}"] for name in TEST_FEATURES}}
-    limit = {name: float(cfg["z_max_soft"]) if name in SOFT else z_max for name in checks}
+    limit = {name: float(cfg.z_max_soft) if name in SOFT else z_max for name in checks}
     hits = pd.DataFrame({name: z > limit[name] for name, z in checks.items()})
     df["reasons"] = [";".join([n for n in checks if row[n]] + [f"border:{s}" for s in b.split(";") if s])
                      for row, b in zip(hits.to_dict("records"), df["border"])]

@@ -40,6 +40,10 @@ from carvana_seg.outliers.profile import choose_variant, learn_profile, score
 from carvana_seg.pipeline import staging
 from carvana_seg.pipeline.errors import ConfigError
 from carvana_seg.pipeline.pool import worker_pool
+from carvana_seg.settings.build import build
+from carvana_seg.settings.outliers import Outliers
+from carvana_seg.settings.predict import Predict
+from carvana_seg.settings.variants import Variant
 
 log = logging.getLogger(__name__)
 COLUMNS = ["img", "car", "view", "reasons", "action", "fix", "changed_px", "score", "area", "z_train", "z_view",
@@ -47,21 +51,22 @@ COLUMNS = ["img", "car", "view", "reasons", "action", "fix", "changed_px", "scor
            "z_uncertain", "variant_dice", "z_disagreement", "border"]
 
 
-def _shard_features(job: tuple[str, str | None, list[str], float, dict]) -> list[dict]:
+def _shard_features(job: tuple[str, str | None, list[str], float, Outliers]) -> list[dict]:
     """Features of every image of one shard (runs in a worker process)."""
     path, vpath, names, threshold, cfg = job
     rows = []
     with np.load(path) as npz, (np.load(vpath) if vpath else nullcontext()) as vnpz:
         for image_id in npz.files:
             packed = vnpz[image_id] if vnpz is not None else None
-            feats = image_features(npz[image_id], threshold, cfg["uncertain_lo"], cfg["uncertain_hi"], cfg["scale"],
-                                   cfg["hole_radius"], packed, names)
+            feats = image_features(npz[image_id], threshold, cfg.uncertain_lo, cfg.uncertain_hi, cfg.scale,
+                                   cfg.hole_radius, packed, names)
             rows.append({"img": image_id, "car": layout.car_id(image_id), "view": layout.view(image_id),
                          "shard": path, "variants_file": vpath, **feats})
     return rows
 
 
-def compute_features(manifest: Path, threshold: float, cfg: dict, workers: int = 1) -> tuple[pd.DataFrame, list[str]]:
+def compute_features(manifest: Path, threshold: float, cfg: Outliers, workers: int = 1
+                     ) -> tuple[pd.DataFrame, list[str]]:
     """Per-image features of every test image in the ensemble's shards, and the variant names."""
     shards = shard_paths(manifest)
     vm = json.loads(Path(manifest).read_text()).get("variant_masks")
@@ -138,7 +143,7 @@ def _car_job(job: CarJob) -> list[tuple[str, str | None, int]]:
     return out
 
 
-def plan(df: pd.DataFrame, names: list[str], profile, cfg: dict, threshold: float, raw: Path,
+def plan(df: pd.DataFrame, names: list[str], profile, cfg: Outliers, threshold: float, raw: Path,
          sheet_dir: Path) -> list[CarJob]:
     """One job per flagged car (worst first); sheets for the first ``sheets_max``; chosen variants in ``df``."""
     flagged = df[df["reasons"] != ""]
@@ -147,33 +152,44 @@ def plan(df: pd.DataFrame, names: list[str], profile, cfg: dict, threshold: floa
     for rank, car in enumerate(order):
         views = []
         for i, r in df[df["car"] == car].sort_values("view").iterrows():
-            fix = cfg["action"] == "fix" and bool(r["reasons"])
-            zoom = fix and cfg["repredict"] == "zoom" and r["z_car"] < -cfg["z_max"]  # far smaller than training cars
-            pick = fix and not zoom and cfg["fix_variant"]
-            variant = choose_variant(r, names, profile, cfg["z_max"]) if pick else None
+            fix = cfg.action == "fix" and bool(r["reasons"])
+            zoom = fix and cfg.repredict == "zoom" and r["z_car"] < -cfg.z_max  # far smaller than training cars
+            pick = fix and not zoom and cfg.fix_variant
+            variant = choose_variant(r, names, profile, cfg.z_max) if pick else None
             df.loc[i, "fix"] = "" if not fix else ("zoom+" if zoom else f"variant:{variant}+" if variant else "") + \
                 "largest_component+fill_holes"
             views.append(View(r["img"], r["shard"], r["variants_file"], names.index(variant) if variant else None,
                               zoom, fix, r["reasons"]))
         reasons = sorted({x for rs in flagged.loc[flagged["car"] == car, "reasons"] for x in rs.split(";")})
-        title = f"car {car} ({cfg['action']}): {', '.join(reasons)}"
-        sheet = str(sheet_dir / f"{car}.png") if rank < cfg["sheets_max"] else None
-        jobs.append(CarJob(car, views, threshold, str(raw), sheet, title, cfg["tile_width"], cfg["hole_radius"]))
+        title = f"car {car} ({cfg.action}): {', '.join(reasons)}"
+        sheet = str(sheet_dir / f"{car}.png") if rank < cfg.sheets_max else None
+        jobs.append(CarJob(car, views, threshold, str(raw), sheet, title, cfg.tile_width, cfg.hole_radius))
     return jobs
 
 
-def zoom(jobs: list[CarJob], df: pd.DataFrame, args: argparse.Namespace, cfg: dict, threshold: float,
-         tmp_dir: Path) -> None:
+@dataclass(frozen=True)
+class Repredict:
+    """What the zoom re-prediction needs besides the views: the models and photos, and the settings it reads."""
+    models: list[Path]
+    raw: Path
+    device: str
+    variants: list[Variant]
+    predict: Predict
+    margin: float  # outliers.zoom_margin
+    min_share: float  # outliers.zoom_min_share
+
+
+def zoom(jobs: list[CarJob], df: pd.DataFrame, rp: Repredict, threshold: float, tmp_dir: Path) -> None:
     """Re-predict every view marked ``zoom`` into ``tmp_dir/zoom.npz`` and point the jobs at it."""
     views = [v for j in jobs for v in j.views if v.zoom]
     if not views:
         return
-    if not args.models:
+    if not rp.models:
         raise ConfigError("config key 'outliers.repredict': 'zoom' needs the model checkpoints (--models)")
     from carvana_seg.outliers.zoom import zoom_images  # torch: imported only when a car needs it
 
-    done = set(zoom_images([(v.img, v.shard) for v in views], Path(args.raw), [Path(m) for m in args.models], cfg,
-                           threshold, tmp_dir / "zoom.npz", args.device))
+    done = set(zoom_images([(v.img, v.shard) for v in views], rp.raw, rp.models, rp.variants, rp.predict, rp.margin,
+                           rp.min_share, threshold, tmp_dir / "zoom.npz", rp.device))
     for j in jobs:
         j.zoom_file = str(tmp_dir / "zoom.npz")
         j.views = [v._replace(zoom=v.zoom and v.img in done) for v in j.views]
@@ -203,21 +219,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, cfg: dict) -> None:
-    ocfg, workers = cfg["outliers"], max(1, args.threads)
-    if ocfg["uncertain_lo"] >= ocfg["uncertain_hi"]:
+    ocfg, workers = build(Outliers, cfg["outliers"]), max(1, args.threads)
+    rp = Repredict([Path(m) for m in args.models], Path(args.raw), args.device,
+                   [build(Variant, v) for v in cfg["variants"]], build(Predict, cfg["predict"]), ocfg.zoom_margin,
+                   ocfg.zoom_min_share)
+    if ocfg.uncertain_lo >= ocfg.uncertain_hi:
         raise ConfigError("config key 'outliers.uncertain_lo': must be below outliers.uncertain_hi")
     threshold = float(json.loads(Path(args.threshold).read_text())["threshold"])
     df, names = compute_features(Path(args.manifest), threshold, ocfg, workers)
-    profile = learn_profile(Path(args.folds), Path(args.raw), ocfg["min_spread"]["area"], ocfg["border_min_px"])
+    profile = learn_profile(Path(args.folds), Path(args.raw), ocfg.min_spread.area, ocfg.border_min_px)
     df = score(df, profile, ocfg)
-    df["fix"], df["action"], df["changed_px"] = "", np.where(df["reasons"] != "", ocfg["action"], ""), 0
+    df["fix"], df["action"], df["changed_px"] = "", np.where(df["reasons"] != "", ocfg.action, ""), 0
     sheet_manifest = Path(args.sheets)
     sheet_manifest.parent.mkdir(parents=True, exist_ok=True)
     for old in sheet_manifest.parent.glob("*.png"):
         old.unlink()  # sheets of cars no longer flagged must not linger
     jobs = plan(df, names, profile, ocfg, threshold, Path(args.raw), sheet_manifest.parent)
     with staging.scratch_dir(sheet_manifest.parent / ".zoom") as tmp_dir:
-        zoom(jobs, df, args, cfg, threshold, tmp_dir)
+        zoom(jobs, df, rp, threshold, tmp_dir)
         with worker_pool(workers, len(jobs)) as pool:
             results = pool.map(_car_job, jobs, chunksize=1)
     fixes = [[layout.image_file(i), m] for res in results for i, m, _ in res if m is not None]
@@ -233,9 +252,9 @@ def run(args: argparse.Namespace, cfg: dict) -> None:
     scores = Path(args.scores)
     staging.write_text(scores, df.assign(img=df["img"].map(layout.image_file))[COLUMNS + extra].round(5)
                        .to_csv(index=False))
-    record = {"action": ocfg["action"], "n_images": len(df), "n_flagged_images": len(flagged),
+    record = {"action": ocfg.action, "n_images": len(df), "n_flagged_images": len(flagged),
               "n_flagged_cars": len(jobs), "n_fixed_images": len(fixes), "variants": names,
               "sheets": [{"car": j.car, "file": Path(j.sheet).name, "title": j.title} for j in jobs if j.sheet]}
     staging.write_text(sheet_manifest, json.dumps(record, indent=2) + "\n")
     log.info("outliers: %d of %d images flagged in %d cars (%s); %d masks changed; %d contact sheets",
-             len(flagged), len(df), len(jobs), ocfg["action"], len(fixes), len(record["sheets"]))
+             len(flagged), len(df), len(jobs), ocfg.action, len(fixes), len(record["sheets"]))

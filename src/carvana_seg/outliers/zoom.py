@@ -25,6 +25,8 @@ from carvana_seg.data.resize_cache import resize_image
 from carvana_seg.inference.ensemble import Variant, finalize, load_variants
 from carvana_seg.models import runtime
 from carvana_seg.pipeline import staging
+from carvana_seg.settings.predict import Predict
+from carvana_seg.settings.variants import Variant as VariantSettings
 
 log = logging.getLogger(__name__)
 Box = tuple[int, int, int, int]  # x0, y0, x1, y1 (exclusive)
@@ -73,21 +75,23 @@ def ensemble_predictor(variants: list[Variant], tta_hflip: bool, device: torch.d
     return predict
 
 
-def zoom_images(images: list[tuple[str, str]], raw: Path, models: list[Path], cfg: dict, threshold: float,
-                out: Path, device: str = "auto") -> list[str]:
-    """Re-predict ``images`` ((id, shard holding its ensemble map) pairs) zoomed, one at a time; stream the new
-    uint8 maps into the npz ``out``; return the ids written."""
+def zoom_images(images: list[tuple[str, str]], raw: Path, models: list[Path], config: list[VariantSettings],
+                pcfg: Predict, margin: float, min_share: float, threshold: float, out: Path,
+                device: str = "auto") -> list[str]:
+    """Re-predict ``images`` ((id, shard holding its ensemble map) pairs) zoomed, one at a time, with the ensemble of
+    ``models`` (variants ``config``, ``predict`` settings ``pcfg``) on crops of ``margin`` and ``min_share``
+    (``outliers.zoom_margin``, ``zoom_min_share``); stream the new uint8 maps into the npz ``out``; return the ids
+    written."""
     dev = runtime.pick_device(device)
-    variants = load_variants(models, cfg, dev)
-    predict = ensemble_predictor(variants, cfg["predict"]["tta_hflip"], dev)
-    ocfg, done, shards = cfg["outliers"], [], {}
+    variants = load_variants(models, config, pcfg.compile, dev)
+    predict = ensemble_predictor(variants, pcfg.tta_hflip, dev)
+    done, shards = [], {}
     writer = staging.NpzWriter(out)
     try:
         for image_id, shard in images:
             shards.setdefault(shard, np.load(shard))
             photo = read_image(Path(raw) / layout.TEST_DIR / layout.image_file(image_id))
-            new = zoom_prob(photo, shards[shard][image_id], threshold, ocfg["zoom_margin"], ocfg["zoom_min_share"],
-                            predict)
+            new = zoom_prob(photo, shards[shard][image_id], threshold, margin, min_share, predict)
             if new is not None:
                 writer.add(image_id, new)
                 done.append(image_id)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -107,8 +108,11 @@ def variant(config: dict, name: str) -> dict:
 
 def fold_ids(config: dict) -> list[int]:
     """The folds that are trained: ``folds.use`` or all of ``range(folds.k)``."""
-    k = config["folds"]["k"]
-    use = config["folds"]["use"]
+    return trained_folds(config["folds"]["k"], config["folds"]["use"])
+
+
+def trained_folds(k: int, use: Sequence[int] | None) -> list[int]:
+    """``use`` (sorted, each below ``k``) or all of ``range(k)``: the folds trained (``folds.k``, ``folds.use``)."""
     if use is None:
         return list(range(k))
     bad = [f for f in use if f >= k]

@@ -19,14 +19,14 @@ from carvana_seg.pipeline.errors import ConfigError
 
 def last_round(config: dict) -> int:
     """The final round: ``pseudo_label.rounds`` when pseudo-labelling is enabled, else 1."""
-    pl = config.get("pseudo_label") or {}
-    return int(pl.get("rounds", 2)) if pl.get("enabled", False) else 1
+    pl = config["pseudo_label"]
+    return int(pl["rounds"]) if pl["enabled"] else 1
 
 
 def retrained(config: dict) -> list[str]:
     """Variants retrained in every round >= 2, in config order."""
     names = [v["name"] for v in config["variants"]]
-    chosen = (config.get("pseudo_label") or {}).get("variants")
+    chosen = config["pseudo_label"]["variants"]
     return names if chosen is None else [n for n in names if n in chosen]
 
 
@@ -61,7 +61,7 @@ def train_slice(config: dict, variant: str, r: int) -> dict:
         pl = config["pseudo_label"]
         if pl["epochs"] is not None:
             out["variant"]["epochs"] = pl["epochs"]
-        if pl.get("lr") is not None:
+        if pl["lr"] is not None:
             out["variant"]["lr"] = pl["lr"]
         out["pseudo"] = {"round": r, "init": pl["init"]}
     return out

@@ -62,17 +62,17 @@ def _mean_size(files: list[Path], fallback: float) -> float:
 def data_size(config: dict) -> DataSize:
     """The ``DataSize`` of a resolved config (see the module docstring)."""
     data = config["data"]
-    source, hq = data["source"], data.get("hq", False)
+    source, hq = data["source"], data["hq"]
     if source == "synthetic":
         syn = data["synthetic"]
         w, h = syn["width"], syn["height"]
         n_train, n_test = 16 * syn["n_train_cars"], 16 * syn["n_test_cars"]  # outlier cars are test cars
         return DataSize(n_train, n_test, w, h, _scaled("train_jpeg", w * h), _scaled("test_jpeg", w * h),
                         _scaled("mask_gif", w * h), _scaled("rle_csv_row", w * h), source)
-    full = COMPETITION if data.get("include_test", True) else dict(COMPETITION, n_test=0)
+    full = COMPETITION if data["include_test"] else dict(COMPETITION, n_test=0)
     w, h = layout.ORIG_W, layout.ORIG_H
     sizes = {k: _scaled(k, w * h, hq) for k in SAMPLE_BYTES}
-    if source == "local" and data.get("path") and (Path(data["path"]) / layout.TRAIN_DIR).is_dir():
+    if source == "local" and data["path"] and (Path(data["path"]) / layout.TRAIN_DIR).is_dir():
         root = Path(data["path"])
         train = sorted((root / (layout.TRAIN_DIR + ("_hq" if hq else ""))).glob("*.jpg"))
         test = sorted((root / (layout.TEST_DIR + ("_hq" if hq else ""))).glob("*.jpg"))
@@ -95,4 +95,4 @@ def n_pseudo(config: dict, n_test: int) -> int:
     from carvana_seg.pseudo.stage import n_to_select
 
     pl = config["pseudo_label"]
-    return min(n_test, n_to_select(n_test, pl.get("select_share"), pl.get("select_count")))
+    return min(n_test, n_to_select(n_test, pl["select_share"], pl["select_count"]))

@@ -28,7 +28,7 @@ def _count(arch: str, encoder: str, width: int, height: int) -> ModelCost:
     from carvana_seg.models.model import build_model
 
     with torch.device("meta"):
-        model = build_model({"name": "plan", "arch": arch, "encoder": encoder, "encoder_weights": None})
+        model = build_model(arch, encoder, None, "plan")
         x = torch.zeros(2, 3, height, width)  # 2: batch norm in training mode needs more than one value
         with FlopCounterMode(display=False) as fwd:
             model(x)
@@ -39,6 +39,5 @@ def _count(arch: str, encoder: str, width: int, height: int) -> ModelCost:
 
 
 def model_cost(variant: dict) -> ModelCost:
-    """FLOPs per image at the variant's own size, and its parameters."""
-    return _count(variant.get("arch", "Unet"), variant.get("encoder", "resnet18"), int(variant["width"]),
-                  int(variant["height"]))
+    """FLOPs per image at the variant's own size, and its parameters (a ``variants`` entry of a resolved config)."""
+    return _count(variant["arch"], variant["encoder"], int(variant["width"]), int(variant["height"]))

@@ -15,6 +15,7 @@ import argparse
 import json
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -85,7 +86,28 @@ def pseudo_record(table: str | os.PathLike, masks_csv: str | os.PathLike, truth:
     return rec
 
 
-def summarize(args: argparse.Namespace) -> dict:
+@dataclass(frozen=True)
+class GainInputs:
+    """The files ``pseudo-gain`` compares, round by round (plain values; ``run`` builds it from the command line)."""
+
+    thresholds: tuple[str, ...]
+    oof_tables: tuple[str, ...]
+    pseudo_tables: tuple[str, ...]
+    pseudo_masks: tuple[str, ...]
+    raw: str
+    truth: str | None
+    scores: tuple[str, ...]
+    submissions: tuple[str, ...]
+    threads: int
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> GainInputs:
+        return cls(tuple(args.thresholds), tuple(args.oof_tables), tuple(args.pseudo_tables), tuple(args.pseudo_masks),
+                   args.raw, args.truth, tuple(args.scores), tuple(args.submissions), args.threads)
+
+
+def summarize(args: GainInputs) -> dict:
+    """The pseudo_gain.json record: every round's OOF (and, with test truth, test) Dice, the gain, a verdict."""
     n = len(args.thresholds)
     if len(args.oof_tables) != n or len(args.pseudo_tables) != n - 1 or len(args.pseudo_masks) != n - 1:
         raise DataError("pseudo-gain needs one threshold and OOF table per round and one pseudo table per later round")
@@ -148,7 +170,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, cfg: dict) -> None:  # noqa: ARG001 - no config slice
     if args.truth and (len(args.scores) != len(args.thresholds) or len(args.submissions) != len(args.thresholds)):
         raise DataError("--truth needs one --scores and one --submissions file per round")
-    record = summarize(args)
+    record = summarize(GainInputs.from_args(args))
     staging.write_text(Path(args.out), json.dumps(record, indent=2) + "\n")
     for rec in record["rounds"]:
         pl = rec.get("pseudo_labels", {})

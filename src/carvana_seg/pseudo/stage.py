@@ -37,6 +37,8 @@ from carvana_seg.inference.shards import shard_paths
 from carvana_seg.pipeline import staging
 from carvana_seg.pipeline.errors import ConfigError, DataError
 from carvana_seg.pipeline.pool import worker_pool
+from carvana_seg.settings.build import build
+from carvana_seg.settings.pseudo_label import PseudoLabel
 
 log = logging.getLogger(__name__)
 COLUMNS = ["img", "car", "view", "uncertain_of_candidates", "confidence", "area", "flagged_car", "selected", "rank"]
@@ -158,7 +160,8 @@ def _quantiles(values: pd.Series) -> dict:
 
 
 def summarize(df: pd.DataFrame, cfg: dict, threshold: float, round_: int | None) -> dict:
-    """The summary JSON: counts and the uncertainty distribution of selected, rejected and flagged images."""
+    """The summary JSON: counts and the uncertainty distribution of selected, rejected and flagged images; ``cfg``
+    (the validated ``pseudo_label`` section, as given) is recorded under ``settings``."""
     sel, flagged = df[df["selected"]], df[df["flagged_car"]]
     rejected = df[~df["selected"] & ~df["flagged_car"]]
     return {
@@ -186,19 +189,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, cfg: dict) -> None:
-    pc, workers = cfg["pseudo_label"], max(1, args.threads)
-    if pc["confidence_lo"] >= pc["confidence_hi"]:
+    # The workflow's slice carries only the selection keys (rounds.pseudo_slice): the others hold the schema's
+    # defaults here, not the run's settings, and this stage reads none of them.
+    pc, workers = build(PseudoLabel, cfg["pseudo_label"]), max(1, args.threads)
+    if pc.confidence_lo >= pc.confidence_hi:
         raise ConfigError("config key 'pseudo_label.confidence_lo': must be below pseudo_label.confidence_hi")
     threshold = float(json.loads(Path(args.threshold).read_text())["threshold"])
-    df = score_images(shard_paths(args.manifest), pc["confidence_lo"], pc["confidence_hi"], threshold, workers)
+    df = score_images(shard_paths(args.manifest), pc.confidence_lo, pc.confidence_hi, threshold, workers)
     if df.empty:
         raise DataError(f"{args.manifest}: no test images")
-    df = select(df, flagged_cars(args.outliers), pc.get("select_share"), pc.get("select_count"))
+    df = select(df, flagged_cars(args.outliers), pc.select_share, pc.select_count)
     n = write_layout(df, threshold, Path(args.raw), Path(args.out_dir), workers)
     table = df.assign(img=df["id"].map(layout.image_file)).sort_values("img")[COLUMNS]
     table = table.assign(flagged_car=table["flagged_car"].astype(int), selected=table["selected"].astype(int))
     staging.write_text(Path(args.table), table.round(6).to_csv(index=False))
-    summary = summarize(df, pc, threshold, args.round)
+    summary = summarize(df, cfg["pseudo_label"], threshold, args.round)
     staging.write_text(Path(args.summary), json.dumps(summary, indent=2) + "\n")
     u = summary["uncertain_of_candidates"]["selected"]
     log.info("pseudo-labels: %d of %d test images selected (%d cars; %d images of %d flagged cars excluded) at "

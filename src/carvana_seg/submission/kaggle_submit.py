@@ -23,6 +23,8 @@ from carvana_seg.core.images import image_size
 from carvana_seg.data import kaggle_source
 from carvana_seg.pipeline import staging
 from carvana_seg.pipeline.errors import CredentialsError, DataError
+from carvana_seg.settings.build import build
+from carvana_seg.settings.kaggle import Kaggle
 from carvana_seg.submission.writer import validate_submission
 
 log = logging.getLogger(__name__)
@@ -57,9 +59,9 @@ class RawShapes(Mapping):
         return sum(1 for _ in self.test.glob("*.jpg"))
 
 
-def message_for(cfg: dict, config_hash: str) -> str:
-    """The submission message: the configured prefix, the config name and its hash."""
-    return f"{cfg.get('kaggle', {}).get('message', 'carvana-seg')} config={cfg['name']} hash={config_hash}"
+def message_for(prefix: str, name: str, config_hash: str) -> str:
+    """The submission message: the configured prefix (``kaggle.message``), the config name and its hash."""
+    return f"{prefix} config={name} hash={config_hash}"
 
 
 def check_credentials() -> str:
@@ -102,6 +104,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, cfg: dict) -> None:
-    record = submit(Path(args.submission), args.competition, message_for(cfg, args.config_hash), Path(args.raw))
+    kaggle = build(Kaggle, cfg["kaggle"])
+    record = submit(Path(args.submission), args.competition, message_for(kaggle.message, cfg["name"], args.config_hash),
+                    Path(args.raw))
     staging.write_text(Path(args.out), json.dumps(record, indent=2) + "\n")
     log.info("submitted to %s: %s", args.competition, record["message"])

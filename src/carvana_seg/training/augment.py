@@ -1,4 +1,4 @@
-"""Training augmentation (albumentations 2), built from ``train.augment``.
+"""Training augmentation (albumentations 2), built from ``train.augment`` (``settings.train.Augment``).
 
 The seed's recipe: a random HSV shift (hue ±50, saturation ±5, value ±15 in OpenCV's uint8 HSV units, which are
 the units albumentations' ``HueSaturationValue`` uses for uint8 images), a random shift (±6.25 %) and scale (±10 %)
@@ -14,18 +14,20 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from carvana_seg.settings.train import Augment
+
 BORDER_MODES = {"constant": cv2.BORDER_CONSTANT, "reflect": cv2.BORDER_REFLECT_101}
 
 
-def build_augment(aug: dict, seed: int | None = None):
+def build_augment(aug: Augment, seed: int | None = None):
     """An ``A.Compose`` taking ``image`` (H, W, 3) uint8 and ``mask`` (H, W) uint8 coverage; None if it is a no-op."""
     import albumentations as A
 
-    p = float(aug.get("probability", 0.5))
-    hue, sat, val = (float(aug.get(k, d)) for k, d in (("hue_shift", 50), ("sat_shift", 5), ("val_shift", 15)))
-    shift, scale = float(aug.get("shift", 0.0625)), float(aug.get("scale", 0.1))
-    hflip = float(aug.get("hflip", 0.5))
-    border = BORDER_MODES[aug.get("border_mode", "constant")]
+    p = float(aug.probability)
+    hue, sat, val = float(aug.hue_shift), float(aug.sat_shift), float(aug.val_shift)
+    shift, scale = float(aug.shift), float(aug.scale)
+    hflip = float(aug.hflip)
+    border = BORDER_MODES[aug.border_mode]
     transforms = []
     if p > 0 and (hue or sat or val):
         transforms.append(

@@ -25,6 +25,8 @@ from carvana_seg.models import model as modelmod
 from carvana_seg.models.runtime import autocast, maybe_compile, mixed_precision, pick_device
 from carvana_seg.pipeline.errors import CarvanaSegError, DataError
 from carvana_seg.pipeline.resources import torch_threads
+from carvana_seg.settings.train import Train
+from carvana_seg.settings.variants import Variant
 from carvana_seg.training import optim as optimmod
 from carvana_seg.training.augment import build_augment
 from carvana_seg.training.dataset import build_datasets, read_folds, split_ids, worker_init
@@ -80,30 +82,29 @@ def subsample(ids: list[str], limit: int | None) -> list[str]:
     return [ids[i] for i in picks]
 
 
-def build_trainer(cfg: dict, fold: int, folds_csv: str | Path, cache: str | Path, extra_layouts: list[str],
-                  threads: int) -> Trainer:
+def build_trainer(tc: Train, variant: Variant, base_seed: int, fold: int, folds_csv: str | Path, cache: str | Path,
+                  extra_layouts: list[str], threads: int) -> Trainer:
     """Device, fold split, datasets and loaders, a freshly seeded model, loss, optimizer, schedule and grad scaler.
 
     The order is part of the result: the model's random init draws from the RNGs seeded here."""
-    tc, variant = cfg["train"], cfg["variant"]
-    device = pick_device(tc["device"])
+    device = pick_device(tc.device)
     cuda = device.type == "cuda"
     if cuda:
         torch.backends.cudnn.benchmark = True
     else:
-        torch.set_num_threads(torch_threads(threads, tc["num_workers"]))
-    use_amp = mixed_precision(device, tc["amp"], tc["amp_cpu"])
-    channels_last = (cuda or use_amp) and tc["channels_last"]
+        torch.set_num_threads(torch_threads(threads, tc.num_workers))
+    use_amp = mixed_precision(device, tc.amp, tc.amp_cpu)
+    channels_last = (cuda or use_amp) and tc.channels_last
     train_ids, val_ids = split_ids(read_folds(folds_csv), fold)
     if not train_ids or not val_ids:
         raise DataError(f"fold {fold}: {len(train_ids)} training and {len(val_ids)} validation images")
-    val_ids = subsample(val_ids, tc["val_max_images"])
-    seed = int(cfg["seed"]) * 1000 + fold
-    train_ds, val_ds = build_datasets(cache, train_ids, val_ids, build_augment(tc["augment"], seed), extra_layouts)
-    if train_ds.size != (variant["width"], variant["height"]):
-        raise DataError(f"{cache}: cache is {train_ds.size}, variant '{variant['name']}' needs "
-                        f"{variant['width']}x{variant['height']}")
-    bs, workers = variant["batch_size"], tc["num_workers"]
+    val_ids = subsample(val_ids, tc.val_max_images)
+    seed = int(base_seed) * 1000 + fold
+    train_ds, val_ds = build_datasets(cache, train_ids, val_ids, build_augment(tc.augment, seed), extra_layouts)
+    if train_ds.size != (variant.width, variant.height):
+        raise DataError(f"{cache}: cache is {train_ds.size}, variant '{variant.name}' needs "
+                        f"{variant.width}x{variant.height}")
+    bs, workers = variant.batch_size, tc.num_workers
     gen = torch.Generator()
     train_dl = DataLoader(train_ds, bs, shuffle=True, num_workers=workers, generator=gen, worker_init_fn=worker_init,
                           drop_last=len(train_ds) > bs, pin_memory=cuda)
@@ -111,15 +112,15 @@ def build_trainer(cfg: dict, fold: int, folds_csv: str | Path, cache: str | Path
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-    model = modelmod.build_model(variant).to(device)
+    model = modelmod.build_model(variant.arch, variant.encoder, variant.encoder_weights, variant.name).to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     opt, sched = optimmod.from_config(model, variant, tc, len(train_dl))
     fp16 = use_amp and cuda and not torch.cuda.is_bf16_supported()
-    return Trainer(model=model, fwd=maybe_compile(model, tc["compile"]), criterion=BceDiceLoss.from_config(tc["loss"]),
+    return Trainer(model=model, fwd=maybe_compile(model, tc.compile), criterion=BceDiceLoss.from_config(tc.loss),
                    opt=opt, sched=sched, scaler=torch.amp.GradScaler("cuda", enabled=fp16), train_ds=train_ds,
                    val_ds=val_ds, train_dl=train_dl, val_dl=val_dl, gen=gen, device=device, use_amp=use_amp, fp16=fp16,
-                   channels_last=channels_last, seed=seed, max_bad_steps=tc["max_nonfinite_steps"],
+                   channels_last=channels_last, seed=seed, max_bad_steps=tc.max_nonfinite_steps,
                    train_ids=train_ids, val_ids=val_ids)
 
 

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from carvana_seg.settings.train import Loss
+
 
 def boundary_band(target: torch.Tensor, width: int) -> torch.Tensor:
     """Bool (N, 1, H, W): pixels within ``width`` px (Chebyshev distance) of the edge of ``target >= 0.5``.
@@ -54,14 +56,10 @@ class BceDiceLoss(nn.Module):
         self.dice = smp.losses.DiceLoss(mode="binary", from_logits=True)
 
     @classmethod
-    def from_config(cls, loss_cfg: dict) -> "BceDiceLoss":
-        """Build from ``train.loss`` ({bce_weight, dice_weight, boundary_width, boundary_weight})."""
-        return cls(
-            bce_weight=loss_cfg.get("bce_weight", 1.0),
-            dice_weight=loss_cfg.get("dice_weight", 1.0),
-            boundary_width=loss_cfg.get("boundary_width", 3),
-            boundary_weight=loss_cfg.get("boundary_weight", 3.0),
-        )
+    def from_config(cls, loss: Loss) -> "BceDiceLoss":
+        """Build from the ``train.loss`` settings (every weight given: the schema holds the defaults)."""
+        return cls(bce_weight=loss.bce_weight, dice_weight=loss.dice_weight, boundary_width=loss.boundary_width,
+                   boundary_weight=loss.boundary_weight)
 
     def pixel_weights(self, target: torch.Tensor) -> torch.Tensor:
         """BCE weight per pixel: ``boundary_weight`` in the edge band, 1 elsewhere."""

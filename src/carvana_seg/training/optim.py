@@ -16,6 +16,9 @@ import math
 
 import torch
 
+from carvana_seg.settings.train import Train
+from carvana_seg.settings.variants import Variant
+
 OPTIMIZERS = ("rmsprop", "adamw")
 SCHEDULES = ("plateau", "onecycle", "cosine")
 
@@ -80,12 +83,11 @@ class Schedule:
         self.steps = state["steps"]
 
 
-def from_config(model: torch.nn.Module, variant: dict, tc: dict, steps_per_epoch: int) -> tuple[torch.optim.Optimizer,
-                                                                                                  Schedule]:
-    """(optimizer, schedule) of a training run from the variant (``lr``, ``epochs``) and ``train`` config."""
-    lr = float(variant["lr"])
-    opt = build_optimizer(model.parameters(), tc.get("optimizer", "rmsprop"), lr, tc.get("weight_decay", 0.0))
-    sched = Schedule(opt, tc.get("schedule", "plateau"), lr, steps_per_epoch * int(variant["epochs"]),
-                     warmup_share=tc.get("warmup_share", 0.1), factor=tc.get("scheduler_factor", 0.1),
-                     patience=tc.get("scheduler_patience", 4))
+def from_config(model: torch.nn.Module, variant: Variant, tc: Train, steps_per_epoch: int
+                ) -> tuple[torch.optim.Optimizer, Schedule]:
+    """(optimizer, schedule) of a training run from the variant (``lr``, ``epochs``) and ``train`` settings."""
+    lr = float(variant.lr)
+    opt = build_optimizer(model.parameters(), tc.optimizer, lr, tc.weight_decay)
+    sched = Schedule(opt, tc.schedule, lr, steps_per_epoch * int(variant.epochs), warmup_share=tc.warmup_share,
+                     factor=tc.scheduler_factor, patience=tc.scheduler_patience)
     return opt, sched

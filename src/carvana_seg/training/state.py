@@ -50,12 +50,12 @@ class Progress:
 
 
 def identity(cfg: dict, fold: int, train_ids: list[str], val_ids: list[str], extra: dict | None = None) -> dict:
-    """What a saved state must match to be resumed: the config (minus the ensemble weight) and the fold split;
+    """What a saved state must match to be resumed: the validated slice (minus the ensemble weight) and the split;
     with ``extra`` (extra layouts' ids and mask digests, init weights' digest) those too."""
     c = copy.deepcopy(cfg)
-    c.get("variant", {}).pop("weight", None)  # ensemble weight does not change training
+    del c["variant"]["weight"]  # ensemble weight does not change training
     for key in ("compile", "tensorboard_images"):  # nor how it runs or what it shows: a saved state still resumes
-        c.get("train", {}).pop(key, None)
+        del c["train"][key]
     digest = hashlib.sha256("\n".join(train_ids + ["|"] + val_ids).encode()).hexdigest()[:16]
     out = {"cfg": c, "fold": fold, "split": digest}
     if extra:

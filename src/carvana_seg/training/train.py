@@ -1,6 +1,7 @@
 """The ``train`` stage: one variant on one fold, resumable after a kill.
 
-``run`` turns the command line into a :class:`TrainJob` of plain values and calls :func:`train`, which reads as the
+``run`` turns the command line into a :class:`TrainJob` of plain values and the config slice into typed
+:class:`TrainSettings`, and calls :func:`train`, which reads as the
 steps it takes: build the trainer (``loop.build_trainer``), resume it from ``<state-dir>/last.pt`` or start it
 (``state``), run the epochs (``loop.train_epoch``, ``loop.evaluate``) saving the state after each, and write the
 declared outputs. The state dir is not a Snakemake output, so it survives a failed or killed job; the next run
@@ -24,6 +25,9 @@ from carvana_seg.models import encoder_weights
 from carvana_seg.models import model as modelmod
 from carvana_seg.pipeline import staging
 from carvana_seg.pipeline.errors import CarvanaSegError, DataError
+from carvana_seg.settings.build import build
+from carvana_seg.settings.train import Train
+from carvana_seg.settings.variants import Variant
 from carvana_seg.training import loop, state, state_log
 from carvana_seg.training.state import STATE_FILE, STATE_FORMAT, Progress
 from carvana_seg.training.tensorboard_log import Board
@@ -79,58 +83,76 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-epochs-this-run", type=int, default=None, help=argparse.SUPPRESS)
 
 
-def _init_weights(model: torch.nn.Module, path: str, variant: dict) -> None:
+def _init_weights(model: torch.nn.Module, path: str, variant: Variant) -> None:
     """Load a ``best.pt`` of the same variant into ``model`` (architecture and size must match)."""
-    ckpt = modelmod.load_checkpoint(path)
-    v = ckpt.get("config", {}).get("variant", {})
-    same = all(v.get(k) == variant.get(k) for k in ("name", "arch", "encoder", "width", "height"))
+    ckpt = modelmod.load_checkpoint(path)  # checks that config.variant holds the keys compared here
+    v = ckpt["config"]["variant"]
+    same = all(v[k] == getattr(variant, k) for k in ("name", "arch", "encoder", "width", "height"))
     if not same:
-        raise DataError(f"{path}: checkpoint of variant {v.get('name')} ({v.get('width')}x{v.get('height')}), "
-                        f"cannot initialise {variant['name']} ({variant['width']}x{variant['height']})")
+        raise DataError(f"{path}: checkpoint of variant {v['name']} ({v['width']}x{v['height']}), "
+                        f"cannot initialise {variant.name} ({variant.width}x{variant.height})")
     model.load_state_dict(modelmod.with_order(ckpt["state_dict"]))
+    # epoch and val_dice: extras save_checkpoint's caller may leave out (a checkpoint made elsewhere) -> None
     log.info("initialised from %s (epoch %s, val Dice %s)", path, ckpt.get("epoch"), ckpt.get("val_dice"))
 
 
+@dataclass(frozen=True)
+class TrainSettings:
+    """The typed settings of one ``train`` job, and its validated slice as given (``record``): that goes into
+    checkpoints and the resume state's identity unchanged, the typed settings drive everything else."""
+
+    seed: int
+    train: Train
+    variant: Variant
+    record: dict
+
+    @classmethod
+    def from_slice(cls, cfg: dict) -> TrainSettings:
+        """From the validated ``train`` slice (``pipeline.config.validate_slice``: every default filled)."""
+        return cls(cfg["seed"], build(Train, cfg["train"]), build(Variant, cfg["variant"]), cfg)
+
+
 def run(args: argparse.Namespace, cfg: dict) -> None:
-    train(TrainJob.from_args(args), cfg)
+    train(TrainJob.from_args(args), TrainSettings.from_slice(cfg))
 
 
-def train(job: TrainJob, cfg: dict) -> None:
+def train(job: TrainJob, s: TrainSettings) -> None:
     """Train ``job.variant`` on every fold but ``job.fold``: build, resume or start, run the epochs, write outputs."""
-    encoder_weights.ensure_available(cfg["variant"])  # before any data is read: one error naming the missing file
-    t = loop.build_trainer(cfg, job.fold, job.folds, job.cache, list(job.extra_layouts), job.threads)
+    v = s.variant
+    # before any data is read: one error naming a missing weights file
+    encoder_weights.ensure_available(v.encoder, v.encoder_weights, f"variants.{v.name}.encoder_weights")
+    t = loop.build_trainer(s.train, v, s.seed, job.fold, job.folds, job.cache, list(job.extra_layouts), job.threads)
     staging.sweep(job.state_dir / STATE_FILE, job.out_model, job.out_metrics)  # temporaries of a killed run
-    ident = state.identity(cfg, job.fold, t.train_ids, t.val_ids,
+    ident = state.identity(s.record, job.fold, t.train_ids, t.val_ids,
                            state.extra_identity(list(job.extra_layouts), job.init_from))
     ident.update(state.input_identity(job.cache))
     saved = state.load_state(job.state_dir, ident)
     handler = state_log.attach(job.state_dir, resumed=saved is not None)  # keeps the earlier epochs' lines
     try:
-        progress = _resume_or_start(t, saved, job, cfg)
-        _log_setup(t, job, cfg)
-        _run_epochs(t, progress, job, cfg, ident)
-        _write_outputs(job, cfg, t.model, progress)
+        progress = _resume_or_start(t, saved, job, s)
+        _log_setup(t, job, s.variant)
+        _run_epochs(t, progress, job, s, ident)
+        _write_outputs(job, s.record, t.model, progress)
     finally:
         state_log.detach(handler)
 
 
-def _finished(progress: Progress, cfg: dict) -> bool:
-    return (progress.epoch >= cfg["variant"]["epochs"]
-            or progress.bad_epochs >= cfg["train"]["early_stopping_patience"])
+def _finished(progress: Progress, s: TrainSettings) -> bool:
+    return progress.epoch >= s.variant.epochs or progress.bad_epochs >= s.train.early_stopping_patience
 
 
-def _resume_or_start(t: loop.Trainer, saved: dict | None, job: TrainJob, cfg: dict) -> Progress:
+def _resume_or_start(t: loop.Trainer, saved: dict | None, job: TrainJob, s: TrainSettings) -> Progress:
     """The saved state put back in place (weights, optimizer, schedule, scaler, RNGs), or a fresh start (from
     ``--init-from`` weights when given)."""
     if saved is None:
         if job.init_from:
-            _init_weights(t.model, job.init_from, cfg["variant"])
+            _init_weights(t.model, job.init_from, s.variant)
         return Progress()
     loop.load_trainer_state(t, saved)
     state.set_rng_state(saved["rng"])
     progress = Progress.from_state(saved)
     where = job.state_dir / STATE_FILE
-    if _finished(progress, cfg):
+    if _finished(progress, s):
         log.info("state %s holds a finished run (%d epochs); writing its outputs", where, progress.epoch)
     else:
         log.info("resuming from epoch %d (state %s, best val Dice %.5f at epoch %d)",
@@ -138,20 +160,19 @@ def _resume_or_start(t: loop.Trainer, saved: dict | None, job: TrainJob, cfg: di
     return progress
 
 
-def _log_setup(t: loop.Trainer, job: TrainJob, cfg: dict) -> None:
+def _log_setup(t: loop.Trainer, job: TrainJob, variant: Variant) -> None:
     amp = ("fp16" if t.fp16 else "bf16") if t.use_amp else "off"
     log.info("variant %s fold %d: %d train (%d from extra layouts) / %d val images at %dx%d on %s (amp=%s), "
              "%d epochs", job.variant, job.fold, len(t.train_ds), len(t.train_ds) - len(t.train_ids), len(t.val_ds),
-             *t.train_ds.size, t.device, amp, cfg["variant"]["epochs"])
+             *t.train_ds.size, t.device, amp, variant.epochs)
 
 
-def _run_epochs(t: loop.Trainer, progress: Progress, job: TrainJob, cfg: dict, ident: dict) -> None:
+def _run_epochs(t: loop.Trainer, progress: Progress, job: TrainJob, s: TrainSettings, ident: dict) -> None:
     """Train epoch after epoch until the last one or early stopping, saving the resume state after each."""
-    epochs, patience = cfg["variant"]["epochs"], cfg["train"]["early_stopping_patience"]
-    board = Board(None if _finished(progress, cfg) else job.tensorboard, progress.epoch + 1,
-                  cfg["train"]["tensorboard_images"])
+    epochs, patience = s.variant.epochs, s.train.early_stopping_patience
+    board = Board(None if _finished(progress, s) else job.tensorboard, progress.epoch + 1, s.train.tensorboard_images)
     run_epochs = 0
-    while not _finished(progress, cfg):
+    while not _finished(progress, s):
         epoch, lr, t0 = progress.epoch + 1, t.opt.param_groups[0]["lr"], time.perf_counter()
         stats = loop.train_epoch(t, epoch, epochs, job.variant)
         progress.nonfinite_total += stats.skipped
@@ -159,7 +180,7 @@ def _run_epochs(t: loop.Trainer, progress: Progress, job: TrainJob, cfg: dict, i
         t.sched.after_epoch(val_dice)
         row = _record_epoch(t, progress, epoch, lr, stats, val_loss, val_dice, time.perf_counter() - t0)
         board.epoch(epoch, row, t.model, t.val_ds, t.device)
-        state.save_state({**progress.as_dict(), "format": STATE_FORMAT, "identity": ident, "cfg": cfg,
+        state.save_state({**progress.as_dict(), "format": STATE_FORMAT, "identity": ident, "cfg": s.record,
                           **loop.trainer_state(t), "rng": state.rng_state()}, job.state_dir / STATE_FILE)
         log.info("epoch %d/%d: train loss %.4f, val loss %.4f, val Dice %.5f, lr %.2e, %.1f s, %.1f img/s, "
                  "%.1f%% waiting for data", epoch, epochs, row["train_loss"], val_loss, val_dice, lr, row["seconds"],
@@ -168,7 +189,7 @@ def _run_epochs(t: loop.Trainer, progress: Progress, job: TrainJob, cfg: dict, i
             log.info("early stopping: no val Dice improvement for %d epochs", patience)
         run_epochs += 1
         if job.max_epochs_this_run is not None and run_epochs >= job.max_epochs_this_run and not _finished(
-                progress, cfg):
+                progress, s):
             raise CarvanaSegError(f"stopped after {run_epochs} epoch(s) this run (--max-epochs-this-run); "
                                   f"state kept in {job.state_dir}, rerun to resume")
     board.close()
@@ -191,7 +212,8 @@ def _record_epoch(t: loop.Trainer, progress: Progress, epoch: int, lr: float, st
 
 
 def _write_outputs(job: TrainJob, cfg: dict, model: torch.nn.Module, progress: Progress) -> None:
-    """Write metrics.csv and best.pt (the best epoch's weights), each atomically, after training has finished."""
+    """Write metrics.csv and best.pt (the best epoch's weights, with the validated slice ``cfg`` that made them),
+    each atomically, after training has finished."""
     staging.write_text(job.out_metrics, pd.DataFrame(progress.rows, columns=METRIC_COLUMNS).to_csv(index=False))
     model.load_state_dict(progress.best_model)
     modelmod.save_checkpoint(job.out_model, model, cfg, epoch=progress.best_epoch, val_dice=progress.best_dice,
