@@ -68,7 +68,7 @@ def model_only(variants: list, pcfg, n: int, device: torch.device) -> float:
         t0 = time.perf_counter()
         for v, x in zip(variants, batches):
             for s in range(0, n, bs):
-                runtime.predict_probs(v.models, x[: min(bs, n - s)], tta, amp=cuda).float().cpu()
+                runtime.predict_probs(v.models, x[: min(bs, n - s)], tta).float().cpu()
         seconds.append(time.perf_counter() - t0)
 
     thread = threading.Thread(target=work)

@@ -15,7 +15,7 @@ writes a synthetic resize cache (noisy ellipse "cars", the real cache format), t
 ``--layout DIR`` reads a Kaggle training layout instead of the synthetic cache: each sample's JPEG and GIF mask are
 decoded and resized by the loader workers (``LayoutDataset``), as round two reads its pseudo-labelled test photos;
 point it at real photos (e.g. ``../shared/carvana-sample``) for the real decode cost.
-``--amp/--channels-last/--compile`` switch bf16 autocast, channels-last and ``torch.compile`` on (they default to
+``--amp/--channels-last/--compile`` switch bf16 autocast (on a CPU only where bf16 is native), channels-last and ``torch.compile`` on (they default to
 off here, so a GPU run can measure them one at a time against fp32 eager). Not a pytest test.
 """
 
@@ -33,7 +33,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from carvana_seg.models import model as modelmod
-from carvana_seg.models.runtime import pick_device
+from carvana_seg.models.runtime import mixed_precision, pick_device
 from carvana_seg.pipeline import config as cfgmod
 from carvana_seg.settings.build import build
 from carvana_seg.settings.train import Augment, Loss
@@ -126,8 +126,10 @@ def bench_variant(variant: dict, tc: dict, workers: int, device: torch.device, a
     x = torch.randint(0, 256, (bs, 3, h, w), dtype=torch.uint8)
     y = (torch.rand(bs, 1, h, w) > 0.5).float()
 
+    amp = mixed_precision(device, args.amp, args.amp)  # as training: a CPU only with native bf16 (train.amp_cpu)
+
     def step(xb, yb):
-        train_step(model, xb, yb, criterion, opt, scaler, device, args.amp, args.channels_last)
+        train_step(model, xb, yb, criterion, opt, scaler, device, amp, args.channels_last)
 
     def random_batches():
         while True:
@@ -157,7 +159,8 @@ def main() -> None:
                     help="Kaggle training layout decoded per sample (round two's pseudo-labels) instead of a cache")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    ap.add_argument("--amp", action="store_true")
+    ap.add_argument("--amp", action="store_true",
+                    help="bf16 autocast on CUDA, and on a CPU with native bf16 (as train.amp / train.amp_cpu)")
     ap.add_argument("--channels-last", action="store_true")
     ap.add_argument("--compile", action="store_true")
     ap.add_argument("--loader-only", action="store_true",

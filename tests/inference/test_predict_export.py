@@ -78,7 +78,7 @@ def test_predict_writes_mask_and_cutout_of_the_photo_size(results, tmp_path, cap
     variants = predict.load_ensemble(predict.find_checkpoints(results), torch.device("cpu"))
     cpu = torch.device("cpu")
     _, images = load_resized(jpg, [v.size for v in variants])
-    probs = [runtime.predict_probs(v.models, runtime.to_tensor(x[None], cpu), amp=False)[0].numpy()
+    probs = [runtime.predict_probs(v.models, runtime.to_tensor(x[None], cpu))[0].numpy()
              for v, x in zip(variants, images)]
     want = binarize(ensemble.finalize(rgb.shape[:2], probs, [v.weight for v in variants]), threshold)
     assert np.array_equal(mask == 255, want)

@@ -182,7 +182,7 @@ def iter_probs(variants: list[Variant], raw: Path, ids: list[str], pcfg: Predict
         try:
             for idx, shapes, stacks, guides in batches:
                 xs = [s.to(device, non_blocking=cuda).permute(0, 3, 1, 2) for s in stacks]
-                probs = [runtime.predict_probs(v.models, xs[k], pcfg.tta_hflip, amp=cuda).float().cpu().numpy()
+                probs = [runtime.predict_probs(v.models, xs[k], pcfg.tta_hflip).float().cpu().numpy()
                          for v, k in zip(variants, slot)]
                 if not put((idx, shapes, probs, guides)):
                     return

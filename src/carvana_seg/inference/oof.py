@@ -58,7 +58,7 @@ def predict_rows(
     for start in range(0, len(rows), batch_size):
         chunk = rows[start:start + batch_size]
         x = runtime.to_tensor(images[np.asarray(chunk)], device, channels_last=channels_last)
-        probs = runtime.predict_probs(models, x, tta_hflip=tta_hflip, amp=device.type == "cuda").cpu().numpy()
+        probs = runtime.predict_probs(models, x, tta_hflip=tta_hflip).cpu().numpy()
         yield from zip(chunk, probs)
 
 

@@ -97,7 +97,7 @@ def predict_prob(variants: list[Variant], path: Path, device: torch.device, tta_
     probs = []
     for v, image in zip(variants, images):
         x = runtime.to_tensor(image[None], device)
-        p = runtime.predict_probs(v.models, x, tta_hflip, amp=device.type == "cuda")
+        p = runtime.predict_probs(v.models, x, tta_hflip)
         probs.append(p[0].float().cpu().numpy())
     return finalize(shape, probs, [v.weight for v in variants])
 

@@ -76,19 +76,19 @@ def predict_probs(
     models: Sequence[nn.Module],
     batch: torch.Tensor,
     tta_hflip: bool = True,
-    *,
-    amp: bool,
+    amp: bool | None = None,
 ) -> torch.Tensor:
     """Mean sigmoid probability (N, H, W) float32 over ``models`` and, with ``tta_hflip``, the mirrored image.
 
     ``batch`` is (N, 3, H, W) 0..255 on the models' device. With TTA the image and its flip run as one batch of 2N.
-    ``amp`` has no default: the callers pass ``device.type == "cuda"``, so CPU predictions stay fp32 (bf16 on a
-    CPU is for training only, ``train.amp_cpu``) and OOF and test probabilities come from the same arithmetic.
+    ``amp=None`` (what the stages use): mixed precision on CUDA only, so CPU predictions stay fp32 (bf16 on a CPU
+    is for training, ``train.amp_cpu``) and OOF, test and ``predict`` probabilities come from the same arithmetic.
+    ``amp=False`` forces fp32 on CUDA too (``benchmarks/compile_speed.py`` compares the two).
     """
     x = torch.cat([batch, batch.flip(-1)]) if tta_hflip else batch
     n = batch.shape[0]
     total = None
-    with autocast(batch.device, amp):
+    with autocast(batch.device, batch.device.type == "cuda" if amp is None else amp):
         for model in models:
             p = torch.sigmoid(model(x).float())[:, 0]
             p = (p[:n] + p[n:].flip(-1)) * 0.5 if tta_hflip else p

@@ -69,7 +69,7 @@ def ensemble_predictor(variants: list[Variant], tta_hflip: bool, device: torch.d
         probs = []
         for v in variants:
             x = torch.from_numpy(np.ascontiguousarray(resize_image(crop, v.size))[None]).permute(0, 3, 1, 2)
-            p = runtime.predict_probs(v.models, x.to(device), tta_hflip, amp=device.type == "cuda")
+            p = runtime.predict_probs(v.models, x.to(device), tta_hflip)
             probs.append(p.float().cpu().numpy()[0])
         return finalize(crop.shape[:2], probs, [v.weight for v in variants])
     return predict
