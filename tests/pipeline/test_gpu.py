@@ -97,12 +97,57 @@ def test_waiting_job_gets_a_device_when_one_is_released(tmp_path):
         _stop([first])
 
 
+def _fake_nvidia_smi(bin_dir: Path, n: int) -> str:
+    """A fake ``nvidia-smi`` listing ``n`` GPUs for ``-L``; returns a PATH with it first."""
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    lines = "".join(f"echo 'GPU {i}: NVIDIA Fake (UUID: GPU-fake-{i})'\n" for i in range(n))
+    exe = bin_dir / "nvidia-smi"
+    exe.write_text(f"#!/bin/sh\n[ \"$1\" = -L ] || exit 9\n{lines}")
+    exe.chmod(0o755)
+    return f"{bin_dir}{os.pathsep}{os.environ['PATH']}"
+
+
+def test_jobs_claim_distinct_devices_within_an_inherited_visible_set(tmp_path):
+    """8 GPUs (fake nvidia-smi), CUDA_VISIBLE_DEVICES=4,5,6,7 inherited: 4 jobs get 4, 5, 6 and 7, one each, in
+    PCI bus order; a fifth waits, as the claim is no longer switched off by the inherited set."""
+    env = _env(tmp_path / "locks", 0, PATH=_fake_nvidia_smi(tmp_path / "bin", 8), CUDA_VISIBLE_DEVICES="4,5,6,7")
+    env.pop("CARVANA_SEG_FAKE_GPUS")
+    check = "import os; from carvana_seg.pipeline import gpu; print(gpu.count_devices())"
+    assert subprocess.run([sys.executable, "-c", check], env=env, capture_output=True, text=True).stdout.strip() == "8"
+    probe = HOLDER.replace("flush=True)", "os.environ.get('CUDA_DEVICE_ORDER'), flush=True)")
+    procs = [subprocess.Popen([sys.executable, "-c", probe, "5"], env=env, stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    try:
+        got = [p.stdout.readline().split() for p in procs]
+        assert sorted(g[0] for g in got) == ["4", "5", "6", "7"], [p.stderr.read() for p in procs]
+        assert all(g[1] == g[0] and g[2] == "PCI_BUS_ID" for g in got)
+        assert sorted(f.name for f in (tmp_path / "locks").iterdir()) == [f"gpu{i}.lock" for i in (4, 5, 6, 7)]
+        extra = subprocess.run([sys.executable, "-c", HOLDER, "0.3"], env=env, input="", capture_output=True,
+                               text=True, timeout=30)
+        assert extra.returncode != 0 and "all 4 GPUs are claimed" in extra.stderr
+        assert "CUDA_VISIBLE_DEVICES='4,5,6,7'" in extra.stderr
+    finally:
+        _stop(procs)
+
+
+def test_visible_set_entries_are_cut_at_the_first_invalid_one(monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "GPU-aa, 2,-1,3")
+    assert gpu.visible_set() == ["GPU-aa", "2"]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert gpu.visible_set() == [] and gpu.candidates(4) == ([], "CUDA_VISIBLE_DEVICES=''")
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    assert gpu.visible_set() is None and gpu.candidates(2)[0] == ["0", "1"]
+
+
 def test_scheduler_assigned_devices_are_respected(tmp_path, monkeypatch):
     monkeypatch.setattr(gpu, "_HELD", {})
+    monkeypatch.setenv("CUDA_DEVICE_ORDER", "FASTEST_FIRST")
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")
     assert gpu.claim_device(n_devices=4, lock_dir=tmp_path / "locks") is None
-    assert os.environ["CUDA_VISIBLE_DEVICES"] == "3"
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "3" and os.environ["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID"
     assert not (tmp_path / "locks").exists()
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # no device at all: nothing to claim either
+    assert gpu.claim_device(n_devices=4, lock_dir=tmp_path / "locks") is None and not (tmp_path / "locks").exists()
 
 
 def test_no_gpu_claims_nothing(tmp_path, monkeypatch):
@@ -124,6 +169,8 @@ def test_cli_claims_a_device_for_gpu_stages_only(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(gpu, "_HELD", held)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # recorded first, so teardown removes what the claim sets
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    monkeypatch.setenv("CUDA_DEVICE_ORDER", "")  # the same for what the claim sets
+    monkeypatch.delenv("CUDA_DEVICE_ORDER")
     monkeypatch.setenv("CARVANA_SEG_FAKE_GPUS", "2")
     monkeypatch.setenv("CARVANA_SEG_GPU_LOCK_DIR", str(tmp_path / "locks"))
     assert cli.main(["folds", "--configfile", str(tmp_path / "missing.yaml"), "--raw", "r", "--out", "o"]) == 2

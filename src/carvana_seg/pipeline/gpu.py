@@ -2,12 +2,16 @@
 
 Snakemake's ``--resources gpu=N`` only *counts* GPU jobs; it never tells a job which device to use. So every GPU
 stage calls ``claim_device()`` before torch touches CUDA: it takes an exclusive, non-blocking ``flock`` on
-``<lock_dir>/gpu<i>.lock`` for the first free ``i`` and sets ``CUDA_VISIBLE_DEVICES=<i>``. The lock's file
-descriptor stays open for the life of the process, so the kernel releases the device when the job ends, fails or
-is killed (even by SIGKILL); a stale lock file on disk is harmless, only a held lock counts.
+``<lock_dir>/gpu<id>.lock`` for the first free device ``id`` and sets ``CUDA_VISIBLE_DEVICES=<id>``. The lock's
+file descriptor stays open for the life of the process, so the kernel releases the device when the job ends, fails
+or is killed (even by SIGKILL); a stale lock file on disk is harmless, only a held lock counts.
 
-A scheduler that assigns devices itself (SLURM ``--gpus``, Kubernetes, a user's own ``CUDA_VISIBLE_DEVICES``)
-is respected: nothing is claimed. Without GPUs (no ``nvidia-smi``) nothing is claimed either and torch runs on CPU.
+The devices to choose from are every GPU ``nvidia-smi -L`` lists, or, when ``CUDA_VISIBLE_DEVICES`` is inherited
+(a user's ``CUDA_VISIBLE_DEVICES=4,5,6,7 snakemake --resources gpu=4``, a multi-GPU SLURM allocation), the devices
+of that visible set: each job takes one of them. ``CUDA_DEVICE_ORDER=PCI_BUS_ID`` is set so that CUDA numbers the
+devices as ``nvidia-smi`` does and a lock names the same physical GPU for every job. A visible set of one device (a
+scheduler that gave the job its GPU: SLURM ``--gpus=1``, Kubernetes) or of none (``""``, ``-1``) is respected as it
+is: nothing is claimed. Without GPUs (no ``nvidia-smi``) nothing is claimed either and torch runs on CPU.
 
 Environment: ``CARVANA_SEG_GPU_LOCK_DIR`` (lock directory, default ``/tmp/carvana-seg-gpu-locks``),
 ``CARVANA_SEG_FAKE_GPUS`` (device count, for tests without GPUs), ``CARVANA_SEG_GPU_WAIT`` (seconds to wait for
@@ -56,6 +60,31 @@ def count_devices() -> int:
     return sum(1 for line in res.stdout.splitlines() if line.startswith("GPU "))
 
 
+def visible_set() -> list[str] | None:
+    """The inherited ``CUDA_VISIBLE_DEVICES`` entries (indices or ``GPU-<uuid>``), or None when it is unset. CUDA
+    ignores the entries from the first invalid one (``-1``) on, so they are cut there too."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is None:
+        return None
+    out = []
+    for entry in (e.strip() for e in visible.split(",")):
+        if not entry or entry.startswith("-"):
+            break
+        out.append(entry)
+    return out
+
+
+def candidates(n_devices: int | None = None) -> tuple[list[str], str]:
+    """(device ids this process may claim, where they come from): the inherited visible set, else ``0..n-1``."""
+    n = count_devices() if n_devices is None else n_devices
+    if n <= 0:
+        return [], "no GPU"
+    visible = visible_set()
+    if visible is None:
+        return [str(i) for i in range(n)], f"{n} GPUs"
+    return visible, f"CUDA_VISIBLE_DEVICES={os.environ['CUDA_VISIBLE_DEVICES']!r}"
+
+
 def wants_gpu(argv: list[str]) -> bool:
     """Whether a stage's command line may use a GPU: not for ``--help`` nor for ``--device cpu``."""
     if {"-h", "--help", "--device=cpu"} & set(argv):
@@ -87,19 +116,20 @@ def claim_device(
 ) -> int | None:
     """Claim a free GPU for this process and expose only it through ``CUDA_VISIBLE_DEVICES``.
 
-    Returns the claimed device index, or None when nothing was claimed (a scheduler already set
-    ``CUDA_VISIBLE_DEVICES``, or there is no GPU). Waits while every device is held by another job and raises
-    ``CarvanaSegError`` after ``timeout`` seconds. Calling it again in the same process returns the same device.
+    Returns the claimed device index (its position in the visible set for a ``GPU-<uuid>`` entry), or None when
+    nothing was claimed (a scheduler already gave the job one device, or there is no GPU). Waits while every
+    device is held by another job and raises ``CarvanaSegError`` after ``timeout`` seconds. Calling it again in the same process returns the same device.
     """
     if "device" in _HELD:
         return _HELD["device"]
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is not None:
-        _say(f"CUDA_VISIBLE_DEVICES={visible!r} set by the environment or scheduler; claiming no device")
+    devices, source = candidates(n_devices)
+    if not devices:
         return None
-    n = count_devices() if n_devices is None else n_devices
-    if n <= 0:
+    os.environ["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"  # CUDA's numbering = nvidia-smi's = the lock files'
+    if len(devices) == 1 and source.startswith("CUDA_VISIBLE_DEVICES"):
+        _say(f"{source} set by the environment or scheduler: one device, claiming nothing")
         return None
+    n = len(devices)
     lock_dir = Path(lock_dir) if lock_dir is not None else default_lock_dir()
     try:
         lock_dir.mkdir(parents=True, exist_ok=True)
@@ -112,18 +142,20 @@ def claim_device(
             raise CarvanaSegError(f"CARVANA_SEG_GPU_WAIT must be a number of seconds: {exc}") from exc
     start, warned = time.monotonic(), False
     while True:
-        for i in range(n):
-            fd = _try_lock(lock_dir / f"gpu{i}.lock")
+        for pos, dev in enumerate(devices):
+            fd = _try_lock(lock_dir / f"gpu{dev}.lock")
             if fd is not None:
-                _HELD.update(device=i, fd=fd)
-                os.environ["CUDA_VISIBLE_DEVICES"] = str(i)
-                _say(f"claimed GPU {i} of {n} (lock {lock_dir / f'gpu{i}.lock'}, held until this process exits)")
-                return i
+                index = int(dev) if dev.isdigit() else pos
+                _HELD.update(device=index, fd=fd)
+                os.environ["CUDA_VISIBLE_DEVICES"] = dev
+                _say(f"claimed GPU {dev} of {source} (lock {lock_dir / f'gpu{dev}.lock'}, held until this process "
+                     "exits)")
+                return index
         waited = time.monotonic() - start
         if waited >= timeout:
             raise CarvanaSegError(
-                f"all {n} GPUs are claimed by other jobs (locks in {lock_dir}) after waiting {waited:.0f} s; "
-                f"is --resources gpu=N larger than the {n} GPUs of this machine?"
+                f"all {n} GPUs are claimed by other jobs ({source}; locks in {lock_dir}) after waiting {waited:.0f} s; "
+                f"is --resources gpu=N larger than the {n} GPUs this job may use?"
             )
         if not warned:
             _say(f"all {n} GPUs are busy (locks in {lock_dir}); waiting up to {timeout:.0f} s for one to be released")
