@@ -1,0 +1,200 @@
+"""The DAG through a real Slurm (tests/cluster/conftest.py) with the shipped profile, ``--workflow-profile slurm``.
+
+One tiny synthetic run touches every rule group (data, train, predict, outliers with zoom on the fake GPU,
+pseudo-labelling round 2, report) and ends in a validated, scored submission. While it runs, the first training
+job is cancelled with ``scancel`` once it has saved an epoch, and the ensemble job's stage process is SIGKILLed
+(a node's OOM killer): the profile's ``retries: 1`` resubmits both, training resumes from its saved epoch, and a
+rerun then finds nothing to do. Every job is read back with ``scontrol show job`` (MinJobAge keeps finished jobs):
+one Slurm job per Snakemake job, with the cpus (``pipeline.resources``), memory, time limit and GPU the profile
+asked for. The run is under ``timeout``: the plugin's status queries must never hang a test.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from carvana_seg.pipeline import config as cfgmod
+from carvana_seg.pipeline.resources import rule_threads
+from carvana_seg.pipeline.stages import GPU_RULES, LOCAL_RULES
+from tests.helpers import ROOT, SNAKEMAKE, job_counts
+
+pytestmark = pytest.mark.slow
+
+NAME = "cl"
+CONFIG = {
+    "name": NAME, "seed": 0,
+    "data": {"source": "synthetic", "synthetic": {"n_train_cars": 2, "n_test_cars": 2, "n_outlier_cars": 1,
+                                                  "width": 128, "height": 96, "seed": 0}},
+    "folds": {"k": 2, "use": [0]},
+    "resize": {"workers": 1},
+    "variants": [{"name": "v", "width": 64, "height": 64, "batch_size": 8, "epochs": 4, "lr": 1.0e-3}],
+    "train": {"num_workers": 0},
+    "predict": {"batch_size": 16, "workers": 1, "shard_size": 16},
+    "pseudo_label": {"enabled": True, "rounds": 2, "variants": ["v"], "select_share": 0.5, "epochs": 1},
+    "outliers": {"z_max": 1000.0, "z_max_soft": 1000.0, "border_rate_min": 0.0},
+}
+# the whole run, both interruptions and their retries included; CI's budget for this file
+RUN_TIMEOUT_S = 900
+TIME_RE = re.compile(r"^(?:(\d+)-)?(\d+):(\d+):(\d+)$")
+
+
+def _env(work: Path) -> dict[str, str]:
+    """The submitting shell's environment (sbatch --export=ALL passes it on) with a fake ``nvidia-smi`` that lists
+    one GPU, the node's fake one: a GPU job then sees Slurm's CUDA_VISIBLE_DEVICES=0 and claims nothing itself."""
+    bin_dir = work / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    (bin_dir / "nvidia-smi").write_text("#!/bin/sh\necho 'GPU 0: Fake GPU (UUID: GPU-fake-0)'\n")
+    (bin_dir / "nvidia-smi").chmod(0o755)
+    return {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+
+
+def _snakemake(work: Path, *args: str, timeout: int = RUN_TIMEOUT_S) -> list[str]:
+    """The command the README gives, under ``timeout`` (SIGTERM, then SIGKILL 30 s later)."""
+    return ["timeout", "-k", "30", str(timeout), SNAKEMAKE, "--workflow-profile", "slurm", "--configfile",
+            str(work / "c.yaml"), "-s", str(ROOT / "Snakefile"), "-d", str(work), *args]
+
+
+def jobs(slurm) -> list[dict[str, str]]:
+    """Every job slurmctld still knows (``scontrol show job -o``), as {field: value}."""
+    out = slurm.run("scontrol", "show", "job", "-o").stdout
+    rows = []
+    for line in out.splitlines():
+        if line.startswith("JobId="):
+            rows.append(dict(re.findall(r"(\w[\w/:]*)=(\S*)", line)))
+    return rows
+
+
+def _rule(job: dict[str, str]) -> str:
+    m = re.match(r"rule_(\w+?)(?:_wildcards_|$)", job.get("Comment", ""))
+    return m[1] if m else ""
+
+
+def _minutes(limit: str) -> int:
+    d, h, m, s = TIME_RE.match(limit).groups()
+    return int(d or 0) * 1440 + int(h) * 60 + int(m) + (int(s) > 0)
+
+
+class Interrupter(threading.Thread):
+    """Cancels the first training job once it has saved an epoch, then SIGKILLs the ensemble job's stage process."""
+
+    def __init__(self, slurm, work: Path) -> None:
+        super().__init__(daemon=True)
+        self.slurm, self.work, self.done = slurm, work, threading.Event()
+        self.cancelled: str | None = None
+        self.killed: str | None = None
+        self.notes: list[str] = []
+
+    def _running(self, rule: str) -> str | None:
+        for j in jobs(self.slurm):
+            if _rule(j) == rule and j.get("JobState") == "RUNNING":
+                return j["JobId"]
+        return None
+
+    def run(self) -> None:
+        state = self.work / "results" / NAME / "state" / "v" / "fold0" / "last.pt"
+        while not self.done.is_set() and (self.cancelled is None or self.killed is None):
+            if self.cancelled is None:
+                job = self._running("train")
+                if job and state.is_file():
+                    self.slurm.run("scancel", job)
+                    self.cancelled = job
+            elif self.killed is None:
+                job = self._running("ensemble")
+                if job:
+                    self._kill_stage(job)
+            time.sleep(0.2)
+
+    def _kill_stage(self, job: str) -> None:
+        pids = self.slurm.run("scontrol", "listpids", job).stdout.split()
+        for pid in (p for p in pids if p.isdigit()):
+            try:
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if b"carvana_seg" in cmdline and b"ensemble" in cmdline:
+                os.kill(int(pid), signal.SIGKILL)
+                self.killed = job
+                self.notes.append(f"SIGKILLed pid {pid} of Slurm job {job}")
+                return
+
+
+@pytest.fixture(scope="module")
+def cluster_run(slurm, tmp_path_factory):
+    """The interrupted run (retried by the profile) and a rerun: (workdir, run output, rerun output, interrupter)."""
+    work = tmp_path_factory.mktemp("slurm-run")
+    (work / "c.yaml").write_text(yaml.safe_dump(CONFIG))
+    interrupter = Interrupter(slurm, work)
+    interrupter.start()
+    start = time.monotonic()
+    res = subprocess.run(_snakemake(work), capture_output=True, text=True, cwd=work, env=_env(work))
+    interrupter.done.set()
+    interrupter.join(timeout=10)
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, f"rc={res.returncode} after {time.monotonic() - start:.0f} s\n{out[-6000:]}\n" \
+                                f"{slurm.logs()}"
+    rerun = subprocess.run(_snakemake(work, timeout=300), capture_output=True, text=True, cwd=work, env=_env(work))
+    assert rerun.returncode == 0, (rerun.stdout + rerun.stderr)[-3000:]
+    return work, out, rerun.stdout + rerun.stderr, interrupter
+
+
+def test_the_dag_ends_in_a_validated_scored_submission(cluster_run):
+    work, out, _, _ = cluster_run
+    results = work / "results" / NAME
+    log = (results / "logs" / "submission.log").read_text()
+    assert "(validated)" in log, log
+    score = json.loads((results / "test_score.json").read_text())
+    assert 0.0 < score["mean_dice"] <= 1.0, score
+    assert (results / "pseudo_gain.json").is_file() and (results / "report" / "stage_times.csv").is_file()
+    counts = job_counts(out)
+    assert {"train", "oof", "ensemble", "outliers", "pseudo_labels", "pseudo_gain", "report_figures"} <= set(counts)
+
+
+def test_each_job_ran_as_its_own_slurm_job_with_the_profiles_resources(slurm, cluster_run):
+    work, out, _, _ = cluster_run
+    profile = yaml.safe_load((ROOT / "profiles" / "slurm" / "profile.yaml").read_text())
+    config = cfgmod.resolve(CONFIG)
+    threads = rule_threads(config)
+    done = [j for j in jobs(slurm) if j.get("JobState") == "COMPLETED" and str(work) == j.get("WorkDir")]
+    per_rule: dict[str, int] = {}
+    for j in done:
+        rule = _rule(j)
+        assert rule and rule not in LOCAL_RULES, j.get("Comment")
+        per_rule[rule] = per_rule.get(rule, 0) + 1
+        want = {**profile["default-resources"], **profile["set-resources"].get(rule, {})}
+        assert int(j["NumCPUs"]) == threads.get(rule, 1), (rule, j["NumCPUs"])
+        assert j["MinMemoryNode"] == f"{want['mem_mb']}M", (rule, j["MinMemoryNode"])
+        assert _minutes(j["TimeLimit"]) == want["runtime"], (rule, j["TimeLimit"])
+        gres = j.get("TresPerJob", "")
+        assert (gres == "gres:gpu:1") == (rule in GPU_RULES), (rule, gres)
+        assert j["Partition"] == "ci"
+    counts = job_counts(out)  # Snakemake's job stats: every job of a cluster rule is one completed Slurm job
+    assert per_rule == {r: n for r, n in counts.items() if r not in LOCAL_RULES and r != "all"}, (per_rule, counts)
+
+
+def test_gpu_jobs_saw_the_fake_gpu_that_slurm_assigned(cluster_run):
+    work, *_ = cluster_run
+    logs = work / "results" / NAME / "logs"
+    for log in (logs / "train" / "v_fold0.log", logs / "oof" / "v_fold0.log", logs / "outliers.log"):
+        text = log.read_text()
+        assert "CUDA_VISIBLE_DEVICES='0' set by the environment or scheduler: one device, claiming nothing" in text, \
+            f"{log}:\n{text[-2000:]}"
+
+
+def test_a_cancelled_and_a_killed_job_are_retried_and_a_rerun_finds_nothing_to_do(slurm, cluster_run):
+    work, out, rerun, interrupter = cluster_run
+    assert interrupter.cancelled and interrupter.killed, (interrupter.cancelled, interrupter.killed, out[-3000:])
+    states = {j["JobId"]: j["JobState"] for j in jobs(slurm)}
+    assert states[interrupter.cancelled] == "CANCELLED" and states[interrupter.killed] == "FAILED", states
+    train_log = (work / "results" / NAME / "logs" / "train" / "v_fold0.log").read_text()
+    assert "resuming from epoch" in train_log, train_log  # the retry continued from the saved epoch
+    assert "Nothing to be done" in rerun, rerun[-2000:]
