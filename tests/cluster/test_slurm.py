@@ -26,23 +26,11 @@ import yaml
 from carvana_seg.pipeline import config as cfgmod
 from carvana_seg.pipeline.resources import rule_threads
 from carvana_seg.pipeline.stages import GPU_RULES, LOCAL_RULES
+from tests.cluster.tiny_dag import CONFIG, NAME
 from tests.helpers import ROOT, SNAKEMAKE, job_counts
 
 pytestmark = pytest.mark.slow
 
-NAME = "cl"
-CONFIG = {
-    "name": NAME, "seed": 0,
-    "data": {"source": "synthetic", "synthetic": {"n_train_cars": 2, "n_test_cars": 2, "n_outlier_cars": 1,
-                                                  "width": 128, "height": 96, "seed": 0}},
-    "folds": {"k": 2, "use": [0]},
-    "resize": {"workers": 1},
-    "variants": [{"name": "v", "width": 64, "height": 64, "batch_size": 8, "epochs": 4, "lr": 1.0e-3}],
-    "train": {"num_workers": 0},
-    "predict": {"batch_size": 16, "workers": 1, "shard_size": 16},
-    "pseudo_label": {"enabled": True, "rounds": 2, "variants": ["v"], "select_share": 0.5, "epochs": 1},
-    "outliers": {"z_max": 1000.0, "z_max_soft": 1000.0, "border_rate_min": 0.0},
-}
 # the whole run, both interruptions and their retries included; CI's budget for this file
 RUN_TIMEOUT_S = 900
 TIME_RE = re.compile(r"^(?:(\d+)-)?(\d+):(\d+):(\d+)$")

@@ -1,5 +1,6 @@
 # Shared paths and helpers. Every path of the DAG is defined here, once.
 import json
+import os
 import re
 
 from carvana_seg.pipeline import codedeps
@@ -16,7 +17,8 @@ cs_launch.prepare_job_environment(workflow.basedir)
 NAME = config["name"]
 DATA = f"data/{NAME}"
 RES = f"results/{NAME}"
-RAW = f"{DATA}/raw"
+RAW = f"{DATA}/raw"  # a directory output of fetch (data.smk), a declared input of each rule that reads it
+TRUTH = f"{DATA}/ground_truth"  # synthetic data only: fetch writes the hidden test masks here (test_masks.csv)
 LOGS = f"{RES}/logs"
 BENCH = f"{RES}/benchmarks"
 VARIANTS = {v["name"]: v for v in config["variants"]}
@@ -89,21 +91,28 @@ def _retraining(wc):
     return r, cs_rounds.init_round(config, wc.variant, r)
 
 
+def truth_output():
+    """fetch's output of the hidden test masks: ``truth=directory(TRUTH)`` on synthetic data, nothing otherwise."""
+    return {"truth": directory(TRUTH)} if config["data"]["source"] == "synthetic" else {}
+
+
 def train_extra_inputs(wc):
-    """Round >= 2: the round's pseudo-label layout (linked test JPEGs + masks, decoded by the DataLoader: never
-    cached at each size), and the model it starts from."""
+    """Round >= 2: the round's pseudo-label layout (its train_masks.csv, train_masks/ GIFs and train/ links to the
+    test JPEGs in raw/, decoded by the DataLoader: never cached at each size), and the model it starts from."""
     r, init = _retraining(wc)
     if r == 1:
         return []
-    return [f"{pseudo_dir(r)}/train_masks.csv"] + ([model_path(wc.variant, wc.fold, init)] if init else [])
+    layout = [f"{pseudo_dir(r)}/{part}" for part in ("train_masks.csv", "train_masks", "train")] + [RAW]
+    return layout + ([model_path(wc.variant, wc.fold, init)] if init else [])
 
 
-def train_extra_args(wc):
-    r, init = _retraining(wc)
-    if r == 1:
+def train_extra_args(wc, input):
+    """``--extra-layout`` and ``--init-from`` from the job's declared inputs (train_extra_inputs' order)."""
+    extra = list(input.extra)
+    if not extra:
         return ""
-    args = f"--extra-layout {pseudo_dir(r)}"
-    return args + (f" --init-from {model_path(wc.variant, wc.fold, init)}" if init else "")
+    args = f"--extra-layout {os.path.dirname(extra[0])}"
+    return args + (f" --init-from {extra[4]}" if len(extra) > 4 else "")
 
 
 def ensemble_models(wc):
@@ -127,15 +136,34 @@ def gain_inputs(wildcards):
     """pseudo_gain's inputs: every round's threshold and OOF table, every later round's pseudo-labels; on synthetic
     data every round's submission and test score too (it and score are the only readers of ground_truth/)."""
     out = {
+        "raw": RAW,
         "thresholds": [f"{round_dir(r)}/threshold.json" for r in ROUNDS],
         "oof_tables": [f"{round_dir(r)}/oof_dice.csv" for r in ROUNDS],
         "pseudo_tables": [f"{RES}/round{r}/pseudo_labels.csv" for r in ROUNDS[1:]],
         "pseudo_masks": [f"{pseudo_dir(r)}/train_masks.csv" for r in ROUNDS[1:]],
     }
     if config["data"]["source"] == "synthetic":
+        out["truth"] = TRUTH
         out["scores"] = [f"{RES}/test_score{cs_rounds.suffix(config, r)}.json" for r in ROUNDS]
         out["submissions"] = [f"{RES}/submission{cs_rounds.suffix(config, r)}.csv.gz" for r in ROUNDS]
     return out
+
+
+def benchmark_files():
+    """Every benchmark TSV the report's time-per-stage table reads (results/<name>/benchmarks/ and each later
+    round's round<r>/benchmarks/), so that report_figures declares them instead of listing a directory. It is each
+    benchmarked rule's ``benchmark:`` path, expanded over the DAG's jobs; a test runs the DAG and checks it."""
+    files = [f"{BENCH}/fetch.tsv", f"{BENCH}/validate.tsv"]
+    files += [f"{BENCH}/resize_{size}.tsv" for size in sorted({size_of(v) for v in VARIANTS})]
+    for r in ROUNDS:
+        rd, trained = round_dir(r), cs_rounds.round_variants(config, r)
+        files += [f"{rd}/benchmarks/{stage}/{v}_fold{f}.tsv" for stage in ("train", "oof") for v in trained
+                  for f in FOLDS]
+        files += [f"{rd}/benchmarks/{stage}.tsv" for stage in ("threshold", "ensemble", "outliers")]
+        files.append(f"{BENCH}/submission{cs_rounds.suffix(config, r)}.tsv")
+        if r > 1:
+            files.append(f"{RES}/round{r}/benchmarks/pseudo_labels.tsv")
+    return files
 
 
 def final_targets():

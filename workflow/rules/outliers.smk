@@ -9,18 +9,19 @@ ZOOM = cs_resources.zoom(config)
 rule outliers:
     input:
         manifest="{rdir}/test_probs.json",
+        shards="{rdir}/test_probs",
         threshold="{rdir}/threshold.json",
         folds=f"{RES}/folds.csv",
         models=ensemble_models,
+        raw=RAW,
     output:
         table="{rdir}/outliers.csv",
         scores="{rdir}/outlier_scores.csv",
         fixes="{rdir}/outlier_fixes.csv",
-        sheets="{rdir}/outliers/contact_sheets.json",  # the contact-sheet PNGs are written beside it
+        sheets=directory("{rdir}/outliers"),  # contact_sheets.json and the contact-sheet PNGs it lists
     params:
         code=code("outliers"),
         cfg=cfg("outliers"),
-        raw=RAW,
         device="auto" if ZOOM else "cpu",
     resources:
         gpu=cs_resources.gpus(config, "outliers"),
@@ -33,6 +34,6 @@ rule outliers:
     threads: cs_resources.threads(config, "outliers")
     shell:
         "python -m carvana_seg outliers --cfg {params.cfg:q} --manifest {input.manifest} --threshold {input.threshold}"
-        " --folds {input.folds} --raw {params.raw} --models {input.models} --device {params.device}"
-        " --out {output.table} --scores {output.scores} --fixes {output.fixes} --sheets {output.sheets}"
+        " --folds {input.folds} --raw {input.raw} --models {input.models} --device {params.device}"
+        " --out {output.table} --scores {output.scores} --fixes {output.fixes} --sheets {output.sheets}/contact_sheets.json"
         " --threads {threads} > {log} 2>&1"

@@ -1,7 +1,7 @@
 # Prediction stages: OOF threshold search -> streaming test ensemble -> [outliers.smk] -> validated submission
 # (with the outlier fixes) -> score | submit.
-# The shard directory of the ensemble is a param, not an output: a failed or killed job keeps its finished
-# shards and the rerun resumes at the first missing one.
+# The ensemble writes its shards into test_probs.resume/ (not an output: a failed or killed job keeps its finished
+# shards there and the rerun resumes at the first missing one) and renames it to the test_probs/ output at the end.
 # {rdir}: a round's results (RES, or RES/round<r> with pseudo-labelling, see pseudo.smk); {sfx}: '' for the last
 # round's submission.csv.gz / test_score.json, _round<r> for an earlier round's.
 
@@ -9,6 +9,7 @@
 rule threshold:
     input:
         oof=ensemble_oof,
+        raw=RAW,
     output:
         threshold="{rdir}/threshold.json",
         curve="{rdir}/threshold_curve.csv",
@@ -16,7 +17,6 @@ rule threshold:
     params:
         code=code("threshold"),
         cfg=cfg("threshold"),
-        raw=RAW,
     conda:
         ENV_BASE
     log:
@@ -25,7 +25,7 @@ rule threshold:
         "{rdir}/benchmarks/threshold.tsv"
     threads: cs_resources.threads(config, "threshold")
     shell:
-        "python -m carvana_seg threshold --cfg {params.cfg:q} --oof {input.oof} --raw {params.raw} --out {output.threshold}"
+        "python -m carvana_seg threshold --cfg {params.cfg:q} --oof {input.oof} --raw {input.raw} --out {output.threshold}"
         " --curve {output.curve} --out-images {output.images} --threads {threads} > {log} 2>&1"
 
 
@@ -33,13 +33,13 @@ rule ensemble:
     input:
         models=ensemble_models,
         summary=f"{RES}/data_validation.json",
+        raw=RAW,
     output:
         manifest="{rdir}/test_probs.json",
+        shards=directory("{rdir}/test_probs"),
     params:
         code=code("ensemble"),
         cfg=cfg("ensemble"),
-        raw=RAW,
-        shards=lambda wildcards, output: output.manifest.removesuffix(".json"),  # {RES}/test_probs/
     resources:
         gpu=cs_resources.gpus(config, "ensemble"),
     conda:
@@ -50,21 +50,23 @@ rule ensemble:
         "{rdir}/benchmarks/ensemble.tsv"
     threads: cs_resources.threads(config, "ensemble")
     shell:
-        "python -m carvana_seg ensemble --cfg {params.cfg:q} --models {input.models} --raw {params.raw} --out-dir {params.shards}"
-        " --manifest {output.manifest} --threads {threads} > {log} 2>&1"
+        "python -m carvana_seg ensemble --cfg {params.cfg:q} --models {input.models} --raw {input.raw}"
+        " --out-dir {output.shards} --resume-dir {output.shards}.resume --manifest {output.manifest}"
+        " --threads {threads} > {log} 2>&1"
 
 
 rule submission:
     input:
         manifest=lambda wc: f"{round_dir(round_of(wc))}/test_probs.json",
+        shards=lambda wc: f"{round_dir(round_of(wc))}/test_probs",
         threshold=lambda wc: f"{round_dir(round_of(wc))}/threshold.json",
         fixes=lambda wc: f"{round_dir(round_of(wc))}/outlier_fixes.csv",
+        raw=RAW,
     output:
         submission=f"{RES}/submission{{sfx}}.csv.gz",
     params:
         code=code("submission"),
         cfg=cfg("submission"),
-        sample=f"{RAW}/sample_submission.csv",
     conda:
         ENV_BASE
     log:
@@ -74,31 +76,33 @@ rule submission:
     threads: cs_resources.threads(config, "submission")
     shell:
         "python -m carvana_seg submission --cfg {params.cfg:q} --manifest {input.manifest} --threshold {input.threshold}"
-        " --fixes {input.fixes} --sample-submission {params.sample} --out {output.submission} --threads {threads}"
+        " --fixes {input.fixes} --sample-submission {input.raw}/sample_submission.csv --out {output.submission} --threads {threads}"
         " > {log} 2>&1"
 
 
 rule score:
     input:
         submission=f"{RES}/submission{{sfx}}.csv.gz",
+        truth=TRUTH,
+        raw=RAW,
     output:
         score=f"{RES}/test_score{{sfx}}.json",
     params:
         code=code("score"),
-        truth=f"{DATA}/ground_truth/test_masks.csv",
-        raw=RAW,
     conda:
         ENV_BASE
     log:
         f"{LOGS}/score{{sfx}}.log",
     shell:
-        "python -m carvana_seg score --submission {input.submission} --truth {params.truth} --raw {params.raw}"
+        "python -m carvana_seg score --submission {input.submission} --truth {input.truth}/test_masks.csv"
+        " --raw {input.raw}"
         " --out {output.score} > {log} 2>&1"
 
 
 rule submit:
     input:
         submission=f"{RES}/submission.csv.gz",
+        raw=RAW,
     output:
         record=f"{RES}/kaggle_submit.json",
     params:
@@ -106,11 +110,10 @@ rule submit:
         cfg=cfg("submit"),
         competition=config["data"]["competition"],
         config_hash=cs_config.config_hash(config),
-        raw=RAW,
     conda:
         ENV_BASE
     log:
         f"{LOGS}/submit.log",
     shell:
         "python -m carvana_seg submit --cfg {params.cfg:q} --submission {input.submission} --competition {params.competition}"
-        " --config-hash {params.config_hash} --raw {params.raw} --out {output.record} > {log} 2>&1"
+        " --config-hash {params.config_hash} --raw {input.raw} --out {output.record} > {log} 2>&1"

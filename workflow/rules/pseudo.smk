@@ -15,14 +15,17 @@ rule pseudo_labels:
         manifest=lambda wc: f"{round_dir(int(wc.round) - 1)}/test_probs.json",
         threshold=lambda wc: f"{round_dir(int(wc.round) - 1)}/threshold.json",
         outliers=lambda wc: f"{round_dir(int(wc.round) - 1)}/outliers.csv",
+        shards=lambda wc: f"{round_dir(int(wc.round) - 1)}/test_probs",
+        raw=RAW,
     output:
-        masks_csv=f"{DATA}/pseudo/round{{round}}/train_masks.csv",  # train/ and train_masks/ are written beside it
+        masks_csv=f"{DATA}/pseudo/round{{round}}/train_masks.csv",
+        photos=directory(f"{DATA}/pseudo/round{{round}}/train"),  # links to raw/test (relative: storage keeps them)
+        masks=directory(f"{DATA}/pseudo/round{{round}}/train_masks"),
         table=f"{RES}/round{{round}}/pseudo_labels.csv",
         summary=f"{RES}/round{{round}}/pseudo_labels.json",
     params:
         code=code("pseudo"),
         cfg=cs_config.to_json(cs_rounds.pseudo_slice(config)),
-        raw=RAW,
     conda:
         ENV_BASE
     log:
@@ -32,7 +35,7 @@ rule pseudo_labels:
     threads: cs_resources.threads(config, "pseudo_labels")
     shell:
         "python -m carvana_seg pseudo --cfg {params.cfg:q} --manifest {input.manifest} --threshold {input.threshold}"
-        " --outliers {input.outliers} --raw {params.raw} --out-dir $(dirname {output.masks_csv})"
+        " --outliers {input.outliers} --raw {input.raw} --out-dir $(dirname {output.masks_csv})"
         " --table {output.table} --summary {output.summary} --round {wildcards.round} --threads {threads}"
         " > {log} 2>&1"
 
@@ -45,12 +48,11 @@ rule pseudo_gain:
     params:
         code=code("pseudo-gain"),
         measure=lambda wc, input: (
-            f"--truth {DATA}/ground_truth/test_masks.csv --scores {' '.join(input.scores)}"
+            f"--truth {input.truth}/test_masks.csv --scores {' '.join(input.scores)}"
             f" --submissions {' '.join(input.submissions)}"
             if config["data"]["source"] == "synthetic"
             else ""
         ),
-        raw=RAW,
     conda:
         ENV_BASE
     log:
@@ -59,4 +61,4 @@ rule pseudo_gain:
     shell:
         "python -m carvana_seg pseudo-gain --thresholds {input.thresholds} --oof-tables {input.oof_tables}"
         " --pseudo-tables {input.pseudo_tables} --pseudo-masks {input.pseudo_masks} {params.measure}"
-        " --raw {params.raw} --out {output.summary} --threads {threads} > {log} 2>&1"
+        " --raw {input.raw} --out {output.summary} --threads {threads} > {log} 2>&1"

@@ -24,14 +24,16 @@ rule report_figures:
         threshold=f"{round_dir(LAST)}/threshold.json",  # the final round's: what the submission used
         curve=f"{round_dir(LAST)}/threshold_curve.csv",
         outliers=f"{round_dir(LAST)}/outliers.csv",
-        sheets=f"{round_dir(LAST)}/outliers/contact_sheets.json",
+        sheets=f"{round_dir(LAST)}/outliers",  # contact_sheets.json and its PNGs
         test_probs=f"{round_dir(LAST)}/test_probs.json",
-        submission=f"{RES}/submission.csv.gz",  # the last stage: every benchmark TSV exists by now
+        benchmarks=benchmark_files(),  # time per stage: every benchmarked job's TSV, declared (common.smk)
         pseudo=[f"{RES}/pseudo_gain.json"] if LAST > 1 else [],
+        pseudo_tables=[f"{RES}/round{r}/pseudo_labels.csv" for r in ROUNDS[1:]],
         oof_images=f"{round_dir(LAST)}/oof_image_dice.csv",  # worst cars first (cars.html)
         folds=f"{RES}/folds.csv",
         oof_npz=LAST_OOF,
         score=[f"{RES}/test_score.json"] if config["data"]["source"] == "synthetic" else [],
+        raw=RAW,
     output:
         curves=[
             report(f"{REPORT}/training_{v}_fold{f}{'' if r == 1 else f'_round{r}'}.png", caption="../report/training.rst",
@@ -60,7 +62,6 @@ rule report_figures:
     params:
         code=code("report-figures"),
         weights=" ".join(str(float(VARIANTS[v].get("weight", 1.0))) for v in VARIANTS for f in FOLDS),  # LAST_OOF's order
-        raw=RAW,
         score=lambda wc, input: f"--test-score {input.score}" if input.score else "",
         plan=cs_config.to_json(config),  # planned next to measured (carvana_seg.plan)
     conda:
@@ -71,8 +72,9 @@ rule report_figures:
         f"{BENCH}/report_figures.tsv"
     shell:
         "python -m carvana_seg report-figures --metrics {input.metrics} --oof-dice {input.oof_dice}"
-        " --threshold {input.threshold} --curve {input.curve} --outliers {input.outliers} --sheets {input.sheets}"
-        " --test-probs {input.test_probs} --results $(dirname {input.oof_dice})"
+        " --threshold {input.threshold} --curve {input.curve} --outliers {input.outliers}"
+        " --sheets {input.sheets}/contact_sheets.json --test-probs {input.test_probs} --results $(dirname {input.oof_dice})"
+        " --inputs {input.benchmarks} {input.pseudo} {input.pseudo_tables}"
         " --out-dir $(dirname {output.stage_csv}) --oof-images {input.oof_images} --folds {input.folds}"
-        " --oof-npz {input.oof_npz} --oof-weights {params.weights} --raw {params.raw} {params.score}"
+        " --oof-npz {input.oof_npz} --oof-weights {params.weights} --raw {input.raw} {params.score}"
         " --plan-config {params.plan:q} > {log} 2>&1"

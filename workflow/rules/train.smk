@@ -1,6 +1,8 @@
 # Training stages: train (variant x fold, resumable) -> oof (flip-TTA OOF predictions) -> oof_table.
 # The resume state lives in {RES}/state/<variant>/fold<k>: deliberately not an output, so Snakemake keeps it
-# when a job fails or is killed, and the rerun continues from the last finished epoch.
+# when a job fails or is killed, and the rerun continues from the last finished epoch. It and the live TensorBoard
+# curves are the only files a rule writes that are not outputs, and no rule reads them (without a shared
+# filesystem they stay where the job ran: a retried job there resumes, one elsewhere starts from epoch 1).
 # {rdir} is a round's results directory: RES for round one, RES/round<r> for pseudo-label round r (pseudo.smk),
 # which adds that round's pseudo-label layout to training (--extra-layout) and may start from an earlier model.
 
@@ -18,9 +20,8 @@ rule train:
     params:
         code=code("train"),
         cfg=train_cfg,
-        cache=lambda wc: cache_dir(wc.variant),
         state=lambda wc: f"{wc.rdir}/state/{wc.variant}/fold{wc.fold}",
-        extra=train_extra_args,
+        extra=train_extra_args,  # paths from input.extra (the storage provider's local copies, where one is used)
         # live curves (make tensorboard), like the state not an output: a rerun resumes the run's event steps
         tb=lambda wc: f"{RES}/tensorboard/{wc.variant}_fold{wc.fold}_round{round_of(wc)}",
     conda:
@@ -34,7 +35,7 @@ rule train:
         gpu=cs_resources.gpus(config, "train"),
     shell:
         "python -m carvana_seg train --cfg {params.cfg:q} --variant {wildcards.variant} --fold {wildcards.fold}"
-        " --folds {input.folds} --cache {params.cache} --out-model {output.model} --out-metrics {output.metrics}"
+        " --folds {input.folds} --cache $(dirname {input.images}) --out-model {output.model} --out-metrics {output.metrics}"
         " --state-dir {params.state} --tensorboard {params.tb} {params.extra} --threads {threads} > {log} 2>&1"
 
 
@@ -44,15 +45,15 @@ rule oof:
         folds=f"{RES}/folds.csv",
         manifest=f"{DATA}/fetch.json",
         images=lambda wc: f"{cache_dir(wc.variant)}/images.npy",
+        masks=lambda wc: f"{cache_dir(wc.variant)}/masks.npy",  # resize_cache.load maps all three
         ids=lambda wc: f"{cache_dir(wc.variant)}/ids.txt",
+        raw=RAW,
     output:
         npz="{rdir}/oof/{variant}/fold{fold}.npz",
         dice="{rdir}/oof/{variant}/fold{fold}_dice.csv",
     params:
         code=code("oof"),
         cfg=lambda wc: cfg("oof", wc.variant),
-        cache=lambda wc: cache_dir(wc.variant),
-        raw=RAW,
     conda:
         ENV_TORCH
     log:
@@ -64,7 +65,7 @@ rule oof:
         gpu=cs_resources.gpus(config, "oof"),
     shell:
         "python -m carvana_seg oof --cfg {params.cfg:q} --variant {wildcards.variant} --fold {wildcards.fold}"
-        " --model {input.model} --folds {input.folds} --cache {params.cache} --raw {params.raw}"
+        " --model {input.model} --folds {input.folds} --cache $(dirname {input.images}) --raw {input.raw}"
         " --out {output.npz} --out-dice {output.dice} --threads {threads} > {log} 2>&1"
 
 

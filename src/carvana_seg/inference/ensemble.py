@@ -273,6 +273,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--raw", required=True, help="raw Kaggle layout with test/ and sample_submission.csv")
     parser.add_argument("--out-dir", required=True, help="shard directory (results/<name>/test_probs)")
     parser.add_argument("--manifest", required=True, help="manifest JSON to write (results/<name>/test_probs.json)")
+    parser.add_argument("--resume-dir", default=None,
+                        help="write the shards here and rename this directory to --out-dir once all are done: a "
+                             "killed run keeps its finished shards here while --out-dir (a Snakemake output, "
+                             "removed when a job fails) never holds a partial set; default: --out-dir itself")
     parser.add_argument("--threads", type=int, default=1,
                         help="the job's CPU threads: torch gets what the decode workers (predict.workers) leave")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
@@ -294,8 +298,11 @@ def run(args: argparse.Namespace, cfg: dict) -> None:
         log.warning("partial test set: %d of the %d test images listed in sample_submission.csv are present; "
                     "predicting those (the submission will not be uploadable)", len(ids), n_listed)
     variants = load_variants(paths := [Path(p) for p in args.models], config_variants, predict.compile, device)
-    prepare_dir(out_dir, digest := run_hash(paths, predict, config_variants, folds, ids))
-    result = write_shards(variants, raw, ids, out_dir, predict, device)
+    work = Path(args.resume_dir) if args.resume_dir else out_dir
+    prepare_dir(work, digest := run_hash(paths, predict, config_variants, folds, ids))
+    result = write_shards(variants, raw, ids, work, predict, device)
+    if work != out_dir:
+        staging.replace_dir(work, out_dir)
     seconds = time.perf_counter() - t0
     total = sum(s["bytes"] for s in result["shards"])
     record = {

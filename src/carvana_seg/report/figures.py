@@ -45,6 +45,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--test-probs", required=True, help="test_probs.json of the ensemble (throughput)")
     parser.add_argument("--results", required=True,
                         help="results/<name>: its benchmarks/ (and round<r>/benchmarks/) and pseudo-label files")
+    parser.add_argument("--inputs", nargs="*", default=None,
+                        help="the files under --results to read (benchmark TSVs, pseudo_labels.csv, pseudo_gain.json: "
+                             "the rule's declared inputs); nothing else there is read. Default: look in --results")
     parser.add_argument("--out-dir", required=True, help="where the figures and tables go")
     parser.add_argument("--plan-config", default=None,
                         help="the run's resolved config as JSON: adds planned next to measured (carvana_seg.plan)")
@@ -167,9 +170,10 @@ def threshold_curve(curve_csv: Path, threshold_json: Path, out: Path) -> None:
     _save(fig, out)
 
 
-def pseudo_labels(results: Path, out: Path) -> None:
-    """Per round: pseudo-label confidence and Dice; a note when the run had no pseudo-labelling."""
-    rounds, dice = pseudo_rounds(results), dice_by_round(results)
+def pseudo_labels(results: Path, out: Path, files: list[str] | None = None) -> None:
+    """Per round: pseudo-label confidence and Dice; a note when the run had no pseudo-labelling. ``files``: the
+    files under ``results`` that may be read (``report_tables``)."""
+    rounds, dice = pseudo_rounds(results, files), dice_by_round(results, files)
     if not rounds and dice.empty:
         return _note(out, "Pseudo-labels", "No pseudo-labelling in this run (no pseudo_labels.csv, no pseudo_gain.json).")
     fig, (ax1, ax2) = _plt().subplots(1, 2, figsize=(10, 3.4))
@@ -239,11 +243,12 @@ def planned(config: dict | None, device: str, measured: list[pd.DataFrame]) -> s
 
 
 def throughput(bench_dir: Path, test_probs: Path, out_png: Path, out_html: Path, out_csv: Path,
-               config: dict | None = None) -> pd.DataFrame:
+               config: dict | None = None, files: list[str] | None = None) -> pd.DataFrame:
     """Wall time per stage from the benchmark TSVs (table and bar chart) with the test-set images/s; with the
-    run's config, the plan next to it."""
-    times = stage_times(bench_dir, exclude={"report_figures"})
-    rounds = [(r, stage_times(d / "benchmarks")) for r, d in round_dirs(bench_dir.parent)[1:]]  # round<r>/benchmarks
+    run's config, the plan next to it. ``files``: the TSVs that may be read (None: every one found)."""
+    times = stage_times(bench_dir, exclude={"report_figures"}, files=files)
+    rounds = [(r, stage_times(d / "benchmarks", files=files))
+              for r, d in round_dirs(bench_dir.parent, files)[1:]]  # round<r>/benchmarks
     plan_html = planned(config, str(json.loads(Path(test_probs).read_text()).get("device", "cpu")),
                         [times] + [t for _, t in rounds])
     extra = [t.assign(stage=t["stage"] + f" (round {r})") for r, t in rounds if not t.empty]
@@ -275,12 +280,12 @@ def run(args: argparse.Namespace, cfg: dict) -> None:
         training_curve(Path(path), title, out / name)
     means = oof_dice(Path(args.oof_dice), out / "oof_dice.png")
     threshold_curve(Path(args.curve), Path(args.threshold), out / "threshold.png")
-    pseudo_labels(Path(args.results), out / "pseudo_labels.png")
+    pseudo_labels(Path(args.results), out / "pseudo_labels.png", args.inputs)
     n_sheets = outlier_gallery(Path(args.outliers), Path(args.sheets), out / "outliers.html",
                                out / "outlier_gallery.html")
     times = throughput(Path(args.results) / "benchmarks", Path(args.test_probs), out / "throughput.png",
                        out / "stage_times.html", out / "stage_times.csv",
-                       json.loads(args.plan_config) if args.plan_config else None)
+                       json.loads(args.plan_config) if args.plan_config else None, args.inputs)
     if args.oof_images:
         from carvana_seg.report import cars as report_cars
 

@@ -8,13 +8,19 @@ is ``results/<name>`` for round 1 and ``results/<name>/round<r>`` after (``carva
   0/1; without it every row counts as selected). Other columns are ignored.
 - ``<round dir>/pseudo_gain.json`` (rounds >= 2) with numeric keys naming Dice (``oof_dice``, ``dice_before``,
   ``test_dice``, ...), or ``results/<name>/pseudo_gain.json`` with ``{"rounds": [{"round": r, <dice keys>}]}``.
+
+Each reader takes ``files``: the files it may read (the rule's declared inputs). Given, nothing is globbed and a
+file not in it counts as absent, so the stage reads only what Snakemake declared (and moved, without a shared
+filesystem); None (direct use) looks at the directories.
 """
 
 from __future__ import annotations
 
 import html
 import json
+import os
 import re
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +31,18 @@ STAGE_COLUMNS = ["stage", "jobs", "total_s", "max_s", "cpu_s", "max_rss_mb", "me
 ROUND_RE = re.compile(r"^round(\d+)$")
 
 
+Files = Iterable[str | Path] | None
+
+
+def _norm(files: Files) -> set[str] | None:
+    return None if files is None else {os.path.normpath(f) for f in files}
+
+
+def _present(path: Path, files: set[str] | None) -> bool:
+    """Whether ``path`` may be read: listed in ``files``, or (files None) an existing file."""
+    return path.is_file() if files is None else os.path.normpath(path) in files
+
+
 def stage_of(tsv: Path, bench_dir: Path) -> str:
     """Stage of a benchmark file: ``train/<v>_fold0.tsv`` -> train, ``resize_96x64.tsv`` -> resize."""
     rel = tsv.relative_to(bench_dir)
@@ -33,11 +51,17 @@ def stage_of(tsv: Path, bench_dir: Path) -> str:
     return SIZE_SUFFIX.sub("", tsv.stem)
 
 
-def stage_times(bench_dir: Path, exclude: set[str] | frozenset[str] = frozenset()) -> pd.DataFrame:
-    """One row per stage: jobs, summed and longest wall seconds, CPU seconds, peak RSS (MB), mean load."""
+def stage_times(bench_dir: Path, exclude: set[str] | frozenset[str] = frozenset(), files: Files = None) -> pd.DataFrame:
+    """One row per stage: jobs, summed and longest wall seconds, CPU seconds, peak RSS (MB), mean load. ``files``:
+    the TSVs under ``bench_dir`` to read (the others are ignored); None: every ``*.tsv`` below it."""
     bench_dir = Path(bench_dir)
     rows = []
-    for tsv in sorted(bench_dir.rglob("*.tsv")) if bench_dir.is_dir() else []:
+    if files is None:
+        tsvs = sorted(bench_dir.rglob("*.tsv")) if bench_dir.is_dir() else []
+    else:
+        root = os.path.normpath(bench_dir) + os.sep
+        tsvs = sorted(Path(f) for f in _norm(files) if f.startswith(root) and f.endswith(".tsv"))
+    for tsv in tsvs:
         stage = stage_of(tsv, bench_dir)
         if stage in exclude:
             continue
@@ -56,18 +80,25 @@ def stage_times(bench_dir: Path, exclude: set[str] | frozenset[str] = frozenset(
     return table.sort_values(["total_s", "stage"], ascending=[False, True], ignore_index=True)[STAGE_COLUMNS].round(2)
 
 
-def round_dirs(results: Path) -> list[tuple[int, Path]]:
-    """``results`` itself as round 1 and every ``results/round<r>/``, in round order."""
-    found = [(int(m[1]), d) for d in Path(results).glob("round*") if d.is_dir() and (m := ROUND_RE.match(d.name))]
-    return [(1, Path(results))] + sorted(r for r in found if r[0] != 1)
+def round_dirs(results: Path, files: Files = None) -> list[tuple[int, Path]]:
+    """``results`` itself as round 1 and every ``results/round<r>/``, in round order (with ``files``: the round
+    directories that hold one of them)."""
+    results = Path(results)
+    if files is None:
+        dirs = [d for d in results.glob("round*") if d.is_dir()]
+    else:
+        root = os.path.normpath(results) + os.sep
+        dirs = [results / f[len(root):].split(os.sep)[0] for f in _norm(files) if f.startswith(root)]
+    found = {(int(m[1]), d) for d in dirs if (m := ROUND_RE.match(d.name))}
+    return [(1, results)] + sorted(r for r in found if r[0] != 1)
 
 
-def pseudo_rounds(results: Path) -> list[dict[str, Any]]:
+def pseudo_rounds(results: Path, files: Files = None) -> list[dict[str, Any]]:
     """Each round with a ``pseudo_labels.csv``: round, confidence (Series or None), n_images, n_selected."""
-    rounds = []
-    for r, d in round_dirs(results):
+    rounds, files = [], _norm(files)
+    for r, d in round_dirs(results, files):
         labels = d / "pseudo_labels.csv"
-        if not labels.is_file():
+        if not _present(labels, files):
             continue
         df = pd.read_csv(labels)
         col = next((c for c in ("confidence", "score") if c in df.columns), None)
@@ -82,16 +113,17 @@ def _dice_keys(record: dict[str, Any]) -> dict[str, float]:
             if "dice" in k and isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
-def dice_by_round(results: Path) -> pd.DataFrame:
+def dice_by_round(results: Path, files: Files = None) -> pd.DataFrame:
     """Dice figures per round (index: round; columns: every numeric key with 'dice' in its name) from the rounds'
     ``pseudo_gain.json`` and from a top-level ``results/<name>/pseudo_gain.json`` listing ``{"rounds": [...]}``."""
     rows: dict[int, dict[str, float]] = {}
-    for r, d in round_dirs(results):
+    files = _norm(files)
+    for r, d in round_dirs(results, files):
         gain = d / "pseudo_gain.json"
-        if r > 1 and gain.is_file():
+        if r > 1 and _present(gain, files):
             rows.setdefault(r, {}).update(_dice_keys(json.loads(gain.read_text())))
     top = Path(results) / "pseudo_gain.json"
-    if top.is_file():
+    if _present(top, files):
         record = json.loads(top.read_text())
         for entry in record.get("rounds", []) if isinstance(record, dict) else []:
             if isinstance(entry, dict) and isinstance(entry.get("round"), int):
