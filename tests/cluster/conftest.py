@@ -15,8 +15,10 @@ def slurm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlurmCluster]:
     """munged, slurmctld and slurmd started for the session (node idle), stopped by pid at its end."""
     missing = missing_binaries()
     if missing:
-        pytest.skip(f"Slurm is not installed ({', '.join(missing)} missing): apt-get install -y "
-                    "--no-install-recommends slurmctld slurmd slurm-client munge (.ci/run does)")
+        pytest.skip(
+            f"Slurm is not installed ({', '.join(missing)} missing): apt-get install -y "
+            "--no-install-recommends slurmctld slurmd slurm-client munge (.ci/run does)"
+        )
     if os.geteuid() != 0:
         pytest.skip("the real-Slurm test starts slurmctld and slurmd as root (SlurmUser=root, /etc/slurm): run as root")
     reason = foreign_config()

@@ -87,7 +87,7 @@ class SlurmCluster:
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
 
     def run(self, *cmd: str, timeout: float = 30) -> subprocess.CompletedProcess:
-        return subprocess.run([_exe(cmd[0]), *cmd[1:]], capture_output=True, text=True, timeout=timeout)
+        return subprocess.run([_exe(cmd[0]), *cmd[1:]], check=False, capture_output=True, text=True, timeout=timeout)
 
     def logs(self) -> str:
         """The last lines of each daemon's log, for a failing assertion."""
@@ -114,9 +114,17 @@ class SlurmCluster:
         socket_path = Path("/run/munge/munge.socket.2")  # where the Slurm clients look for it
         socket_path.parent.mkdir(parents=True, exist_ok=True)
         socket_path.parent.chmod(0o755)
-        self._spawn("munged", "munged", "-F", "--force", f"--key-file={key}", f"--socket={socket_path}",
-                    f"--pid-file={self.state / 'munge' / 'munged.pid'}", f"--seed-file={self.state / 'munge' / 'seed'}",
-                    f"--log-file={self.state / 'munged.log'}")
+        self._spawn(
+            "munged",
+            "munged",
+            "-F",
+            "--force",
+            f"--key-file={key}",
+            f"--socket={socket_path}",
+            f"--pid-file={self.state / 'munge' / 'munged.pid'}",
+            f"--seed-file={self.state / 'munge' / 'seed'}",
+            f"--log-file={self.state / 'munged.log'}",
+        )
         self._wait(lambda: socket_path.exists(), timeout, "munged's socket")
         self._spawn("slurmctld", "slurmctld", "-D", "-i")
         self._wait(lambda: self.run("scontrol", "ping").stdout.count("UP") > 0, timeout, "slurmctld")
@@ -125,8 +133,13 @@ class SlurmCluster:
 
     def _spawn(self, name: str, *cmd: str) -> None:
         log = open(self.state / f"{name}.stdout", "wb")  # noqa: SIM115 - kept open for the daemon's life
-        self.procs[name] = subprocess.Popen([_exe(cmd[0]), *cmd[1:]], stdout=log, stderr=subprocess.STDOUT,
-                                            stdin=subprocess.DEVNULL, start_new_session=True)
+        self.procs[name] = subprocess.Popen(
+            [_exe(cmd[0]), *cmd[1:]],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
 
     def _wait(self, ready, timeout: float, what: str) -> None:
         deadline = time.monotonic() + timeout

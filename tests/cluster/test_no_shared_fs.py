@@ -29,10 +29,24 @@ JOB_LOCAL = {"state", "tensorboard"}  # train.smk: {rdir}/state/ and tensorboard
 
 def _run(work: Path, *extra: str) -> subprocess.CompletedProcess:
     (work / "c.yaml").write_text(yaml.safe_dump(CONFIG))
-    cmd = ["timeout", "-k", "30", "900", SNAKEMAKE, "--cores", "2", "--configfile", str(work / "c.yaml"),
-           "-s", str(ROOT / "Snakefile"), "-d", str(work), *extra]
+    cmd = [
+        "timeout",
+        "-k",
+        "30",
+        "900",
+        SNAKEMAKE,
+        "--cores",
+        "2",
+        "--configfile",
+        str(work / "c.yaml"),
+        "-s",
+        str(ROOT / "Snakefile"),
+        "-d",
+        str(work),
+        *extra,
+    ]
     env = {k: v for k, v in os.environ.items() if k != "CUDA_VISIBLE_DEVICES"}
-    return subprocess.run(cmd, capture_output=True, text=True, env={**env, "CARVANA_SEG_FAKE_GPUS": "0"})
+    return subprocess.run(cmd, check=False, capture_output=True, text=True, env={**env, "CARVANA_SEG_FAKE_GPUS": "0"})
 
 
 @pytest.fixture(scope="module")

@@ -48,8 +48,22 @@ def _env(work: Path) -> dict[str, str]:
 
 def _snakemake(work: Path, *args: str, timeout: int = RUN_TIMEOUT_S) -> list[str]:
     """The command the README gives, under ``timeout`` (SIGTERM, then SIGKILL 30 s later)."""
-    return ["timeout", "-k", "30", str(timeout), SNAKEMAKE, "--workflow-profile", "slurm", "--configfile",
-            str(work / "c.yaml"), "-s", str(ROOT / "Snakefile"), "-d", str(work), *args]
+    return [
+        "timeout",
+        "-k",
+        "30",
+        str(timeout),
+        SNAKEMAKE,
+        "--workflow-profile",
+        "slurm",
+        "--configfile",
+        str(work / "c.yaml"),
+        "-s",
+        str(ROOT / "Snakefile"),
+        "-d",
+        str(work),
+        *args,
+    ]
 
 
 def jobs(slurm) -> list[dict[str, str]]:
@@ -124,13 +138,16 @@ def cluster_run(slurm, tmp_path_factory):
     interrupter = Interrupter(slurm, work)
     interrupter.start()
     start = time.monotonic()
-    res = subprocess.run(_snakemake(work), capture_output=True, text=True, cwd=work, env=_env(work))
+    res = subprocess.run(_snakemake(work), check=False, capture_output=True, text=True, cwd=work, env=_env(work))
     interrupter.done.set()
     interrupter.join(timeout=10)
     out = res.stdout + res.stderr
-    assert res.returncode == 0, f"rc={res.returncode} after {time.monotonic() - start:.0f} s\n{out[-6000:]}\n" \
-                                f"{slurm.logs()}"
-    rerun = subprocess.run(_snakemake(work, timeout=300), capture_output=True, text=True, cwd=work, env=_env(work))
+    assert res.returncode == 0, (
+        f"rc={res.returncode} after {time.monotonic() - start:.0f} s\n{out[-6000:]}\n{slurm.logs()}"
+    )
+    rerun = subprocess.run(
+        _snakemake(work, timeout=300), check=False, capture_output=True, text=True, cwd=work, env=_env(work)
+    )
     assert rerun.returncode == 0, (rerun.stdout + rerun.stderr)[-3000:]
     return work, out, rerun.stdout + rerun.stderr, interrupter
 
@@ -174,8 +191,9 @@ def test_gpu_jobs_saw_the_fake_gpu_that_slurm_assigned(cluster_run):
     logs = work / "results" / NAME / "logs"
     for log in (logs / "train" / "v_fold0.log", logs / "oof" / "v_fold0.log", logs / "outliers.log"):
         text = log.read_text()
-        assert "CUDA_VISIBLE_DEVICES='0' set by the environment or scheduler: one device, claiming nothing" in text, \
+        assert "CUDA_VISIBLE_DEVICES='0' set by the environment or scheduler: one device, claiming nothing" in text, (
             f"{log}:\n{text[-2000:]}"
+        )
 
 
 def test_a_cancelled_and_a_killed_job_are_retried_and_a_rerun_finds_nothing_to_do(slurm, cluster_run):

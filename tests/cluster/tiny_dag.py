@@ -8,9 +8,12 @@ from pathlib import Path
 
 NAME = "cl"
 CONFIG = {
-    "name": NAME, "seed": 0,
-    "data": {"source": "synthetic", "synthetic": {"n_train_cars": 2, "n_test_cars": 2, "n_outlier_cars": 1,
-                                                  "width": 128, "height": 96, "seed": 0}},
+    "name": NAME,
+    "seed": 0,
+    "data": {
+        "source": "synthetic",
+        "synthetic": {"n_train_cars": 2, "n_test_cars": 2, "n_outlier_cars": 1, "width": 128, "height": 96, "seed": 0},
+    },
     "folds": {"k": 2, "use": [0]},
     "resize": {"workers": 1},
     "variants": [{"name": "v", "width": 64, "height": 64, "batch_size": 8, "epochs": 4, "lr": 1.0e-3}],

@@ -113,7 +113,7 @@ def test_jobs_claim_distinct_devices_within_an_inherited_visible_set(tmp_path):
     env = _env(tmp_path / "locks", 0, PATH=_fake_nvidia_smi(tmp_path / "bin", 8), CUDA_VISIBLE_DEVICES="4,5,6,7")
     env.pop("CARVANA_SEG_FAKE_GPUS")
     check = "import os; from carvana_seg.pipeline import gpu; print(gpu.count_devices())"
-    assert subprocess.run([sys.executable, "-c", check], env=env, capture_output=True, text=True).stdout.strip() == "8"
+    assert subprocess.run([sys.executable, "-c", check], check=False, env=env, capture_output=True, text=True).stdout.strip() == "8"
     probe = HOLDER.replace("flush=True)", "os.environ.get('CUDA_DEVICE_ORDER'), flush=True)")
     procs = [subprocess.Popen([sys.executable, "-c", probe, "5"], env=env, stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(4)]
@@ -122,7 +122,7 @@ def test_jobs_claim_distinct_devices_within_an_inherited_visible_set(tmp_path):
         assert sorted(g[0] for g in got) == ["4", "5", "6", "7"], [p.stderr.read() for p in procs]
         assert all(g[1] == g[0] and g[2] == "PCI_BUS_ID" for g in got)
         assert sorted(f.name for f in (tmp_path / "locks").iterdir()) == [f"gpu{i}.lock" for i in (4, 5, 6, 7)]
-        extra = subprocess.run([sys.executable, "-c", HOLDER, "0.3"], env=env, input="", capture_output=True,
+        extra = subprocess.run([sys.executable, "-c", HOLDER, "0.3"], check=False, env=env, input="", capture_output=True,
                                text=True, timeout=30)
         assert extra.returncode != 0 and "all 4 GPUs are claimed" in extra.stderr
         assert "CUDA_VISIBLE_DEVICES='4,5,6,7'" in extra.stderr
@@ -184,3 +184,42 @@ def test_cli_claims_a_device_for_gpu_stages_only(tmp_path, monkeypatch, capsys):
     finally:
         if "fd" in held:
             os.close(held["fd"])
+
+
+FOUR_JOBS = """
+rule all:
+    input: expand("claims/{i}.txt", i=range(4))
+
+rule model_job:
+    output: "claims/{i}.txt"
+    resources: gpu=1
+    shell: "{python} barrier.py {output}"
+"""
+# claims a device, records "<device> <CUDA_VISIBLE_DEVICES>", then waits until all four jobs hold one (a barrier:
+# it only passes if the four run at once)
+BARRIER = (
+    "import os, sys, time, glob\n"
+    "from carvana_seg.pipeline import gpu\n"
+    "d = gpu.claim_device(timeout=5, poll=0.05)\n"
+    "open(sys.argv[1] + '.tmp', 'w').write(f\"{d} {os.environ['CUDA_VISIBLE_DEVICES']}\\n\")\n"
+    "deadline = time.time() + 60\n"
+    "while len(glob.glob('claims/*.tmp')) + len(glob.glob('claims/*.txt')) < 4 and time.time() < deadline:\n"
+    "    time.sleep(0.1)\n"
+    "os.rename(sys.argv[1] + '.tmp', sys.argv[1])\n"
+)
+
+
+def test_snakemake_resources_gpu_4_runs_four_model_jobs_at_once_one_gpu_each(tmp_path):
+    """`snakemake --resources gpu=4` on a 4-GPU box (fake nvidia-smi) inside CUDA_VISIBLE_DEVICES=0,1,2,3: four jobs
+    at once, each on its own device."""
+    env = _env(tmp_path / "locks", 0, PATH=_fake_nvidia_smi(tmp_path / "bin", 4), CUDA_VISIBLE_DEVICES="0,1,2,3")
+    env.pop("CARVANA_SEG_FAKE_GPUS")
+    snakefile = tmp_path / "Snakefile"
+    snakefile.write_text(FOUR_JOBS.replace("{python}", sys.executable))
+    (tmp_path / "barrier.py").write_text(BARRIER)
+    res = subprocess.run(check=False, args=[str(Path(sys.executable).with_name("snakemake")), "--cores", "4", "--resources", "gpu=4",
+                          "-s", str(snakefile), "-d", str(tmp_path)], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
+    claims = sorted((tmp_path / "claims" / f"{i}.txt").read_text().split()[0] for i in range(4))
+    assert claims == ["0", "1", "2", "3"]
