@@ -18,7 +18,7 @@ from PIL import Image
 
 from carvana_seg.pipeline import cli
 from carvana_seg.report.tables import dice_by_round, pseudo_rounds, stage_times
-from tests.report.report_fixtures import FLAGGED, fabricate
+from tests.report.report_fixtures import FLAGGED, _bench, fabricate
 
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
 CATEGORIES = ["0. Worst cars first", "1. Training curves", "2. Architecture comparison", "3. Threshold", "4. Pseudo-labels", "5. Outliers",
@@ -96,9 +96,13 @@ def build_report(repo: Path, work: Path) -> Path:
     outputs = [line.split("\t")[0] for line in summary.splitlines()[1:] if "\t" in line]
     assert any(o.endswith("report/stage_times.csv") for o in outputs), summary[-2000:]
     fabricate(work / "results" / "rep", ["va", "vb"], [0, 1])
+    _bench(work / "results" / "rep" / "benchmarks" / "resize_64x64.tsv", 3.0)  # report_figures declares every TSV
     for o in outputs:
         (work / o).parent.mkdir(parents=True, exist_ok=True)
-        (work / o).touch(exist_ok=True)  # the fabricated files keep their content
+        if Path(o).suffix:
+            (work / o).touch(exist_ok=True)  # the fabricated files keep their content
+        else:  # a directory output (data/<name>/raw, ground_truth, test_probs, outliers)
+            (work / o).mkdir(exist_ok=True)
     _snakemake(work, repo, "--touch", "--forceall", "--cores", "1", *common)
     log = _snakemake(work, repo, "--cores", "1", "--forcerun", "report_figures", *common)
     assert "report_figures" in log and "train" not in re.findall(r"rule (\w+):", log)
