@@ -29,7 +29,7 @@ class _Draws(Dataset):
 
         return torch.tensor([i, np.random.randint(1 << 30), int(torch.randint(1 << 30, ())), random.randrange(1 << 30)])
 
-    def reseed(self, seed: int) -> None:  # noqa: ARG002 - the augmentation's hook; numpy is seeded by worker_init
+    def reseed(self, seed: int) -> None:  # the augmentation's hook; worker_init seeds numpy
         pass
 
 
@@ -46,7 +46,7 @@ def _epochs(persistent: bool, epochs: range) -> list[torch.Tensor]:
     t = SimpleNamespace(gen=gen, train_ds=ds, sampler=sampler, seed=7, loader_started=False)
     out = []
     for epoch in epochs:
-        loop._seed_epoch(t, epoch)  # noqa: SLF001 - the loop's own per-epoch seeding
+        loop._seed_epoch(t, epoch)  # the loop's own per-epoch seeding
         out.append(torch.cat(list(dl)))
     return out
 
@@ -97,6 +97,6 @@ def test_resume_state_is_written_every_n_epochs_and_after_the_last(tiny_cache: d
 @pytest.mark.parametrize("dtype", [torch.uint8, torch.float32])
 def test_masks_become_coverage_on_the_device(dtype):
     m = torch.arange(256, dtype=torch.uint8).reshape(1, 1, 16, 16)
-    _, y = loop._to_device(torch.zeros(1, 3, 2, 2), m if dtype == torch.uint8 else m.float() / 255.0,  # noqa: SLF001
+    _, y = loop._to_device(torch.zeros(1, 3, 2, 2), m if dtype == torch.uint8 else m.float() / 255.0,
                            torch.device("cpu"), False)
     np.testing.assert_array_equal(y.numpy(), m.numpy().astype(np.float32) / 255.0)
