@@ -100,3 +100,19 @@ def test_masks_become_coverage_on_the_device(dtype):
     _, y = loop._to_device(torch.zeros(1, 3, 2, 2), m if dtype == torch.uint8 else m.float() / 255.0,
                            torch.device("cpu"), False)
     np.testing.assert_array_equal(y.numpy(), m.numpy().astype(np.float32) / 255.0)
+
+
+def test_tensorboard_outline_is_the_same_from_uint8_and_float_masks():
+    from carvana_seg.training.tensorboard_log import overlays
+
+    class Empty(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.full((x.shape[0], 1, *x.shape[2:]), -1.0)
+
+    y = torch.zeros(1, 16, 16, dtype=torch.uint8)
+    y[0, 2:8, 2:8], y[0, 9:14, 9:14] = 100, 200  # below and above half coverage
+    x = torch.zeros(3, 16, 16, dtype=torch.uint8)
+    from_uint8 = overlays(Empty(), [(x, y)], torch.device("cpu"), 1)
+    np.testing.assert_array_equal(from_uint8, overlays(Empty(), [(x, y.float() / 255.0)], torch.device("cpu"), 1))
+    green = (from_uint8[0] == (0, 255, 0)).all(-1)
+    assert green[9:14, 9:14].any() and not green[2:8, 2:8].any()
