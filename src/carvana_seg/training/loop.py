@@ -29,6 +29,7 @@ from carvana_seg.settings.train import Train
 from carvana_seg.settings.variants import Variant
 from carvana_seg.training import optim as optimmod
 from carvana_seg.training.augment import build_augment
+from carvana_seg.training.deferred import Tally, to_device, train_step_deferred
 from carvana_seg.training.dataset import (EpochSampler, EpochSeeded, build_datasets, read_folds, split_ids,
                                           worker_init)
 from carvana_seg.training.losses import BceDiceLoss
@@ -206,17 +207,10 @@ def train_epoch(t: Trainer, epoch: int, epochs: int, variant: str) -> EpochStats
 
 
 def _deferred_epoch(t: Trainer, epoch: int, epochs: int, variant: str, t0: float) -> EpochStats:
-    """``train_epoch`` without a host sync per step: the loss sum, images seen, non-finite steps and the longest
-    run of them accumulate on the device and are read every ``sync_every`` steps and at the end. A non-finite step
-    runs with zeroed gradients (``train_step_deferred``) and the schedule advances on every step. ``data_seconds``
-    is then only the time blocked on the loader while the GPU still had queued work (an upper bound on nothing)."""
-    dev = t.device
-    loss_sum = torch.zeros((), dtype=torch.float64, device=dev)
-    n_seen = torch.zeros((), dtype=torch.int64, device=dev)
-    skipped = torch.zeros((), dtype=torch.int64, device=dev)
-    run = torch.zeros((), dtype=torch.int64, device=dev)
-    worst = torch.zeros((), dtype=torch.int64, device=dev)
-    data_seconds, seen_skips = 0.0, 0
+    """``train_epoch`` without a host sync per step (``training.deferred``): the tallies are read every
+    ``sync_every`` steps and at the end; the schedule advances on every step. ``data_seconds`` then counts only
+    the waits on the loader the GPU's queued work did not hide."""
+    tally, data_seconds, seen_skips = Tally(t.device), 0.0, 0
     bar = tqdm(t.train_dl, desc=f"epoch {epoch}/{epochs}", mininterval=5.0, leave=False)
     t_ready = time.perf_counter()
     for step, (x, y) in enumerate(bar, 1):
@@ -224,32 +218,26 @@ def _deferred_epoch(t: Trainer, epoch: int, epochs: int, variant: str, t0: float
         loss, finite = train_step_deferred(t.fwd, x, y, t.criterion, t.opt, t.scaler, t.device, t.use_amp,
                                            t.channels_last)
         t.sched.after_step()
-        bs = x.shape[0]
-        loss_sum += torch.where(finite, loss.double() * bs, 0.0)
-        n_seen += finite.long() * bs
-        skipped += (~finite).long()
-        run = torch.where(finite, 0, run + 1)
-        worst = torch.maximum(worst, run)
+        tally.add(loss, finite, x.shape[0])
         if step % t.sync_every == 0:
-            seen_skips = _check_deferred(t, worst, skipped, seen_skips, epoch, variant)
-            bar.set_postfix(loss=f"{float(loss_sum) / max(int(n_seen), 1):.4f}", refresh=False)
+            seen_skips, loss_sum, n = _check_deferred(t, tally, seen_skips, epoch, variant)
+            bar.set_postfix(loss=f"{loss_sum / max(n, 1):.4f}", refresh=False)
         t_ready = time.perf_counter()
     bar.close()
-    _check_deferred(t, worst, skipped, seen_skips, epoch, variant)
-    n = int(n_seen)
-    return EpochStats(float(loss_sum) / max(n, 1), n, time.perf_counter() - t0, data_seconds, int(skipped))
+    skipped, loss_sum, n = _check_deferred(t, tally, seen_skips, epoch, variant)
+    return EpochStats(loss_sum / max(n, 1), n, time.perf_counter() - t0, data_seconds, skipped)
 
 
-def _check_deferred(t: Trainer, worst: torch.Tensor, skipped: torch.Tensor, seen: int, epoch: int,
-                    variant: str) -> int:
-    """The host read of ``_deferred_epoch``: warn about new non-finite steps, stop on too long a run of them."""
-    longest, total = int(worst), int(skipped)
+def _check_deferred(t: Trainer, tally: Tally, seen: int, epoch: int, variant: str) -> tuple[int, float, int]:
+    """The host read of ``_deferred_epoch``: warn about new non-finite steps, stop on too long a run of them;
+    (non-finite steps so far, loss sum, images seen)."""
+    loss_sum, n, total, longest = tally.read()
     if total > seen:
         log.warning("epoch %d: %d non-finite loss(es) since the last check, their gradients zeroed (longest run %d)",
                     epoch, total - seen, longest)
     if longest >= t.max_bad_steps:
         _fail_nonfinite(t, longest, epoch, variant)
-    return total
+    return total, loss_sum, n
 
 
 def evaluate(model, loader, criterion, device, use_amp: bool, channels_last: bool) -> tuple[float, float]:
@@ -258,7 +246,7 @@ def evaluate(model, loader, criterion, device, use_amp: bool, channels_last: boo
     loss_sum, n, counts = 0.0, 0, []
     with torch.inference_mode():
         for x, y in loader:
-            x, y = _to_device(x, y, device, channels_last)
+            x, y = to_device(x, y, device, channels_last)
             with autocast(device, use_amp):
                 logits = model(x)
             loss_sum += float(criterion(logits.float(), y)) * x.shape[0]
@@ -276,7 +264,7 @@ def train_step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, criteri
 
     Shared with benchmarks/train_speed.py so that the benchmark times exactly what training runs. Reading the loss
     back synchronises with the GPU, so the time until the next batch arrives is the data loader's alone."""
-    x, y = _to_device(x, y, device, channels_last)
+    x, y = to_device(x, y, device, channels_last)
     with autocast(device, use_amp):
         logits = model(x)
     loss = criterion(logits, y)
@@ -289,35 +277,4 @@ def train_step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, criteri
     return float(loss.detach())
 
 
-def train_step_deferred(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, criterion,
-                        opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler, device: torch.device, use_amp: bool,
-                        channels_last: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """``train_step`` without a host sync: (detached loss, finite flag), both 0-d tensors on ``device``.
-
-    A non-finite loss cannot be skipped without reading it back, so its step runs with every gradient zeroed on
-    the device (``masked_fill``: NaN and inf become 0); AdamW's moment decay and weight decay still apply."""
-    x, y = _to_device(x, y, device, channels_last)
-    with autocast(device, use_amp):
-        logits = model(x)
-    loss = criterion(logits, y)
-    opt.zero_grad(set_to_none=True)
-    finite = torch.isfinite(loss.detach())
-    scaler.scale(torch.where(finite, loss, torch.zeros_like(loss))).backward()
-    bad = ~finite
-    for group in opt.param_groups:
-        for p in group["params"]:
-            if p.grad is not None:
-                p.grad.masked_fill_(bad, 0.0)
-    scaler.step(opt)
-    scaler.update()
-    return loss.detach(), finite
-
-
-def _to_device(x: torch.Tensor, y: torch.Tensor, device: torch.device, channels_last: bool):
-    """Images and masks onto ``device``; masks travel as uint8 and become coverage 0..1 there (float32(m) / 255:
-    the same numbers the dataset computed on the CPU before), a float mask as given."""
-    x = x.to(device, non_blocking=True)
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    y = y.to(device, non_blocking=True)
-    return x, (y.float().div_(255.0) if y.dtype == torch.uint8 else y)
+_to_device = to_device  # the name the benchmarks and tests have used
