@@ -292,6 +292,10 @@ def main() -> None:
     if not args.toy:
         import torch
 
+        from carvana_seg.models import runtime
+
+        if not torch.cuda.is_available() and runtime.gpu_expected():  # a GPU box whose torch cannot use it
+            raise SystemExit(f"error: {runtime.gpu_mismatch('auto')}")
         args.toy = not torch.cuda.is_available()
     result = check(args)
     args.out.mkdir(parents=True, exist_ok=True)
