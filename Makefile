@@ -14,16 +14,45 @@ RUN_FLAGS ?= $(if $(filter-out 0,$(NGPUS)),--resources gpu=1,--workflow-profile 
 # The run's name (results/<name>/), read from $(CONFIG); evaluated only by the targets that use it.
 NAME = $(shell $(BIN)/python -c "import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))['name'])" $(CONFIG))
 
-.PHONY: env demo report tensorboard test dry-run lint plan rehearse clean-demo
+.PHONY: env demo report tensorboard test dry-run lint plan rehearse clean-demo wheelhouse gpu-check
 
 env: $(STAMP)
 
+# Offline GPU boxes (docs/gpu.md): `make env TORCH=system WHEELHOUSE=wheelhouse` builds .venv over the machine's own
+# torch/torchvision (--system-site-packages) and installs the rest from the wheelhouse only (--no-index).
+TORCH ?= pinned
+WHEELHOUSE ?= wheelhouse
+ifeq ($(TORCH),system)
+$(STAMP): requirements.txt pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv --system-site-packages $(VENV)
+	@$(BIN)/python -c "import torch, torchvision; print('system torch', torch.__version__, 'CUDA', torch.version.cuda)" \
+	  || { echo "TORCH=system: no torch/torchvision in the site-packages of $(PY)" >&2; exit 1; }
+	test -f $(WHEELHOUSE)/requirements.txt || { echo "$(WHEELHOUSE)/requirements.txt missing: run make wheelhouse" >&2; exit 1; }
+	$(BIN)/python -m pip install -q --no-index --find-links $(WHEELHOUSE) -r $(WHEELHOUSE)/requirements.txt
+	$(BIN)/python -m pip install -q --no-index --find-links $(WHEELHOUSE) --no-deps -e .
+	touch $(STAMP)
+else
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -r requirements.txt
 	$(BIN)/python -m pip install -q --no-deps -e .
 	touch $(STAMP)
+endif
+
+# Wheels for an offline target (run on a machine with PyPI): everything pyproject.toml needs but torch/torchvision,
+# for Python $(PYVER) on $(PLATFORM); with TARGET_FREEZE=<the target's pip freeze> only what it lacks.
+PYVER ?= 3.11
+PLATFORM ?= manylinux2014_x86_64 manylinux_2_28_x86_64
+TARGET_FREEZE ?=
+wheelhouse: $(STAMP)
+	$(BIN)/python -m carvana_seg.pipeline.wheelhouse --download $(WHEELHOUSE) --python-version $(PYVER) \
+	  --platform $(PLATFORM) $(if $(TARGET_FREEZE),--freeze $(TARGET_FREEZE))
+
+# On a GPU box, no network, under 8 minutes: versions, training/test-time rates, memory, a tiny DAG with
+# --resources gpu=1 -> results/gpu-check/gpu_check.{json,md}. Toy sizes on a CPU-only machine (docs/gpu.md).
+gpu-check: $(STAMP)
+	$(BIN)/python benchmarks/gpu_check.py --out results/gpu-check $(GPU_CHECK_ARGS)
 
 # --report-after-run: the HTML report (results/<name>/report.html) is written once the run has finished.
 demo: $(STAMP)

@@ -8,7 +8,8 @@ For every variant of the config (or every ``--size``, with the config's first va
 writes a synthetic resize cache (noisy ellipse "cars", the real cache format), then times, one after another:
 
 * loader:   the training DataLoader alone (memmap read, albumentations, collation), images/s;
-* model:    ``train_step`` (forward, loss, backward, RMSprop) on random tensors of the same batch, images/s;
+* model:    ``train_step`` (forward, loss, backward, the config's optimizer: AdamW for config/config.yaml) on random
+            tensors of the same batch, images/s;
 * pipeline: the two together as the ``train`` stage runs them, images/s, and the data share: the fraction of the
             wall time the loop spent blocked on the loader (``data_share`` in every metrics.csv). 0 = never starved.
 
@@ -72,15 +73,19 @@ def batches(loader: DataLoader):
         yield from loader
 
 
-def setup(variant: dict, device: torch.device, args: argparse.Namespace, loss_cfg: dict):
-    """(model, criterion, optimizer, scaler): the objects ``train`` builds, with the benchmark's switches."""
+def setup(variant: dict, device: torch.device, args: argparse.Namespace, tc: dict):
+    """(model, criterion, optimizer, scaler): the objects ``train`` builds (its optimizer, ``train.optimizer``, and
+    cudnn.benchmark on CUDA, as the stage sets them), with the benchmark's switches."""
+    from carvana_seg.training import optim as optimmod
+
+    torch.backends.cudnn.benchmark = device.type == "cuda"
     model = modelmod.build_model(variant["arch"], variant["encoder"], None, variant["name"]).to(device)
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
     step_model = torch.compile(model) if args.compile else model
-    opt = torch.optim.RMSprop(model.parameters(), lr=variant["lr"])
+    opt = optimmod.build_optimizer(model.parameters(), tc["optimizer"], variant["lr"], tc["weight_decay"])
     fp16 = args.amp and device.type == "cuda" and not torch.cuda.is_bf16_supported()
-    return step_model, BceDiceLoss.from_config(build(Loss, loss_cfg)), opt, torch.amp.GradScaler(device.type, enabled=fp16)
+    return step_model, BceDiceLoss.from_config(build(Loss, tc["loss"])), opt, torch.amp.GradScaler(device.type, enabled=fp16)
 
 
 def timed_steps(step, source, steps: int, warmup: int, device: torch.device) -> tuple[float, float, int]:
@@ -120,11 +125,11 @@ def bench_variant(variant: dict, tc: dict, workers: int, device: torch.device, a
            "model": float("nan"), "pipeline": float("nan"), "data_share": float("nan")}
     if args.loader_only:
         return row
-    # The model alone, on random tensors of the same shape and dtype (uint8 photos, float coverage masks).
-    model, criterion, opt, scaler = setup(variant, device, args, tc["loss"])
+    # The model alone, on random tensors of the same shape and dtype (uint8 photos, uint8 coverage masks).
+    model, criterion, opt, scaler = setup(variant, device, args, tc)
     model.train()
     x = torch.randint(0, 256, (bs, 3, h, w), dtype=torch.uint8)
-    y = (torch.rand(bs, 1, h, w) > 0.5).float()
+    y = (torch.rand(bs, 1, h, w) > 0.5).to(torch.uint8) * 255  # uint8 coverage, as the dataset yields it
 
     amp = mixed_precision(device, args.amp, args.amp)  # as training: a CPU only with native bf16 (train.amp_cpu)
 

@@ -2,8 +2,9 @@
 
 Each test image is decoded once, by DataLoader workers that also resize it to every variant's resolution, so
 the models are never starved. A producer thread runs every fold model of every variant on the batch and its
-mirror; the calling thread resizes each variant's mean probability back to the original size (INTER_LINEAR),
-takes the weighted mean over variants and streams uint8 maps (``round(p * 255)``) into the current shard.
+mirror; ``FINISH_THREADS`` threads resize each variant's mean probability back to the original size (INTER_LINEAR)
+and take the weighted mean over variants (on CUDA the device does both, ``device_maps``, and only uint8 crosses
+the bus), and the calling thread streams the uint8 maps (``round(p * 255)``) into the current shard, in order.
 
 Shards ``shard_00000.npz`` ... hold ``shard_size`` images each (npz keyed by image id, deflated, written entry by
 entry to a temporary file and renamed when complete), so memory stays one batch plus one image whatever the test
@@ -24,7 +25,9 @@ import queue
 import threading
 import time
 import zipfile
+from collections import deque
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -154,14 +157,60 @@ def finalize(shape: tuple[int, int], probs: list[np.ndarray], weights: list[floa
     return cv2.convertScaleAbs(np.maximum(acc, 0.0, out=acc))  # convertScaleAbs would mirror a negative value
 
 
+def device_maps(shapes: list[tuple[int, int]], probs: list[torch.Tensor], weights: list[float]
+                ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """``finalize`` and the variant masks' resize on the models' device (CUDA), so only uint8 crosses the bus.
+
+    ``probs``: per variant, (N, h, w) float32 at its network size. Returns per image the (H, W) uint8 mean map
+    round(p*255) and the (n_variants, H/4, W/4) uint8 0/1 masks for ``variant_masks``, both still on the device.
+    Bilinear with half-pixel centres (``align_corners=False``) is OpenCV's INTER_LINEAR, so the maps match the
+    CPU path's up to float rounding; the CPU path itself (``finalize``) is unchanged."""
+    import torch.nn.functional as F
+
+    total = float(sum(weights))
+    if total <= 0:
+        raise ConfigError("config key 'variants.weight': the ensemble weights sum to 0")
+    maps, smalls = [], []
+    for j, (h, w) in enumerate(shapes):
+        own = [p[j:j + 1, None] for p in probs]  # (1, 1, h, w) each
+        acc = torch.zeros((1, 1, h, w), dtype=torch.float32, device=own[0].device)
+        for p, wt in zip(own, weights):
+            full = p if p.shape[-2:] == (h, w) else F.interpolate(p, size=(h, w), mode="bilinear", align_corners=False)
+            acc.add_(full, alpha=255.0 * wt / total)
+        maps.append(acc[0, 0].clamp_(0.0, 255.0).round_().to(torch.uint8))
+        hs, ws = variant_masks.small_shape((h, w))
+        small = [F.interpolate(p, size=(hs, ws), mode="bilinear", align_corners=False)[0, 0] for p in own]
+        smalls.append((torch.stack(small) >= variant_masks.THRESHOLD).to(torch.uint8))
+    return maps, smalls
+
+
+def _cpu_side(shape: tuple[int, int], own: list[np.ndarray] | None, weights: list[float], guide: np.ndarray | None,
+              pcfg: Predict, with_variants: bool, ready: tuple[np.ndarray, np.ndarray] | None = None) -> tuple:
+    """One image's CPU work, run in the finishing threads: ``finalize`` and ``variant_masks.pack`` of the network
+    size maps ``own`` (CPU path), or only the bit packing of the device's uint8 results ``ready`` (CUDA path)."""
+    if ready is not None:
+        prob, small = ready
+        return (prob, np.packbits(small.astype(bool), axis=-1)) if with_variants else (prob,)
+    prob = finalize(shape, own, weights, guide, pcfg.edge_refine)
+    return (prob, variant_masks.pack(shape, own)) if with_variants else (prob,)
+
+
+FINISH_THREADS = 2  # threads for the per-image CPU side (resize, weighted mean, bit packing); cv2 releases the GIL
+
+
 def iter_probs(variants: list[Variant], raw: Path, ids: list[str], pcfg: Predict, device: torch.device,
                with_variants: bool = False) -> Iterator[tuple]:
     """Yield ``(id, uint8 probability map)`` for ``ids`` in order; at most a few batches are ever in flight.
-    ``with_variants`` adds a third item, the packed per-variant masks (``variant_masks.pack``)."""
+    ``with_variants`` adds a third item, the packed per-variant masks (``variant_masks.pack``).
+
+    Three kinds of thread: the producer runs the models; ``FINISH_THREADS`` threads do each image's CPU side
+    (``_cpu_side``); the calling thread writes the shards (zlib), in order. On CUDA without edge refinement the
+    upsampling and weighted mean run on the device (``device_maps``) and only uint8 maps cross the bus."""
     sizes = sorted({v.size for v in variants})
     slot = [sizes.index(v.size) for v in variants]
     weights = [v.weight for v in variants]
     cuda = device.type == "cuda"
+    on_device = cuda and not refine.enabled(pcfg.edge_refine)  # the refinement needs the float mean on the CPU
     loader = torch.utils.data.DataLoader(
         _TestImages(raw, ids, sizes, refine.enabled(pcfg.edge_refine)), batch_size=pcfg.batch_size,
         num_workers=pcfg.workers, collate_fn=_collate, pin_memory=cuda)
@@ -182,27 +231,44 @@ def iter_probs(variants: list[Variant], raw: Path, ids: list[str], pcfg: Predict
         try:
             for idx, shapes, stacks, guides in batches:
                 xs = [s.to(device, non_blocking=cuda).permute(0, 3, 1, 2) for s in stacks]
-                probs = [runtime.predict_probs(v.models, xs[k], pcfg.tta_hflip).float().cpu().numpy()
-                         for v, k in zip(variants, slot)]
-                if not put((idx, shapes, probs, guides)):
+                probs = [runtime.predict_probs(v.models, xs[k], pcfg.tta_hflip).float() for v, k in zip(variants, slot)]
+                if on_device:
+                    maps, smalls = device_maps(shapes, probs, weights)
+                    ready = [(m.cpu().numpy(), sm.cpu().numpy()) for m, sm in zip(maps, smalls)]
+                    item = (idx, shapes, None, guides, ready)
+                else:
+                    item = (idx, shapes, [p.cpu().numpy() for p in probs], guides, None)
+                if not put(item):
                     return
             put(None)
         except BaseException as exc:  # noqa: BLE001 - handed to the consumer, which re-raises it
             put(exc)
 
     worker = threading.Thread(target=produce, name="ensemble-gpu", daemon=True)
+    pool = ThreadPoolExecutor(FINISH_THREADS, thread_name_prefix="ensemble-finish")
+    pending: deque = deque()
     worker.start()
     try:
         while (item := out.get()) is not None:
             if isinstance(item, BaseException):
+                while pending:  # what was computed before the failure still reaches its shard
+                    i, fut = pending.popleft()
+                    yield (ids[i], *fut.result())
                 raise item
-            idx, shapes, probs, guides = item
+            idx, shapes, probs, guides, ready = item
             for j, i in enumerate(idx):
-                own = [p[j] for p in probs]
-                prob = finalize(shapes[j], own, weights, guides[j], pcfg.edge_refine)
-                yield (ids[i], prob, variant_masks.pack(shapes[j], own)) if with_variants else (ids[i], prob)
+                own = None if probs is None else [p[j] for p in probs]
+                pending.append((i, pool.submit(_cpu_side, shapes[j], own, weights, guides[j], pcfg, with_variants,
+                                               None if ready is None else ready[j])))
+            while len(pending) > pcfg.batch_size:  # in order; at most about two batches of images in flight
+                i, fut = pending.popleft()
+                yield (ids[i], *fut.result())
+        while pending:
+            i, fut = pending.popleft()
+            yield (ids[i], *fut.result())
     finally:
         stop.set()
+        pool.shutdown(wait=True, cancel_futures=True)
         worker.join()
         del batches
 

@@ -54,12 +54,39 @@ def predict_rows(
     models: list[nn.Module], images: np.ndarray, rows: list[int], device: torch.device, batch_size: int,
     tta_hflip: bool = True, channels_last: bool = False,
 ) -> Iterator[tuple[int, np.ndarray]]:
-    """(row, probability (H, W) float32) for each cached image ``rows``, in order, at network resolution."""
-    for start in range(0, len(rows), batch_size):
-        chunk = rows[start:start + batch_size]
-        x = runtime.to_tensor(images[np.asarray(chunk)], device, channels_last=channels_last)
-        probs = runtime.predict_probs(models, x, tta_hflip=tta_hflip).cpu().numpy()
-        yield from zip(chunk, probs)
+    """(row, probability (H, W) float32) for each cached image ``rows``, in order, at network resolution.
+
+    On CUDA each batch goes from the memmap into pinned memory, up and back down without blocking, and a batch's
+    results are handed out only once the next batch is queued (one CUDA event per batch, no device-wide sync), so
+    the GPU never idles while the CPU resizes and scores; on a CPU it is the plain loop."""
+    chunks = [rows[start:start + batch_size] for start in range(0, len(rows), batch_size)]
+    if device.type != "cuda":
+        for chunk in chunks:
+            x = runtime.to_tensor(images[np.asarray(chunk)], device, channels_last=channels_last)
+            probs = runtime.predict_probs(models, x, tta_hflip=tta_hflip).cpu().numpy()
+            yield from zip(chunk, probs)
+        return
+    pending = None
+    for chunk in chunks:
+        host = torch.from_numpy(images[np.asarray(chunk)]).pin_memory()
+        x = host.to(device, non_blocking=True).permute(0, 3, 1, 2)
+        x = x.contiguous(memory_format=torch.channels_last) if channels_last else x.contiguous()
+        probs = runtime.predict_probs(models, x, tta_hflip=tta_hflip)
+        out = torch.empty(probs.shape, dtype=torch.float32, pin_memory=True)
+        out.copy_(probs, non_blocking=True)
+        done = torch.cuda.Event()
+        done.record()
+        if pending is not None:
+            yield from _ready(*pending)
+        pending = (chunk, out, done, host)  # ``host`` lives until its upload has surely finished
+    if pending is not None:
+        yield from _ready(*pending)
+
+
+def _ready(chunk: list[int], out: torch.Tensor, done, host: torch.Tensor,  # noqa: ARG001 - kept alive until here
+           ) -> Iterator[tuple[int, np.ndarray]]:
+    done.synchronize()
+    yield from zip(chunk, out.numpy())
 
 
 def to_original(prob: np.ndarray, size: tuple[int, int]) -> np.ndarray:

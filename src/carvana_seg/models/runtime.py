@@ -6,6 +6,8 @@ Used by the OOF stage, the streaming test ensemble and ``predict``, so all three
 from __future__ import annotations
 
 import contextlib
+import os
+import subprocess
 from collections.abc import Sequence
 
 import numpy as np
@@ -14,14 +16,59 @@ from torch import nn
 
 
 def pick_device(spec: str = "auto") -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; ``cuda`` without a GPU is an error."""
-    if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if spec == "cuda" and not torch.cuda.is_available():
+    """``auto`` -> CUDA when available, else CPU; ``cpu`` always the CPU (allowed on purpose, even on a GPU box).
+
+    ``cuda`` without a usable GPU, and ``auto`` where a GPU is expected (``gpu_expected``: the NVIDIA driver lists
+    one, the scheduler or ``pipeline.gpu`` assigned one, or ``CARVANA_SEG_REQUIRE_GPU=1``) but torch sees none, stop
+    with one line naming the torch wheel's CUDA and the driver (``gpu_mismatch``): a 1024x1024 training job would
+    otherwise crawl on the CPU for days."""
+    if spec == "cpu":
+        return torch.device("cpu")
+    if torch.cuda.is_available():
+        return torch.device("cuda" if spec == "auto" else spec)
+    if spec != "auto" or gpu_expected():
         from carvana_seg.pipeline.errors import ConfigError
 
-        raise ConfigError("config key 'train.device': 'cuda' requested but no CUDA device is available")
-    return torch.device(spec)
+        raise ConfigError(gpu_mismatch(spec))
+    return torch.device("cpu")
+
+
+def nvidia_smi() -> tuple[list[str], str | None]:
+    """(GPU names, driver version) from ``nvidia-smi``; ``([], None)`` where it is absent or fails."""
+    try:
+        res = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=30, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return [], None
+    rows = [[f.strip() for f in line.split(",")] for line in res.stdout.splitlines() if line.strip()]
+    if res.returncode != 0 or not rows:
+        return [], None
+    return [r[0] for r in rows], (rows[0][1] if len(rows[0]) > 1 else None)
+
+
+def gpu_expected() -> bool:
+    """Whether this job was given a GPU: ``CARVANA_SEG_REQUIRE_GPU=1``, a ``CUDA_VISIBLE_DEVICES`` naming a device
+    (set by SLURM/Kubernetes or by ``pipeline.gpu.claim_device`` for ``--resources gpu=N``), or ``nvidia-smi``
+    listing a GPU. A machine without any NVIDIA driver expects none: there ``--resources gpu=N`` only throttles."""
+    if os.environ.get("CARVANA_SEG_REQUIRE_GPU", "").strip() not in ("", "0"):
+        return True
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").strip()
+    if visible and visible != "-1" and not visible.startswith("-"):
+        return True
+    return bool(nvidia_smi()[0])
+
+
+def gpu_mismatch(spec: str) -> str:
+    """The one-line reason why torch sees no GPU although one was asked for (``spec``) or expected."""
+    names, driver = nvidia_smi()
+    wheel = f"torch {torch.__version__} " + (f"built for CUDA {torch.version.cuda}" if torch.version.cuda
+                                             else "is a CPU-only build")
+    seen = (f"nvidia-smi lists {len(names)} GPU(s) ({names[0]}) with driver {driver}" if names
+            else "nvidia-smi lists no GPU (no NVIDIA driver?)")
+    asked = (f"device {spec!r} requested" if spec != "auto"
+             else "a GPU is expected (--resources gpu=N, CUDA_VISIBLE_DEVICES or nvidia-smi)")
+    return (f"{asked} but torch sees no CUDA device: {wheel}; {seen}. Install a torch wheel whose CUDA the driver "
+            f"supports (docs/gpu.md), or set device: cpu to run on the CPU on purpose")
 
 
 def cpu_has_native_bf16() -> bool:

@@ -43,6 +43,9 @@ class Train:
     channels_last: bool
     num_workers: int
     max_nonfinite_steps: int
+    sync_every_steps: int
+    state_every_epochs: int
+    state_every_seconds: float | None
     val_max_images: int | None
     early_stopping_patience: int
     scheduler_factor: float

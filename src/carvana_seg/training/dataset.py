@@ -6,11 +6,13 @@ instead of receiving a copy of the arrays. Extra training images in a Kaggle lay
 photos: linked JPEGs and GIF masks) are decoded and resized by the DataLoader workers with the cache's own
 preprocessing (``resize_cache.load_pair``), so they are never stored again at every network size.
 Output per sample: image (3, H, W) uint8 — normalisation happens inside the model (``model.Normalized``) — and
-mask (1, H, W) float32 coverage 0..1.
+mask (1, H, W) uint8 coverage 0..255: a quarter of float32's bytes over the bus; ``loop`` divides by 255 on the
+device (``float32(m) / 255``, the same numbers the CPU produced before).
 """
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
 import numpy as np
@@ -94,10 +96,10 @@ class CacheDataset(Dataset):
 
 
 def to_tensors(augment, image: np.ndarray, mask: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    """Augment one (H, W, 3) uint8 image and (H, W) uint8 coverage mask; return (3, H, W) uint8, (1, H, W) 0..1."""
+    """Augment one (H, W, 3) uint8 image and (H, W) uint8 coverage mask; return (3, H, W) uint8, (1, H, W) uint8."""
     image, mask = aug.apply(augment, image, mask)
     x = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
-    y = torch.from_numpy(mask.astype(np.float32) / 255.0).unsqueeze(0)
+    y = torch.from_numpy(np.array(mask, dtype=np.uint8)).unsqueeze(0)  # a copy: the cache is a read-only memmap
     return x, y
 
 
@@ -154,6 +156,52 @@ def build_datasets(cache_dir: str | Path, train_ids: list[str], val_ids: list[st
 def worker_init(worker_id: int) -> None:  # noqa: ARG001
     """DataLoader ``worker_init_fn``: derive the worker's augmentation seed from the loader's per-worker seed."""
     info = torch.utils.data.get_worker_info()
-    if info is not None and isinstance(info.dataset, (CacheDataset, LayoutDataset, ConcatCacheDataset)):
+    if info is not None and isinstance(info.dataset, (CacheDataset, LayoutDataset, ConcatCacheDataset,
+                                                      EpochSeeded)):
         info.dataset.reseed(torch.initial_seed())
     np.random.seed(torch.initial_seed() % (2**32))
+
+
+class EpochSeeded(Dataset):
+    """``dataset`` read with keys ``(base_seed, i)`` (``EpochSampler``), for persistent DataLoader workers.
+
+    A fresh worker is seeded by the DataLoader with ``base_seed + worker_id`` (Python, torch, then ``worker_init``:
+    numpy and the augmentation). A persistent worker lives across epochs, so each epoch's first key with a new
+    ``base_seed`` repeats exactly that seeding: every epoch draws what it drew when workers were re-forked per
+    epoch, and a resumed run trains the same epochs as an uninterrupted one."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+        self._base: int | None = None
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]):
+        base, i = key
+        info = torch.utils.data.get_worker_info()
+        if info is not None and base != self._base:
+            seed = base + info.id
+            random.seed(seed)
+            torch.manual_seed(seed)
+            worker_init(info.id)
+        self._base = base
+        return self.dataset[i]
+
+    def reseed(self, seed: int) -> None:
+        self.dataset.reseed(seed)
+
+
+class EpochSampler(torch.utils.data.Sampler):
+    """A random permutation drawn from ``generator`` (like ``RandomSampler``), each index paired with ``base_seed``:
+    the worker seed base of the epoch, set by the training loop before each epoch (``EpochSeeded``)."""
+
+    def __init__(self, n: int, generator: torch.Generator) -> None:
+        self.n, self.generator, self.base_seed = n, generator, 0
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        base = self.base_seed
+        yield from ((base, int(i)) for i in torch.randperm(self.n, generator=self.generator).tolist())

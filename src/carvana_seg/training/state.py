@@ -54,7 +54,8 @@ def identity(cfg: dict, fold: int, train_ids: list[str], val_ids: list[str], ext
     with ``extra`` (extra layouts' ids and mask digests, init weights' digest) those too."""
     c = copy.deepcopy(cfg)
     del c["variant"]["weight"]  # ensemble weight does not change training
-    for key in ("compile", "tensorboard_images"):  # nor how it runs or what it shows: a saved state still resumes
+    # nor how it runs, what it shows or how often it is saved: a saved state still resumes
+    for key in ("compile", "tensorboard_images", "state_every_epochs", "state_every_seconds"):
         del c["train"][key]
     digest = hashlib.sha256("\n".join(train_ids + ["|"] + val_ids).encode()).hexdigest()[:16]
     out = {"cfg": c, "fold": fold, "split": digest}

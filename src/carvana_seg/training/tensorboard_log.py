@@ -59,7 +59,8 @@ def overlays(model: torch.nn.Module, val_ds, device: torch.device, n: int) -> np
     """(n, H, W, 3) uint8: the first ``n`` validation images, predicted mask tinted red, true outline green."""
     pairs = [val_ds[i] for i in range(min(n, len(val_ds)))]
     x = torch.stack([p[0] for p in pairs])
-    truth = torch.stack([p[1] for p in pairs])[:, 0].numpy() >= 0.5
+    masks = torch.stack([p[1] for p in pairs])[:, 0]  # uint8 coverage 0..255 (the dataset's), or 0..1
+    truth = masks.numpy() >= (128 if masks.dtype == torch.uint8 else 0.5)
     was_training = model.training
     model.eval()
     with torch.inference_mode():

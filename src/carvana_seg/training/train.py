@@ -3,7 +3,8 @@
 ``run`` turns the command line into a :class:`TrainJob` of plain values and the config slice into typed
 :class:`TrainSettings`, and calls :func:`train`, which reads as the
 steps it takes: build the trainer (``loop.build_trainer``), resume it from ``<state-dir>/last.pt`` or start it
-(``state``), run the epochs (``loop.train_epoch``, ``loop.evaluate``) saving the state after each, and write the
+(``state``), run the epochs (``loop.train_epoch``, ``loop.evaluate``) saving the state every
+``train.state_every_epochs`` epochs (or ``state_every_seconds``), and write the
 declared outputs. The state dir is not a Snakemake output, so it survives a failed or killed job; the next run
 resumes from the following epoch when nothing that shapes training changed, and starts from zero (saying why)
 otherwise. ``best.pt`` and ``metrics.csv`` are written only once training has finished, so a killed job never
@@ -168,10 +169,10 @@ def _log_setup(t: loop.Trainer, job: TrainJob, variant: Variant) -> None:
 
 
 def _run_epochs(t: loop.Trainer, progress: Progress, job: TrainJob, s: TrainSettings, ident: dict) -> None:
-    """Train epoch after epoch until the last one or early stopping, saving the resume state after each."""
+    """Train epoch after epoch until the last one or early stopping, saving the resume state as `_state_due` says."""
     epochs, patience = s.variant.epochs, s.train.early_stopping_patience
     board = Board(None if _finished(progress, s) else job.tensorboard, progress.epoch + 1, s.train.tensorboard_images)
-    run_epochs = 0
+    run_epochs, last_write = 0, time.perf_counter()
     while not _finished(progress, s):
         epoch, lr, t0 = progress.epoch + 1, t.opt.param_groups[0]["lr"], time.perf_counter()
         stats = loop.train_epoch(t, epoch, epochs, job.variant)
@@ -180,8 +181,10 @@ def _run_epochs(t: loop.Trainer, progress: Progress, job: TrainJob, s: TrainSett
         t.sched.after_epoch(val_dice)
         row = _record_epoch(t, progress, epoch, lr, stats, val_loss, val_dice, time.perf_counter() - t0)
         board.epoch(epoch, row, t.model, t.val_ds, t.device)
-        state.save_state({**progress.as_dict(), "format": STATE_FORMAT, "identity": ident, "cfg": s.record,
-                          **loop.trainer_state(t), "rng": state.rng_state()}, job.state_dir / STATE_FILE)
+        if _state_due(s, epoch, time.perf_counter() - last_write) or _finished(progress, s):
+            state.save_state({**progress.as_dict(), "format": STATE_FORMAT, "identity": ident, "cfg": s.record,
+                              **loop.trainer_state(t), "rng": state.rng_state()}, job.state_dir / STATE_FILE)
+            last_write = time.perf_counter()
         log.info("epoch %d/%d: train loss %.4f, val loss %.4f, val Dice %.5f, lr %.2e, %.1f s, %.1f img/s, "
                  "%.1f%% waiting for data", epoch, epochs, row["train_loss"], val_loss, val_dice, lr, row["seconds"],
                  row["images_per_s"], 100 * row["data_share"])
@@ -193,6 +196,13 @@ def _run_epochs(t: loop.Trainer, progress: Progress, job: TrainJob, s: TrainSett
             raise CarvanaSegError(f"stopped after {run_epochs} epoch(s) this run (--max-epochs-this-run); "
                                   f"state kept in {job.state_dir}, rerun to resume")
     board.close()
+
+
+def _state_due(s: TrainSettings, epoch: int, since_write: float) -> bool:
+    """Whether the resume state is written after ``epoch``: every ``train.state_every_epochs`` epochs, or once
+    ``train.state_every_seconds`` have passed since the last write (the last epoch always writes it)."""
+    every, budget = s.train.state_every_epochs, s.train.state_every_seconds
+    return epoch % every == 0 or (budget is not None and since_write >= budget)
 
 
 def _record_epoch(t: loop.Trainer, progress: Progress, epoch: int, lr: float, stats: loop.EpochStats,
