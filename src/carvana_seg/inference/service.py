@@ -115,7 +115,7 @@ def read_run(results: str | os.PathLike) -> RunInfo:
     """The final ensemble's description from a results directory; DataError naming the file when incomplete."""
     results = Path(results)
     if not results.is_dir():
-        raise DataError(f"{results}: results directory not found")
+        raise DataError(f"{results}: no trained models (results directory not found)")
     rdir = final_round(results)
     if rdir is None:  # models trained, no test ensemble yet: the last round's models and threshold, no refinement
         models = find_checkpoints(results)
