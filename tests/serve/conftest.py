@@ -14,33 +14,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-import yaml
 
-from tests.helpers import ROOT, snakemake
-
-# config/demo.yaml with 3 training cars (one per fold), 2 test cars (one an outlier), 480x320 photos, one epoch
-# per model, and the guided-filter edge refinement on: every stage the served mask must reproduce runs (two
-# variants of different sizes and their weights, the outlier check, the submission). The pseudo-label round is
-# off to halve the DAG (about 3.5 minutes with it on a loaded 2-core machine); the round choice of the final
-# ensemble is tested on its own (tests/inference/test_predict_export.py, tests/serve/test_service.py).
-REDUCED_DEMO = {
-    "name": "serve",
-    "data": {"synthetic": {"n_train_cars": 3, "n_test_cars": 2, "n_outlier_cars": 1, "width": 480, "height": 320}},
-    "predict": {"edge_refine": {"method": "guided", "radius": 4, "eps": 1.0e-3, "scale": 2}},
-    "pseudo_label": {"enabled": False},
-}
-
-
-def run_reduced(workdir: Path, override: dict, base: Path = ROOT / "config" / "demo.yaml") -> Path:
-    """Run ``base`` + ``override`` up to its submission in ``workdir``; return ``results/<name>``."""
-    cfg = yaml.safe_load(base.read_text())
-    variants = [dict(v, epochs=1) for v in override.get("variants", cfg["variants"])]
-    (workdir / "override.yaml").write_text(yaml.safe_dump({**override, "variants": variants}))
-    name = override.get("name", cfg["name"])
-    res = snakemake(ROOT, workdir, f"results/{name}/submission.csv.gz", "--cores", "2", "--workflow-profile", "cpu",
-                    "--configfile", str(base), str(workdir / "override.yaml"), timeout=1200)
-    assert res.returncode == 0, (res.stdout + res.stderr)[-4000:]
-    return workdir / "results" / name
+from tests.serve.helpers import REDUCED_DEMO, run_reduced
 
 
 @pytest.fixture(scope="session")
@@ -61,10 +36,9 @@ def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 180) -> None:
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise AssertionError(f"serve exited with {proc.returncode}: {proc.stdout.read()[-3000:]}")
-        with contextlib.suppress(OSError):
-            with urllib.request.urlopen(url, timeout=2) as r:
-                if r.status == 200:
-                    return
+        with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=2) as r:
+            if r.status == 200:
+                return
         time.sleep(0.3)
     raise AssertionError(f"{url} not ready after {timeout} s")
 

@@ -12,46 +12,13 @@ import threading
 import zipfile
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 import requests
-import torch
 from PIL import Image
 
-from carvana_seg.models.model import build_model, save_checkpoint
 from carvana_seg.serve.compose import cover
-
-VARIANTS = [{"name": "a", "arch": "Unet", "encoder": "resnet18", "encoder_weights": None, "width": 64, "height": 32,
-             "weight": 1.0}]
-
-
-def tiny_run(root: Path, threshold: float = 1.0) -> Path:
-    """results/tiny: one random-init variant x 1 fold, its ensemble manifest and threshold."""
-    models = []
-    for v in VARIANTS:
-        torch.manual_seed(0)
-        path = root / "models" / v["name"] / "fold0" / "best.pt"
-        save_checkpoint(path, build_model(v["arch"], v["encoder"], None, v["name"]), {"variant": v})
-        models.append(str(path))
-    none = {"method": "none", "radius": 8, "eps": 1e-3, "scale": 4, "band": 0.0}
-    (root / "test_probs.json").write_text(json.dumps({"models": models, "tta_hflip": True, "edge_refine": none,
-                                                      "weights": {"a": 1.0}, "config_hash": "cafe01"}))
-    (root / "threshold.json").write_text(json.dumps({"threshold": threshold, "mean_dice": 0.5}))
-    return root
-
-
-def jpeg(w: int = 240, h: int = 160) -> bytes:
-    """A smooth photo (small files even at 1918x1280, under the test server's 1 MB upload limit)."""
-    yy, xx = np.mgrid[0:h, 0:w]
-    rgb = np.dstack([xx * 255 // w, yy * 255 // h, (xx + yy) * 127 // (w + h)]).astype(np.uint8)
-    return cv2.imencode(".jpg", rgb)[1].tobytes()
-
-
-def png(arr: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, "PNG")
-    return buf.getvalue()
+from tests.serve.helpers import jpeg, png, tiny_run
 
 
 @pytest.fixture(scope="module")

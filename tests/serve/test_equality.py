@@ -19,7 +19,7 @@ from PIL import Image
 from carvana_seg.core import rle
 from carvana_seg.inference.service import Service
 from carvana_seg.pipeline import cli
-from tests.serve.conftest import run_reduced
+from tests.serve.helpers import multipart, run_reduced
 
 pytestmark = pytest.mark.slow
 
@@ -65,7 +65,7 @@ def test_served_predicted_and_submitted_masks_are_identical(demo_run, start_serv
     # the HTTP API: the same masks (format=json carries the RLE)
     url = start_server("--models", str(demo_run), "--device", "cpu")
     for img in images[:2]:
-        body, ctype = _multipart({"format": "json"}, {"image_file": (img, (raw / "test" / img).read_bytes())})
+        body, ctype = multipart({"format": "json"}, {"image_file": (img, (raw / "test" / img).read_bytes())})
         req = urllib.request.Request(url + "/v1/cutout", data=body, headers={"Content-Type": ctype})
         with urllib.request.urlopen(req, timeout=60) as r:
             assert json.loads(r.read())["rle_mask"] == rows[img], img
@@ -88,14 +88,3 @@ def test_served_masks_equal_the_submission_on_the_real_sample(real_sample, tmp_p
 
 
 REAL_PREDICT = {"edge_refine": {"method": "guided", "radius": 8, "eps": 1.0e-3, "scale": 4, "band": 0.05}}
-
-
-def _multipart(fields: dict[str, str], files: dict[str, tuple[str, bytes]]) -> tuple[bytes, str]:
-    """A multipart/form-data body (urllib has no encoder)."""
-    boundary = "----carvanaseg7f3a"
-    parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode()
-             for k, v in fields.items()]
-    for k, (name, data) in files.items():
-        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"; filename="{name}"\r\n'
-                     f"Content-Type: application/octet-stream\r\n\r\n".encode() + data + b"\r\n")
-    return b"".join(parts) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"

@@ -5,8 +5,8 @@ round choice), and the cut-out options."""
 from __future__ import annotations
 
 import io
-import logging
 import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -21,7 +21,7 @@ from carvana_seg.data.resize_cache import load_resized
 from carvana_seg.inference.service import Service, read_run
 from carvana_seg.pipeline import cli
 from carvana_seg.serve import compose
-from tests.serve.test_api import tiny_run
+from tests.serve.helpers import tiny_run
 
 
 def rotated_jpeg(path: Path, w: int = 120, h: int = 80, orientation: int = 6) -> np.ndarray:

@@ -134,7 +134,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="recompute photos whose outputs already exist")
 
 
-def run(args: argparse.Namespace, cfg: dict) -> None:  # noqa: ARG001 - predict reads no config slice
+def run(args: argparse.Namespace, cfg: dict) -> None:
     out = Path(args.out)
     photos = collect(args.images)
     stems = [p.stem for p in photos]

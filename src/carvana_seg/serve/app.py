@@ -77,7 +77,7 @@ def create_app(settings: Settings) -> FastAPI:
         try:
             state["service"] = Service(settings.models, settings.device, settings.backend)
             metrics.ready.set(1)
-        except Exception as exc:  # reported by /healthz; the process keeps answering it  # noqa: BLE001
+        except Exception as exc:  # reported by /healthz; the process keeps answering it
             log.exception("loading %s failed", settings.models)
             state["error"] = f"{type(exc).__name__}: {exc}"
 

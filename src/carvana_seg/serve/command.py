@@ -36,7 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
 
-def run(args: argparse.Namespace, cfg: dict) -> None:  # noqa: ARG001 - serve reads no config slice
+def run(args: argparse.Namespace, cfg: dict) -> None:
     import torch
     import uvicorn
 

@@ -78,7 +78,7 @@ def margin_px(shape: tuple[int, int], margin: str) -> int:
     if m.group(2) == "%":
         if value > 50:
             raise OptionError(f"crop_margin: at most 50%, got {margin!r}")
-        return int(round(value / 100 * max(shape)))
+        return round(value / 100 * max(shape))
     return int(value)
 
 

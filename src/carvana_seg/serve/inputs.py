@@ -57,7 +57,7 @@ def probe(field: str, data: bytes, max_pixels: int, allow_alpha: bool = False) -
         with Image.open(io.BytesIO(data)) as im:
             (w, h), mode, fmt = oriented_size(im), im.mode, im.format or "unknown"
             alpha = mode in ALPHA_MODES or "transparency" in im.info
-    except Exception as exc:  # Pillow raises many types for non-images  # noqa: BLE001
+    except Exception as exc:  # Pillow raises many types for non-images
         raise InputError(415, "not_an_image", f"{field}: not an image Pillow or OpenCV can read "
                                               f"({type(exc).__name__}); send a JPEG or PNG photo") from exc
     if w * h > max_pixels:
