@@ -28,7 +28,8 @@ def run_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def url(run_dir, start_server) -> str:
-    return start_server("--models", str(run_dir), "--device", "cpu", "--max-upload-mb", "1", "--max-megapixels",
+    return start_server("--models", str(run_dir), "--device", "cpu", "--backend", "torch", "--max-upload-mb", "1",
+                        "--max-megapixels",
                         "4", "--concurrency", "1", "--queue", "0")
 
 
@@ -140,10 +141,20 @@ def test_metrics_count_requests_by_status(url):
 
 
 def test_api_key_from_the_environment(run_dir, start_server):
-    url = start_server("--models", str(run_dir), "--device", "cpu", env={"CARVANA_SEG_API_KEY": "s3cret"})
+    url = start_server("--models", str(run_dir), "--device", "cpu", "--backend", "torch",
+                       env={"CARVANA_SEG_API_KEY": "s3cret"})
     assert requests.get(url + "/v1/model", timeout=10).status_code == 401
     assert requests.get(url + "/v1/model", headers={"X-Api-Key": "nope"}, timeout=10).status_code == 403
     assert requests.get(url + "/v1/model", headers={"X-Api-Key": "s3cret"}, timeout=10).status_code == 200
     r = requests.post(url + "/v1/cutout", files={"image_file": ("c.jpg", jpeg())}, timeout=60)
     assert r.status_code == 401 and "X-Api-Key" in r.json()["error"]["message"]
     assert requests.get(url + "/healthz", timeout=10).status_code == 200  # probes need no key
+
+
+def test_onnx_backend_serves_the_same_cutouts(run_dir, start_server, url, tmp_path):
+    """The default on a CPU (``--backend auto``): every checkpoint exported once, then ONNX Runtime."""
+    onnx_url = start_server("--models", str(run_dir), "--device", "cpu")
+    assert requests.get(onnx_url + "/v1/model", timeout=10).json()["backend"] == "onnx"
+    assert (run_dir / "onnx" / "a" / "fold0.onnx").is_file()
+    a, b = cut(onnx_url, format="json"), cut(url, format="json")
+    assert a.status_code == b.status_code == 200 and a.json()["rle_mask"] == b.json()["rle_mask"]

@@ -39,7 +39,7 @@ def unfixed(results: Path, service: Service) -> list[str]:
 
 
 def assert_service_equals_submission(results: Path, raw: Path, min_images: int) -> Service:
-    service = Service(results, "cpu")
+    service = Service(results, "cpu", "torch")
     assert service.info.edge_refine.method == "guided"
     rows, images = submission_rows(results), unfixed(results, service)
     assert len(images) >= min_images, f"only {len(images)} unfixed test photos to compare"
@@ -63,7 +63,7 @@ def test_served_predicted_and_submitted_masks_are_identical(demo_run, start_serv
         mask = np.asarray(Image.open(tmp_path / "out" / f"{Path(img).stem}_mask.png")) == 255
         assert rle.encode(mask) == rows[img], img
     # the HTTP API: the same masks (format=json carries the RLE)
-    url = start_server("--models", str(demo_run), "--device", "cpu")
+    url = start_server("--models", str(demo_run), "--device", "cpu", "--backend", "torch")
     for img in images[:2]:
         body, ctype = multipart({"format": "json"}, {"image_file": (img, (raw / "test" / img).read_bytes())})
         req = urllib.request.Request(url + "/v1/cutout", data=body, headers={"Content-Type": ctype})
@@ -79,7 +79,7 @@ def test_served_masks_equal_the_submission_on_the_real_sample(real_sample, tmp_p
                               "width": 64, "height": 64, "batch_size": 8, "epochs": 1, "lr": 5.0e-4}],
                 "predict": REAL_PREDICT, "pseudo_label": {"enabled": False}}
     results = run_reduced(tmp_path, override)
-    service = Service(results, "cpu")
+    service = Service(results, "cpu", "torch")
     assert service.info.edge_refine.method == "guided"
     rows, images = submission_rows(results), unfixed(results, service)
     assert len(images) >= 16

@@ -68,7 +68,7 @@ def drop_and_cut(browser, url: str, photo: Path, shot: Path) -> np.ndarray:
 def test_page_cuts_a_dropped_synthetic_photo(browser, demo_run, start_server, tmp_path):
     raw = demo_run.parents[1] / "data" / "serve" / "raw"
     photo = min((raw / "train").glob("*.jpg"))  # a training photo has its true mask
-    url = start_server("--models", str(demo_run), "--device", "cpu")
+    url = start_server("--models", str(demo_run), "--device", "cpu", "--backend", "torch")
     alpha = drop_and_cut(browser, url, photo, tmp_path / "page.png")
     truth = read_mask(raw / "train_masks" / photo.name.replace(".jpg", "_mask.gif")).astype(bool)
     assert alpha.shape == truth.shape
@@ -78,7 +78,7 @@ def test_page_cuts_a_dropped_synthetic_photo(browser, demo_run, start_server, tm
 @pytest.mark.real
 def test_page_cuts_a_dropped_real_photo(browser, demo_run, start_server, real_sample, tmp_path):
     photo = min((real_sample / "train").glob("*.jpg"))
-    url = start_server("--models", str(demo_run), "--device", "cpu")
+    url = start_server("--models", str(demo_run), "--device", "cpu", "--backend", "torch")
     alpha = drop_and_cut(browser, url, photo, tmp_path / "page_real.png")
     truth = read_mask(real_sample / "train_masks" / photo.name.replace(".jpg", "_mask.gif")).astype(bool)
     assert alpha.shape == truth.shape == (1280, 1918)

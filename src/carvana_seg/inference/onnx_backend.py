@@ -7,6 +7,7 @@ sigmoid) and are reused while they are newer than their checkpoint. The flip-TTA
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from collections.abc import Sequence
@@ -19,10 +20,20 @@ log = logging.getLogger(__name__)
 
 
 def onnx_path(results: Path, checkpoint: Path) -> Path:
-    """Where the export of ``checkpoint`` (``.../models/<variant>/fold<k>/best.pt``) lives below ``results``."""
+    """Where the export of ``checkpoint`` (``.../models/<variant>/fold<k>/best.pt``) lives: ``<results>/onnx/``, or
+    a per-run folder of ``~/.cache/carvana-seg/onnx`` when the results directory is read-only."""
     rnd = checkpoint.parent.parent.parent.parent.name  # results/<name> or round<r>
     prefix = f"{rnd}_" if rnd.startswith("round") else ""
-    return results / "onnx" / checkpoint.parent.parent.name / f"{prefix}{checkpoint.parent.name}.onnx"
+    base = results / "onnx"
+    try:
+        base.mkdir(exist_ok=True)
+        writable = os.access(base, os.W_OK)
+    except OSError:
+        writable = False
+    if not writable:
+        cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "carvana-seg" / "onnx"
+        base = cache / hashlib.sha256(str(results.resolve()).encode()).hexdigest()[:16]
+    return base / checkpoint.parent.parent.name / f"{prefix}{checkpoint.parent.name}.onnx"
 
 
 class OnnxEnsemble:

@@ -119,8 +119,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="results directory results/<name>/: its final round's ensemble and threshold")
     parser.add_argument("--out", required=True, help="output directory for <stem>_mask.png and <stem>_cutout.*")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    parser.add_argument("--backend", default="torch", choices=["torch", "onnx"],
-                        help="torch (the submission's exact masks) or onnx (ONNX Runtime)")
+    parser.add_argument("--backend", default="torch", choices=["auto", "torch", "onnx"],
+                        help="torch (default: the submission's exact masks), onnx (ONNX Runtime, within one uint8 "
+                             "level, faster on a CPU) or auto (onnx on a CPU, torch on CUDA)")
     parser.add_argument("--threshold", type=float, default=None,
                         help="binarisation threshold (default: the run's threshold.json)")
     parser.add_argument("--no-tta", dest="tta", action="store_false", help="skip the horizontal-flip TTA")

@@ -10,9 +10,10 @@ memory layout), ``ensemble.finalize`` (upsampling, weighted mean, edge refinemen
 photo gets its ``submission.csv.gz`` row unless the outlier check fixed its car (``outliers.csv``): those fixes
 judge a car against its other views and the whole test set, which one photo does not have.
 
-Backends: ``torch`` (the test ensemble's own arithmetic, bit-identical masks) or ``onnx`` (ONNX Runtime on the CPU,
-each checkpoint exported once into ``<results>/onnx/``; probabilities within ``export.TOLERANCE`` of PyTorch's, so
-a few edge pixels may differ). docs/serve.md measures both.
+Backends: ``torch`` (the test ensemble's own arithmetic: bit-identical masks) or ``onnx`` (ONNX Runtime on the CPU,
+each checkpoint exported once into ``<results>/onnx/``; probabilities within ``export.TOLERANCE`` of PyTorch's,
+uint8 maps within one level, so an edge pixel at the threshold may flip). ``auto``: the faster one measured on the
+device (docs/serve.md): ``onnx`` on a CPU (1.7x on the demo models), ``torch`` on CUDA.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from carvana_seg.settings.predict import EdgeRefine
 
 log = logging.getLogger(__name__)
 MANIFEST = "test_probs.json"
-BACKENDS = ("torch", "onnx")
+BACKENDS = ("auto", "torch", "onnx")
 DEFAULT_THRESHOLD = 0.5
 NO_REFINE = {"method": "none", "radius": 8, "eps": 1e-3, "scale": 4, "band": 0.0}
 
@@ -173,7 +174,7 @@ def load_variants(info: RunInfo, device: torch.device) -> list[Variant]:
 class Service:
     """The loaded final ensemble of a run. ``prob``/``mask`` are thread-safe; callers bound the concurrency."""
 
-    def __init__(self, results: str | os.PathLike, device: str = "auto", backend: str = "torch",
+    def __init__(self, results: str | os.PathLike, device: str = "auto", backend: str = "auto",
                  threshold: float | None = None, tta_hflip: bool | None = None) -> None:
         if backend not in BACKENDS:
             raise DataError(f"backend must be one of {BACKENDS}, got {backend!r}")
@@ -184,6 +185,8 @@ class Service:
             self.info.threshold = float(threshold)
         if tta_hflip is not None:
             self.info.tta_hflip = bool(tta_hflip)
+        if backend == "auto":
+            backend = "torch" if runtime.pick_device(device).type == "cuda" else "onnx"
         self.backend = backend
         self.device = runtime.pick_device(device) if backend == "torch" else torch.device("cpu")
         self.variants = load_variants(self.info, self.device)

@@ -52,7 +52,7 @@ class Settings:
     """How the server runs (``serve`` command line)."""
     models: Path
     device: str = "auto"
-    backend: str = "torch"
+    backend: str = "auto"
     concurrency: int | None = None
     queue: int = 8
     max_upload_mb: float = 20.0
@@ -86,7 +86,7 @@ def create_app(settings: Settings) -> FastAPI:
         from carvana_seg.models.runtime import pick_device
         from carvana_seg.serve.limits import default_concurrency
 
-        device = pick_device(settings.device) if settings.backend == "torch" else None
+        device = pick_device(settings.device) if settings.backend != "onnx" else None
         n = settings.concurrency or default_concurrency(device.type if device else "cpu")
         state["gate"] = Gate(n, settings.queue)
         log.info("concurrency %d, queue %d, upload limit %.1f MB, pixel limit %.1f MP%s", n, settings.queue,

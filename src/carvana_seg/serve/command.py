@@ -22,8 +22,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    parser.add_argument("--backend", default="torch", choices=["torch", "onnx"],
-                        help="torch (default: the submission's exact masks) or onnx (ONNX Runtime, CPU)")
+    parser.add_argument("--backend", default="auto", choices=["auto", "torch", "onnx"],
+                        help="auto (default: onnx on a CPU, torch on CUDA, the faster measured), torch (the "
+                             "submission's exact masks) or onnx (ONNX Runtime, within one uint8 level)")
     parser.add_argument("--concurrency", type=int, default=None,
                         help="inferences at once (default: 2 on a GPU, 1 per 4 CPU cores)")
     parser.add_argument("--queue", type=int, default=8, help="requests that may wait; beyond: 503 + Retry-After")
@@ -51,7 +52,7 @@ def run(args: argparse.Namespace, cfg: dict) -> None:
         raise CarvanaSegError("--queue must be >= 0 and --max-upload-mb, --max-megapixels > 0")
     info = read_run(Path(args.models))  # a wrong --models fails here, in one line, before the server starts
     api_key = args.api_key or os.environ.get(API_KEY_ENV) or None
-    cuda = args.device != "cpu" and torch.cuda.is_available() and args.backend == "torch"
+    cuda = args.device != "cpu" and torch.cuda.is_available() and args.backend != "onnx"
     concurrency = args.concurrency or default_concurrency("cuda" if cuda else "cpu")
     if not cuda:
         torch.set_num_threads(args.threads or max(1, (os.cpu_count() or 1) // concurrency))
