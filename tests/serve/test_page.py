@@ -54,12 +54,17 @@ def drop_and_cut(browser, url: str, photo: Path, shot: Path) -> np.ndarray:
         page.dispatch_event("#drop", "drop", {"dataTransfer": data})
     assert resp.value.status == 200, resp.value.text()
     page.wait_for_function("document.body.dataset.state === 'done'", timeout=60_000)
-    shown = page.evaluate("""() => { const i = document.getElementById('cutout');
-                                    return [i.naturalWidth, i.naturalHeight, i.src.startsWith('blob:')]; }""")
+    shown = page.evaluate("""async () => {
+        const img = document.getElementById('cutout');
+        const bytes = new Uint8Array(await (await fetch(img.src)).arrayBuffer());
+        let bin = '';
+        for (let i = 0; i < bytes.length; i += 0x8000) bin += String.fromCharCode(...bytes.subarray(i, i + 0x8000));
+        return [img.naturalWidth, img.naturalHeight, img.src.startsWith('blob:'), btoa(bin)]; }""")
     assert page.evaluate("document.getElementById('download').href").startswith("blob:")
     page.screenshot(path=str(shot), full_page=True)
     assert errors == []
-    rgba = np.asarray(Image.open(io.BytesIO(resp.value.body())))
+    rgba = np.asarray(Image.open(io.BytesIO(base64.b64decode(shown.pop()))))  # the PNG the page shows
+    assert rgba.ndim == 3 and rgba.shape[2] == 4
     assert shown == [rgba.shape[1], rgba.shape[0], True]
     page.close()
     return rgba[..., 3] > 127
