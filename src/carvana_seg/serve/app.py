@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
@@ -255,6 +256,10 @@ def _cut(service, photo: bytes, background: bytes | None, opts: compose.Options,
         raise
     except DataError as exc:
         raise as_input_error("image_file", exc) from exc
+    except (cv2.error, ValueError) as exc:  # a header that passed but pixels OpenCV cannot use: still the input's
+        first = (str(exc).strip().splitlines() or [""])[-1][:160]
+        raise InputError(422, "unprocessable", f"image_file: cannot be processed ({type(exc).__name__}: {first})") \
+            from exc
     t1 = time.perf_counter()
     mask = binarize(u8, service.info.threshold)
     extra = {"threshold": service.info.threshold, "run": service.info.name}
