@@ -14,7 +14,7 @@ RUN_FLAGS ?= $(if $(filter-out 0,$(NGPUS)),--resources gpu=1,--workflow-profile 
 # The run's name (results/<name>/), read from $(CONFIG); evaluated only by the targets that use it.
 NAME = $(shell $(BIN)/python -c "import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))['name'])" $(CONFIG))
 
-.PHONY: env demo report tensorboard test dry-run lint plan rehearse clean-demo wheelhouse gpu-check
+.PHONY: env demo report tensorboard serve test dry-run lint plan rehearse clean-demo wheelhouse gpu-check
 
 env: $(STAMP)
 
@@ -68,6 +68,12 @@ report: $(STAMP)
 # Live training curves of the run (one TensorBoard run per variant x fold x round), at http://localhost:6006.
 tensorboard: $(STAMP)
 	$(BIN)/tensorboard --logdir results/$(NAME)/tensorboard --port $${TB_PORT:-6006}
+
+# The cut-out API and page of the run's final ensemble at http://127.0.0.1:$(PORT)/ (docs/serve.md); <name> read
+# from $(CONFIG). SERVE_ARGS adds options, e.g. SERVE_ARGS="--backend onnx --api-key ...".
+PORT ?= 8000
+serve: $(STAMP)
+	$(BIN)/python -m carvana_seg serve --models results/$(NAME) --port $(PORT) $(SERVE_ARGS)
 
 dry-run: $(STAMP)
 	$(BIN)/snakemake -n --configfile $(CONFIG)

@@ -80,3 +80,16 @@ def test_edge_refine_benchmark_prints_gain_and_cost(tmp_path):
                "--settings", "4:1e-3:2", "2:1e-4:1")
     rows = [line.split() for line in out.splitlines()[1:]]
     assert [r[0] for r in rows] == ["4:1e-3:2", "2:1e-4:1"] and all(r[1] == "3" for r in rows)
+
+
+def test_serve_load_benchmark_prints_its_table(tmp_path):
+    from tests.serve.helpers import tiny_run
+
+    run = tiny_run(tmp_path / "tiny")
+    out = _run("serve_load.py", "--models", str(run), "--backends", "torch", "--concurrency", "1", "2", "--requests",
+               "3", "--rss-requests", "5", "9", "--width", "320", "--height", "192", "--threads", "1")
+    lines = out.splitlines()
+    rows = [line.split() for line in lines if line.startswith("tiny ")]
+    assert [r[2] for r in rows[:2]] == ["1", "2"] and all(r[3] == "3" and r[-1] == "0" for r in rows[:2]), out
+    assert float(rows[0][6]) > 0 and float(rows[0][7]) > 0  # images/s and the ratio to Service.prob alone
+    assert len(rows) == 3 and rows[2][1] == "torch" and float(rows[2][-1]) > 0  # the peak-RSS row

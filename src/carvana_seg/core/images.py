@@ -1,11 +1,15 @@
 """Reading and writing Carvana photos and masks, with one clear error naming the file on bad input.
 
 JPEG decoding uses OpenCV (fastest on CPU, see ``benchmarks/decode.py``); palette GIF masks use Pillow,
-since OpenCV cannot read GIF.
+since OpenCV cannot read GIF. Orientation: OpenCV's decode applies a photo's EXIF orientation tag (at every
+reduction), so ``image_size`` reports the size *after* that rotation too (Pillow's raw size, with width and height
+swapped for the tags that turn the picture by 90 degrees): a rotated phone photo gets a mask of its displayed shape.
+Photos arrive as files (``read_image``) or as bytes (``decode_image``, the server); both go through the same decode.
 """
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 
@@ -30,14 +34,20 @@ def read_image(path: str | os.PathLike, reduce: int = 1) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: image file not found")
-    data = np.fromfile(path, dtype=np.uint8)
+    return decode_image(np.fromfile(path, dtype=np.uint8), reduce, str(path))
+
+
+def decode_image(data: bytes | np.ndarray, reduce: int = 1, where: str = "image") -> np.ndarray:
+    """Decode photo bytes as RGB uint8 (H, W, 3), EXIF orientation applied, at 1/``reduce`` of the size;
+    DataError naming ``where`` when they are empty, a truncated JPEG or no image at all."""
+    data = np.frombuffer(data, dtype=np.uint8) if isinstance(data, (bytes, bytearray, memoryview)) else data
     if data.size == 0:
-        raise DataError(f"{path}: empty image file")
+        raise DataError(f"{where}: empty image file")
     if data[:2].tobytes() == b"\xff\xd8" and data[-2:].tobytes() != b"\xff\xd9":
-        raise DataError(f"{path}: truncated JPEG (no end-of-image marker)")
+        raise DataError(f"{where}: truncated JPEG (no end-of-image marker)")
     img = cv2.imdecode(data, REDUCED_FLAGS[reduce])
     if img is None:
-        raise DataError(f"{path}: not a readable image")
+        raise DataError(f"{where}: not a readable image")
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
@@ -89,10 +99,34 @@ def write_png(path: str | os.PathLike, image: np.ndarray) -> None:
     staging.write_bytes(Path(path), buf.tobytes())
 
 
+# EXIF orientation tags that turn the picture by 90 or 270 degrees (5-8): the displayed width is the raw height
+ROTATING_ORIENTATIONS = {5, 6, 7, 8}
+EXIF_ORIENTATION = 0x0112
+
+
+def oriented_size(im: Image.Image) -> tuple[int, int]:
+    """(width, height) of an opened image as displayed: Pillow's raw size, swapped when EXIF turns it by 90."""
+    w, h = im.size
+    try:
+        turned = im.getexif().get(EXIF_ORIENTATION) in ROTATING_ORIENTATIONS
+    except Exception:  # a damaged EXIF block: OpenCV ignores it too  # noqa: BLE001
+        turned = False
+    return (h, w) if turned else (w, h)
+
+
 def image_size(path: str | os.PathLike) -> tuple[int, int]:
-    """(width, height) of an image file without decoding the pixels."""
+    """(width, height) of an image file as decoded (EXIF orientation applied) without decoding the pixels."""
     try:
         with Image.open(path) as im:
-            return im.size
+            return oriented_size(im)
     except Exception as exc:
         raise DataError(f"{path}: not a readable image ({exc})") from exc
+
+
+def image_size_of(data: bytes, where: str = "image") -> tuple[int, int]:
+    """``image_size`` of photo bytes."""
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return oriented_size(im)
+    except Exception as exc:
+        raise DataError(f"{where}: not a readable image ({type(exc).__name__})") from exc

@@ -30,7 +30,7 @@ import numpy as np
 from tqdm import tqdm
 
 from carvana_seg.core import layout
-from carvana_seg.core.images import image_size, read_image, read_mask
+from carvana_seg.core.images import decode_image, image_size, image_size_of, read_image, read_mask
 from carvana_seg.pipeline import staging
 from carvana_seg.settings.build import build as build_settings
 from carvana_seg.settings.resize import Resize
@@ -68,21 +68,29 @@ def reduction(src_wh: tuple[int, int], dst_wh: tuple[int, int]) -> int:
     return 1
 
 
-def load_resized(path: str | os.PathLike, sizes: list[tuple[int, int]]) -> tuple[tuple[int, int], list[np.ndarray]]:
+def load_resized(path: str | os.PathLike | bytes, sizes: list[tuple[int, int]], where: str | None = None
+                 ) -> tuple[tuple[int, int], list[np.ndarray]]:
     """A photo at each of ``sizes`` (W, H), and its own (H, W): the one preprocessing of every network input.
 
     Each size is decoded at the largest allowed reduction that keeps at least its pixels (a JPEG's 1/2 decode
     scales in the DCT domain, ~2.7x faster than a full decode; ``REDUCTIONS``, ``benchmarks/decode.py``) and
     shrunk from there with INTER_AREA. The factor depends only on the photo's and the target's size, so the
     training cache, the OOF predictions (which read the cache) and the test ensemble see identical inputs for a
-    variant. Sizes that share a factor share one decode."""
-    width, height = image_size(path)
+    variant. Sizes that share a factor share one decode. ``path`` may be the photo's bytes (the server), named
+    ``where`` in errors; sizes and pixels follow the EXIF orientation (``core.images``)."""
+    if isinstance(path, (bytes, bytearray)):
+        where = where or "image"
+        width, height = image_size_of(bytes(path), where)
+        decode = lambda factor: decode_image(path, factor, where)  # noqa: E731
+    else:
+        width, height = image_size(path)
+        decode = lambda factor: read_image(path, reduce=factor)  # noqa: E731
     decoded: dict[int, np.ndarray] = {}
     out = []
     for size in sizes:
         factor = reduction((width, height), size)
         if factor not in decoded:
-            decoded[factor] = read_image(path, reduce=factor)
+            decoded[factor] = decode(factor)
         out.append(resize_image(decoded[factor], size))
     return (height, width), out
 

@@ -39,6 +39,7 @@ from carvana_seg.core import layout
 from carvana_seg.core.images import read_image
 from carvana_seg.data.resize_cache import load_resized
 from carvana_seg.inference import refine, variant_masks
+from carvana_seg.inference.batch import device_probs
 from carvana_seg.models import runtime
 from carvana_seg.pipeline import staging
 from carvana_seg.pipeline.config import config_hash, to_json
@@ -230,8 +231,7 @@ def iter_probs(variants: list[Variant], raw: Path, ids: list[str], pcfg: Predict
     def produce() -> None:
         try:
             for idx, shapes, stacks, guides in batches:
-                xs = [s.to(device, non_blocking=cuda).permute(0, 3, 1, 2) for s in stacks]
-                probs = [runtime.predict_probs(v.models, xs[k], pcfg.tta_hflip).float() for v, k in zip(variants, slot)]
+                probs = device_probs(variants, slot, stacks, device, pcfg.tta_hflip)  # shared with predict/serve
                 if on_device:
                     maps, smalls = device_maps(shapes, probs, weights)
                     ready = [(m.cpu().numpy(), sm.cpu().numpy()) for m, sm in zip(maps, smalls)]
@@ -378,6 +378,8 @@ def run(args: argparse.Namespace, cfg: dict) -> None:
         "images_per_s": round(result["n_computed"] / seconds, 3), "bytes_total": total,
         "bytes_per_image": round(total / len(ids), 1), "hash": digest, "config_hash": config_hash(cfg),
         "models": [str(p) for p in paths], "tta_hflip": predict.tta_hflip,
+        # what the served ensemble (inference.service) must apply to give this run's masks
+        "edge_refine": asdict(predict.edge_refine), "weights": {v.name: v.weight for v in variants},
         "device": f"cuda ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else str(device),
         "variant_masks": {"files": [variant_masks.file_name(k) for k in range(len(result["shards"]))],
                           "variants": [v.name for v in variants], "scale": variant_masks.SCALE,

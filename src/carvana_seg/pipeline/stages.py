@@ -24,12 +24,13 @@ STAGES: dict[str, tuple[str, str | None, str]] = {
     "submit": ("carvana_seg.submission.kaggle_submit", "submit", "upload a submission to Kaggle"),
     "score": ("carvana_seg.submission.score", None, "score a submission against true masks (RLE csv)"),
     "predict": ("carvana_seg.inference.predict", None, "mask PNG and RGBA cut-out for any photo, with the trained ensemble"),
+    "serve": ("carvana_seg.serve.command", None, "cut-out HTTP API and page of a run's final ensemble"),
     "export": ("carvana_seg.inference.export", None, "export one variant's model to ONNX and check it against PyTorch"),
     "report-figures": ("carvana_seg.report.figures", None, "figures and tables of the HTML report (make report)"),
     "plan": ("carvana_seg.plan.command", None, "what a config will cost: jobs, images, disk, FLOPs, device-hours"),
 }
 # stages that run models: each claims a free GPU (carvana_seg.pipeline.gpu) before torch can initialise CUDA
-GPU_STAGES = {"train", "oof", "ensemble", "predict", "outliers"}  # outliers: only for repredict: zoom
+GPU_STAGES = {"train", "oof", "ensemble", "predict", "outliers", "serve"}  # outliers: only for repredict: zoom
 # Snakemake rule -> the stage its job runs (rules outside this table run no stage: ``all``)
 RULES: dict[str, str] = {
     "fetch": "fetch", "validate_data": "validate", "folds": "folds", "resize_cache": "resize", "train": "train",
