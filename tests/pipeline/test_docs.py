@@ -136,3 +136,23 @@ def test_the_scanner_catches_a_missing_path_target_and_stage(tmp_path):
     assert "no-such-target" not in make_targets() and "demo" in make_targets()
     assert slug("The demo DAG, stage by stage (`make demo`, rules' benchmark files)") == \
         "the-demo-dag-stage-by-stage-make-demo-rules-benchmark-files"
+
+
+def test_every_test_file_the_code_and_environment_name_exists():
+    """Comments and docstrings that point at a test (``tests/pipeline/test_environment.py checks ...``)."""
+    sources = [ROOT / n for n in ("requirements.txt", "environment.yml", "Snakefile", "Makefile", ".ci/run",
+                                  "pyproject.toml", ".snakemake-workflow-catalog.yml")]
+    for folder, pattern in (("src", "*.py"), ("workflow", "*.smk"), ("tests", "*.py"), ("tests", "*.js"),
+                            ("benchmarks", "*.py")):
+        sources += sorted((ROOT / folder).rglob(pattern))
+    missing = sorted({f"{src.relative_to(ROOT)}: {p}" for src in sources
+                      for p in re.findall(r"(?<![\w/])tests/[\w/]+\.py", src.read_text())
+                      if not (ROOT / p).is_file()})
+    assert missing == [], f"references to test files that do not exist: {missing}"
+
+
+def test_the_workflow_catalog_names_existing_profiles():
+    text = (ROOT / ".snakemake-workflow-catalog.yml").read_text()
+    assert "--profile " not in text, "profiles are workflow profiles now: --workflow-profile <name>"
+    names = re.findall(r"--workflow-profile (\w+)", text)
+    assert names and all((ROOT / "profiles" / n / "profile.yaml").is_file() for n in names), names

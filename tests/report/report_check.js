@@ -1,4 +1,4 @@
-// Injected before </body> of a copy of a Snakemake report by tests/test_report.py; headless Chromium runs it.
+// Injected before </body> of a copy of a Snakemake report by tests/report/test_report.py; headless Chromium runs it.
 // Drives the report's own app (globals: app, results, categories) and leaves what it saw as JSON in
 // a PRE element with id carvana-check: each category's navigation text, every image result decoded by the browser
 // (natural size), the images inside the HTML results, the content pane showing a figure, and a result's info.
