@@ -15,16 +15,21 @@ ROW = re.compile(r"^\| `(\w+)/` \|([^|]*)\|([^|]*)\|$", re.M)
 
 def tree() -> dict[str, set[str]]:
     """Subpackage -> its modules (``__init__`` left out), as on disk."""
-    return {p.name: {m.stem for m in p.glob("*.py") if m.stem != "__init__"}
-            for p in sorted(PKG_ROOT.iterdir()) if (p / "__init__.py").is_file()}
+    return {
+        p.name: {m.stem for m in p.glob("*.py") if m.stem != "__init__"}
+        for p in sorted(PKG_ROOT.iterdir())
+        if (p / "__init__.py").is_file()
+    }
 
 
 def table(text: str) -> dict[str, tuple[set[str], set[str]]]:
     """Subpackage -> (stages, modules) named in the rows of the package table."""
-    section = text[text.index("## Packages"):]
-    section = section[:section.index("\n## ", 1)] if "\n## " in section[1:] else section
-    return {pkg: (set(re.findall(r"`([\w-]+)`", stages)), set(re.findall(r"`([a-z_]+)`", modules)))
-            for pkg, stages, modules in ROW.findall(section)}
+    section = text[text.index("## Packages") :]
+    section = section[: section.index("\n## ", 1)] if "\n## " in section[1:] else section
+    return {
+        pkg: (set(re.findall(r"`([\w-]+)`", stages)), set(re.findall(r"`([a-z_]+)`", modules)))
+        for pkg, stages, modules in ROW.findall(section)
+    }
 
 
 def mismatches(text: str) -> list[str]:
@@ -35,8 +40,11 @@ def mismatches(text: str) -> list[str]:
         stages, modules = rows[pkg]
         wrong += [f"{pkg}/{m}.py not named" for m in sorted(found[pkg] - modules)]
         wrong += [f"{pkg}/{m} named but absent" for m in sorted(modules - found[pkg])]
-        wrong += [f"stage {s} is not in {pkg}/" for s in sorted(stages)
-                  if s not in STAGES or not STAGES[s][0].startswith(f"carvana_seg.{pkg}.")]
+        wrong += [
+            f"stage {s} is not in {pkg}/"
+            for s in sorted(stages)
+            if s not in STAGES or not STAGES[s][0].startswith(f"carvana_seg.{pkg}.")
+        ]
     listed = {s for stages, _ in rows.values() for s in stages}
     wrong += [f"stage {s} not listed" for s in sorted(set(STAGES) - listed)]
     return wrong

@@ -41,12 +41,40 @@ def test_carvana_seg_runs_a_stage(tmp_path):
     for name, mask in (("truth.csv", truth), ("sub.csv", pred)):
         (tmp_path / name).write_text(f"img,rle_mask\ncar_01.jpg,{rle.encode(mask)}\n")
     out = tmp_path / "score.json"
-    res = subprocess.run([str(SCRIPT), "score", "--submission", str(tmp_path / "sub.csv"), "--truth",
-                          str(tmp_path / "truth.csv"), "--shape", "4x6", "--out", str(out)],
-                         capture_output=True, text=True, timeout=120)
+    res = subprocess.run(
+        [
+            str(SCRIPT),
+            "score",
+            "--submission",
+            str(tmp_path / "sub.csv"),
+            "--truth",
+            str(tmp_path / "truth.csv"),
+            "--shape",
+            "4x6",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert res.returncode == 0, res.stderr
     assert abs(json.loads(out.read_text())["mean_dice"] - 14 / 15) < 1e-9
-    bad = subprocess.run([str(SCRIPT), "score", "--submission", str(tmp_path / "nope.csv"), "--truth",
-                          str(tmp_path / "truth.csv"), "--shape", "4x6", "--out", str(tmp_path / "x.json")],
-                         capture_output=True, text=True, timeout=120)
+    bad = subprocess.run(
+        [
+            str(SCRIPT),
+            "score",
+            "--submission",
+            str(tmp_path / "nope.csv"),
+            "--truth",
+            str(tmp_path / "truth.csv"),
+            "--shape",
+            "4x6",
+            "--out",
+            str(tmp_path / "x.json"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert bad.returncode == 2 and bad.stderr.strip().startswith("error:") and "nope.csv" in bad.stderr

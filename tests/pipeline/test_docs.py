@@ -18,9 +18,27 @@ from carvana_seg.pipeline.stages import STAGES
 from tests.helpers import ROOT
 
 README_LIMIT = 15_000
-TOP = ("Snakefile", "Makefile", "LICENSE", "CHANGELOG.md", "README.md", "pyproject.toml", "requirements.txt",
-       "environment.yml", "environment.post-deploy.sh", ".snakemake-workflow-catalog.yml", ".ci/", "benchmarks/",
-       "config/", "docs/", "profiles/", "src/", "tests/", "workflow/", "carvana_seg/")
+TOP = (
+    "Snakefile",
+    "Makefile",
+    "LICENSE",
+    "CHANGELOG.md",
+    "README.md",
+    "pyproject.toml",
+    "requirements.txt",
+    "environment.yml",
+    "environment.post-deploy.sh",
+    ".snakemake-workflow-catalog.yml",
+    ".ci/",
+    "benchmarks/",
+    "config/",
+    "docs/",
+    "profiles/",
+    "src/",
+    "tests/",
+    "workflow/",
+    "carvana_seg/",
+)
 # Paths a changelog entry names because they are gone ("moved from ... to ..."): never links.
 HISTORIC = {"CHANGELOG.md": {"workflow/profiles/*"}}
 PATH_RE = re.compile(r"(?<![\w./<-])(" + "|".join(re.escape(t) for t in TOP) + r")([\w./-]*)")
@@ -32,8 +50,12 @@ MODULE_RE = re.compile(r"(?<![\w./<-])(" + "|".join(PACKAGES) + r")/(\w+)(?:\.py
 
 
 def doc_files() -> list[Path]:
-    return [ROOT / "README.md", ROOT / "config" / "README.md", ROOT / "CHANGELOG.md",
-            *sorted((ROOT / "docs").glob("*.md"))]
+    return [
+        ROOT / "README.md",
+        ROOT / "config" / "README.md",
+        ROOT / "CHANGELOG.md",
+        *sorted((ROOT / "docs").glob("*.md")),
+    ]
 
 
 def code_text(text: str) -> str:
@@ -47,7 +69,7 @@ def named_paths(text: str) -> set[str]:
     found = set()
     for m in PATH_RE.finditer(code_text(text)):
         path = (m.group(1) + m.group(2)).rstrip(".,:;")
-        nxt = m.string[m.end():m.end() + 1]
+        nxt = m.string[m.end() : m.end() + 1]
         found.add(path + "*" if nxt in ("<", "*", "{") else path)
     return found
 
@@ -106,10 +128,12 @@ def test_every_command_a_doc_names_exists(doc):
     code = code_text(doc.read_text())
     targets = make_targets()
     wrong = [f"make {t}" for t in re.findall(r"\bmake ([a-z][\w-]*)", code) if t not in targets]
-    wrong += [f"stage {s}" for s in re.findall(r"(?:-m carvana_seg|\bcarvana-seg) ([a-z][\w-]*)", code)
-              if s not in STAGES]
-    wrong += [f"module {m}" for m in re.findall(r"-m (carvana_seg\.[\w.]+)", code)
-              if importlib.util.find_spec(m) is None]
+    wrong += [
+        f"stage {s}" for s in re.findall(r"(?:-m carvana_seg|\bcarvana-seg) ([a-z][\w-]*)", code) if s not in STAGES
+    ]
+    wrong += [
+        f"module {m}" for m in re.findall(r"-m (carvana_seg\.[\w.]+)", code) if importlib.util.find_spec(m) is None
+    ]
     assert wrong == [], f"{doc.relative_to(ROOT)} names commands that do not exist: {wrong}"
 
 
@@ -117,37 +141,71 @@ def test_readme_is_short_and_links_every_user_path():
     readme = (ROOT / "README.md").read_bytes()
     assert len(readme) <= README_LIMIT, f"README.md is {len(readme)} bytes (limit {README_LIMIT})"
     text = readme.decode()
-    for page in ("docs/cluster.md", "docs/gpu.md", "docs/serve.md", "docs/kaggle.md", "docs/reruns.md",
-                 "docs/recipe.md", "config/README.md", "docs/benchmarks.md#where-the-numbers-are"):
+    for page in (
+        "docs/cluster.md",
+        "docs/gpu.md",
+        "docs/serve.md",
+        "docs/kaggle.md",
+        "docs/reruns.md",
+        "docs/recipe.md",
+        "config/README.md",
+        "docs/benchmarks.md#where-the-numbers-are",
+    ):
         assert f"]({page})" in text, page
 
 
 def test_the_scanner_catches_a_missing_path_target_and_stage(tmp_path):
     """The checks above can fail: each kind of dangling name is found in a made-up page."""
-    text = ("`docs/no-such-page.md`, `tests/nothing_*.py`, `src/carvana_seg/core/rle.py`, `results/<name>/`\n"
-            "```bash\nmake no-such-target\npython -m carvana_seg no-such-stage --cfg x\nmake demo\n```\n")
+    text = (
+        "`docs/no-such-page.md`, `tests/nothing_*.py`, `src/carvana_seg/core/rle.py`, `results/<name>/`\n"
+        "```bash\nmake no-such-target\npython -m carvana_seg no-such-stage --cfg x\nmake demo\n```\n"
+    )
     paths = named_paths(text)
     assert {p for p in paths if not exists(p)} == {"docs/no-such-page.md", "tests/nothing_*"}
     assert "src/carvana_seg/core/rle.py" in paths and not any(p.startswith("results") for p in paths)
-    assert MODULE_RE.findall("`training/model.load_checkpoint`, `data/<name>/raw`, `core/rle.py`") == \
-        [("training", "model"), ("core", "rle")]
+    assert MODULE_RE.findall("`training/model.load_checkpoint`, `data/<name>/raw`, `core/rle.py`") == [
+        ("training", "model"),
+        ("core", "rle"),
+    ]
     code = code_text(text)
     assert re.findall(r"\bmake ([a-z][\w-]*)", code) == ["no-such-target", "demo"]
     assert "no-such-target" not in make_targets() and "demo" in make_targets()
-    assert slug("The demo DAG, stage by stage (`make demo`, rules' benchmark files)") == \
-        "the-demo-dag-stage-by-stage-make-demo-rules-benchmark-files"
+    assert (
+        slug("The demo DAG, stage by stage (`make demo`, rules' benchmark files)")
+        == "the-demo-dag-stage-by-stage-make-demo-rules-benchmark-files"
+    )
 
 
 def test_every_test_file_the_code_and_environment_name_exists():
     """Comments and docstrings that point at a test (``tests/pipeline/test_environment.py checks ...``)."""
-    sources = [ROOT / n for n in ("requirements.txt", "environment.yml", "Snakefile", "Makefile", ".ci/run",
-                                  "pyproject.toml", ".snakemake-workflow-catalog.yml")]
-    for folder, pattern in (("src", "*.py"), ("workflow", "*.smk"), ("tests", "*.py"), ("tests", "*.js"),
-                            ("benchmarks", "*.py")):
+    sources = [
+        ROOT / n
+        for n in (
+            "requirements.txt",
+            "environment.yml",
+            "Snakefile",
+            "Makefile",
+            ".ci/run",
+            "pyproject.toml",
+            ".snakemake-workflow-catalog.yml",
+        )
+    ]
+    for folder, pattern in (
+        ("src", "*.py"),
+        ("workflow", "*.smk"),
+        ("tests", "*.py"),
+        ("tests", "*.js"),
+        ("benchmarks", "*.py"),
+    ):
         sources += sorted((ROOT / folder).rglob(pattern))
-    missing = sorted({f"{src.relative_to(ROOT)}: {p}" for src in sources
-                      for p in re.findall(r"(?<![\w/])tests/[\w/]+\.py", src.read_text())
-                      if not (ROOT / p).is_file()})
+    missing = sorted(
+        {
+            f"{src.relative_to(ROOT)}: {p}"
+            for src in sources
+            for p in re.findall(r"(?<![\w/])tests/[\w/]+\.py", src.read_text())
+            if not (ROOT / p).is_file()
+        }
+    )
     assert missing == [], f"references to test files that do not exist: {missing}"
 
 

@@ -16,8 +16,8 @@ import json
 import logging
 import os
 from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from carvana_seg.core import layout, rle
 from carvana_seg.core.images import image_size, read_image, read_mask

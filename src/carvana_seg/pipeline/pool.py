@@ -6,9 +6,9 @@ run in-process instead. Both sides offer the same ``map``/``imap``, so a stage n
 
 from __future__ import annotations
 
+import multiprocessing
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-import multiprocessing
 from typing import Any
 
 

@@ -68,7 +68,8 @@ def _score_shard(job: tuple[str, float, float, float]) -> list[dict]:
 
 
 def score_images(shards: list[Path], lo: float, hi: float, threshold: float, workers: int = 1) -> pd.DataFrame:
-    """One row per test image: id, car, view, shard, uncertain_of_candidates, confidence (= 1 - uncertain_of_candidates), area."""
+    """One row per test image: id, car, view, shard, uncertain_of_candidates, confidence
+    (= 1 - uncertain_of_candidates), area."""
     jobs = [(str(p), lo, hi, threshold) for p in shards]
     with worker_pool(workers, len(jobs)) as pool:
         parts = pool.map(_score_shard, jobs, chunksize=1)
