@@ -14,7 +14,7 @@ RUN_FLAGS ?= $(if $(filter-out 0,$(NGPUS)),--resources gpu=1,--workflow-profile 
 # The run's name (results/<name>/), read from $(CONFIG); evaluated only by the targets that use it.
 NAME = $(shell $(BIN)/python -c "import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))['name'])" $(CONFIG))
 
-.PHONY: env demo report tensorboard serve test dry-run lint plan rehearse clean-demo wheelhouse gpu-check
+.PHONY: env demo report tensorboard serve test dry-run lint style plan rehearse clean-demo wheelhouse gpu-check
 
 env: $(STAMP)
 
@@ -93,6 +93,18 @@ rehearse: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/snakemake --lint --configfile $(CONFIG)
+
+# Style checks, all four run and any failure fails: ruff (lint rules and formatting, settings in pyproject.toml)
+# over the Python, snakefmt over the Snakemake code, and Snakemake's own linter. Fix with `ruff format`,
+# `ruff check --fix` and `snakefmt Snakefile workflow/rules`.
+STYLE_PY := src tests benchmarks
+style: $(STAMP)
+	@rc=0; \
+	$(BIN)/ruff check $(STYLE_PY) || rc=1; \
+	$(BIN)/ruff format --check $(STYLE_PY) || rc=1; \
+	$(BIN)/snakefmt --check Snakefile workflow/rules || rc=1; \
+	$(BIN)/snakemake --lint --configfile $(CONFIG) || rc=1; \
+	exit $$rc
 
 # pytest exits 5 when it collects nothing: that is a failure here, never a silent pass.
 test: $(STAMP)

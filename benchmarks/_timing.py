@@ -1,4 +1,5 @@
-"""Timing helper shared by the benchmark scripts (run as ``python benchmarks/<name>.py``, so this imports as ``_timing``)."""
+"""Timing helper shared by the benchmark scripts (run as ``python benchmarks/<name>.py``, so this imports as
+``_timing``)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ from collections.abc import Callable, Iterable
 
 
 def per_item_ms(fn: Callable, items: Iterable, repeat: int = 3) -> float:
-    """Milliseconds per item of ``fn(item)`` over ``items``: the best of ``repeat`` passes (least disturbed by others)."""
+    """Milliseconds per item of ``fn(item)`` over ``items``: the best of ``repeat`` passes (least disturbed by
+    others)."""
     items = list(items)
     best = float("inf")
     for _ in range(repeat):

@@ -68,7 +68,8 @@ def main() -> None:
     print(f"{'what':52} {'ms/image':>9}")
     for name, ms in rows:
         print(f"{name:52} {ms:9.2f}")
-    print(f"reduced-decode vs full-decode pixel difference at {args.size}: mean |d| = {np.abs(full - red).mean():.2f} (0..255)")
+    print(f"reduced-decode vs full-decode pixel difference at {args.size}: "
+          f"mean |d| = {np.abs(full - red).mean():.2f} (0..255)")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """zlib level for the streamed npz files (OOF maps, test-probability shards): write time vs bytes; prints a table.
 
-    python benchmarks/npz_compression.py [--real ../shared/carvana-sample] [--shards 'results/demo/test_probs/shard_*.npz']
+    python benchmarks/npz_compression.py [--real ../shared/carvana-sample]
+    python benchmarks/npz_compression.py --shards 'results/demo/test_probs/shard_*.npz'
 
 Maps: uint8 probability maps at 1918x1280. ``--shards`` reads a run's own shards (real model output); ``--real``
 blurs real GIF masks into trained-model-like maps (saturated, soft 2-px edge); otherwise synthetic ellipses.

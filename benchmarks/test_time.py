@@ -4,7 +4,8 @@
 
 Fabricates test photos at the given size and random-init checkpoints of the demo config's variants, runs the
 ``ensemble`` stage code (decode workers, flip-TTA over every fold model, resize back, weighted mean, uint8 shards)
-in a fresh process for N and for 8N images (and any other ``--multiples`` of N: the peak-RSS table), and times the same models on random tensors of the same batch size.
+in a fresh process for N and for 8N images (and any other ``--multiples`` of N: the peak-RSS table), and times the
+same models on random tensors of the same batch size.
 The ratio on the last line is what the rest of the pipeline costs: 1.0 means the models are never starved.
 Not a pytest test (pytest only collects ``tests/``).
 """
@@ -59,7 +60,7 @@ def model_only(variants: list, pcfg, n: int, device: torch.device) -> float:
     like the ensemble's producer (same batch, same channels-last uint8 tensors, no I/O at all)."""
     from carvana_seg.models import runtime
 
-    bs, cuda, tta = pcfg.batch_size, device.type == "cuda", pcfg.tta_hflip
+    bs, tta = pcfg.batch_size, pcfg.tta_hflip
     batches = [torch.randint(0, 256, (bs, v.size[1], v.size[0], 3), dtype=torch.uint8, device=device)
                .permute(0, 3, 1, 2) for v in variants]
     seconds = []

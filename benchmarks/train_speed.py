@@ -16,8 +16,9 @@ writes a synthetic resize cache (noisy ellipse "cars", the real cache format), t
 ``--layout DIR`` reads a Kaggle training layout instead of the synthetic cache: each sample's JPEG and GIF mask are
 decoded and resized by the loader workers (``LayoutDataset``), as round two reads its pseudo-labelled test photos;
 point it at real photos (e.g. ``../shared/carvana-sample``) for the real decode cost.
-``--amp/--channels-last/--compile`` switch bf16 autocast (on a CPU only where bf16 is native), channels-last and ``torch.compile`` on (they default to
-off here, so a GPU run can measure them one at a time against fp32 eager). Not a pytest test.
+``--amp/--channels-last/--compile`` switch bf16 autocast (on a CPU only where bf16 is native), channels-last and
+``torch.compile`` on (they default to off here, so a GPU run can measure them one at a time against fp32 eager).
+Not a pytest test.
 """
 
 from __future__ import annotations

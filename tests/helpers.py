@@ -28,7 +28,7 @@ def make_layout(root: Path, n_cars: int = 3, w: int = 64, h: int = 48, n_test_ca
     rows, sub = [], []
     yy, xx = np.mgrid[0:h, 0:w]
     for split, count in (("train", n_cars), ("test", n_test_cars)):
-        for c in range(count):
+        for _ in range(count):
             car = f"{rng.integers(0, 16**12):012x}"
             for v in range(1, 17):
                 rx, ry = w * rng.uniform(0.2, 0.4), h * rng.uniform(0.15, 0.3)
@@ -176,7 +176,8 @@ def ellipse(scale: float, view: int) -> np.ndarray:
 
 
 def fabricate_outliers(root: Path, n_train: int = 8, n_test: int = 6) -> dict:
-    """The outlier stage's inputs: raw layout (train masks, test photos), folds.csv, ensemble shards + variant masks + manifest, threshold."""
+    """The outlier stage's inputs: raw layout (train masks, test photos), folds.csv, ensemble shards + variant
+    masks + manifest, threshold."""
     import pandas as pd
 
     from carvana_seg.core import rle

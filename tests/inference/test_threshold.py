@@ -134,7 +134,7 @@ def test_missing_fold_or_variant_is_an_error(tmp_path):
     with pytest.raises(DataError, match="no prediction from variant"):
         oof_curve(paths, raw, cfg)
 
-# The DAG rerun property of threshold.value is tested in tests/test_rerun.py.
+# The DAG rerun property of threshold.value is tested in tests/pipeline/test_rerun.py.
 
 
 def test_per_image_dice_at_the_chosen_level_averages_to_the_curve(tmp_path):

@@ -16,11 +16,11 @@ from carvana_seg.outliers.features import fix_mask, image_features
 from carvana_seg.outliers.profile import robust_z
 from carvana_seg.outliers.sheets import sheet_size
 from carvana_seg.outliers.stage import COLUMNS
+from carvana_seg.pipeline import cli
 from tests.helpers import OUTLIER_HW, PLANTED, ellipse, outlier_cfg
 from tests.helpers import fabricate_outliers as fabricate
 
 H, W = OUTLIER_HW
-from carvana_seg.pipeline import cli
 
 
 def run_stage(root: Path, raw: Path, cfg: dict, models: list[Path] = ()) -> int:

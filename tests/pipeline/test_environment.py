@@ -51,7 +51,9 @@ def test_pyproject_lists_every_runtime_dependency_the_package_imports(repo_root)
             elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
                 modules.add(node.module.split(".")[0])
     dists = md.packages_distributions()
-    norm = lambda name: re.sub(r"[-_.]+", "-", name.lower())
+    def norm(name: str) -> str:
+        return re.sub(r"[-_.]+", "-", name.lower())
+
     imported = {norm(d) for m in modules - set(sys.stdlib_module_names) - {"carvana_seg"} for d in dists.get(m, [m])}
     meta = tomllib.loads((repo_root / "pyproject.toml").read_text())["project"]
     project = meta["dependencies"] + meta["optional-dependencies"]["models"]

@@ -24,3 +24,20 @@ def test_several_workers_run_in_other_processes_in_order():
         assert not isinstance(pool, Serial)
         out = list(pool.imap(_pid_square, range(6)))
     assert [v for _, v in out] == [i * i for i in range(6)] and os.getpid() not in {pid for pid, _ in out}
+
+
+def test_a_spawn_context_runs_in_fresh_processes():
+    with worker_pool(2, 4, context="spawn") as pool:
+        assert not isinstance(pool, Serial)
+        out = pool.map(_pid_square, range(4))
+    assert [v for _, v in out] == [0, 1, 4, 9] and os.getpid() not in {pid for pid, _ in out}
+
+
+def test_no_stage_starts_processes_of_its_own():
+    """pool.py is the one place a process pool is made (resize_cache, validate, synthetic and the rest use it)."""
+    from tests.helpers import ROOT
+
+    src = ROOT / "src" / "carvana_seg"
+    own = [str(p.relative_to(src)) for p in src.rglob("*.py")
+           if p.name != "pool.py" and ("multiprocessing" in p.read_text() or "ProcessPoolExecutor" in p.read_text())]
+    assert own == []

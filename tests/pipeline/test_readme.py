@@ -1,4 +1,5 @@
-"""The README's configuration reference is the one generated from the schema, and the schema parses as written."""
+"""config/README.md's configuration reference is the one generated from the schema, and the schema parses as
+written."""
 
 from __future__ import annotations
 
@@ -7,13 +8,17 @@ import yaml
 from carvana_seg.pipeline import schema_doc
 from carvana_seg.pipeline.config import SCHEMA_PATH
 
-REGENERATE = "run `.venv/bin/python -m carvana_seg.pipeline.schema_doc --write README.md`"
+REGENERATE = "run `.venv/bin/python -m carvana_seg.pipeline.schema_doc --write config/README.md`"
 
 
-def test_readme_configuration_reference_matches_the_schema(repo_root):
-    readme = (repo_root / "README.md").read_text()
+def test_config_readme_configuration_reference_matches_the_schema(repo_root):
+    readme = (repo_root / "config" / "README.md").read_text()
     assert schema_doc.readme_section(readme) == schema_doc.markdown_table(), \
-        f"README.md's configuration reference differs from {SCHEMA_PATH.name}: {REGENERATE}"
+        f"config/README.md's configuration reference differs from {SCHEMA_PATH.name}: {REGENERATE}"
+
+
+def test_the_top_readme_holds_no_copy_of_the_reference(repo_root):
+    assert schema_doc.START not in (repo_root / "README.md").read_text()
 
 
 def test_every_schema_key_is_documented_once(repo_root):

@@ -1,6 +1,6 @@
 """`make rehearse`: config/config.yaml itself with config/rehearse.yaml over it. The override changes only sizes
 (same aspect ratios), epochs and the data, its DAG is the competition's, rule for rule, and it runs end to end on a
-tiny synthetic set (the README has the numbers of the full `make rehearse`)."""
+tiny synthetic set (docs/plan.md has the numbers of the full `make rehearse`)."""
 
 from __future__ import annotations
 

@@ -135,7 +135,7 @@ def _modules(dag: Dag) -> list[str]:
 
 def test_comments_docstrings_and_formatting_in_every_module_plan_nothing(dag):
     """Every module of the package at once: a comment, blank lines and a docstring'd no-op function's docstring
-    edit change no fingerprint (tests/test_codedeps.py checks each module's fingerprint on its own)."""
+    edit change no fingerprint (tests/pipeline/test_codedeps.py checks each module's fingerprint on its own)."""
     edits = {rel: b"\n\n# a comment added by a test\n" for rel in _modules(dag)}
     assert len(edits) > 40
     assert _planned_with(dag, edits) == []

@@ -127,7 +127,7 @@ def pseudo_run(tmp_path_factory) -> dict:
     out = root / "data" / "pseudo" / "round2"
     cfg = rounds.pseudo_slice(cfgmod.resolve(
         {"name": "t", "data": {"source": "synthetic"}, "variants": [{"name": "a", "width": 32, "height": 32}],
-         "pseudo_label": {"select_count": 10}}))
+         "pseudo_label": {"select_count": 10, "variants": ["a"], "epochs": 3, "lr": 1e-4}}))
     argv = ["pseudo", "--cfg", cfgmod.to_json(cfg), "--manifest", str(manifest),
             "--threshold", str(root / "res" / "threshold.json"), "--outliers", str(root / "res" / "outliers.csv"),
             "--raw", str(raw), "--out-dir", str(out), "--table", str(root / "res" / "round2" / "pseudo_labels.csv"),
@@ -147,6 +147,28 @@ def test_pseudo_stage_selects_confident_unflagged_images(pseudo_run):
     summary = json.loads((pseudo_run["root"] / "res" / "round2" / "pseudo_labels.json").read_text())
     assert summary["n_selected"] == 10 and summary["n_flagged_cars"] == 1 and summary["n_eligible"] == 32
     assert summary["uncertain_of_candidates"]["selected"]["max"] < summary["uncertain_of_candidates"]["eligible_not_selected"]["max"]
+
+
+def test_the_record_holds_the_selection_settings_the_run_used(pseudo_run):
+    """pseudo_labels.json records the selection the stage ran with, from the config (select_count: 10; the rest
+    the schema's), and none of the keys its slice does not carry (variants, epochs: set in the config, never null)."""
+    summary = json.loads((pseudo_run["root"] / "res" / "round2" / "pseudo_labels.json").read_text())
+    assert summary["settings"] == {"select_share": 0.5, "select_count": 10, "confidence_lo": 0.1,
+                                   "confidence_hi": 0.9}
+    assert summary["round"] == 2 and summary["threshold"] == 0.5
+
+
+def test_the_selection_is_the_same_from_the_slice_and_from_a_whole_section():
+    from carvana_seg.settings.pseudo_label import PseudoSelection
+
+    full = cfgmod.resolve({"name": "t", "data": {"source": "synthetic"}, "variants": [{"name": "a", "width": 32,
+                           "height": 32}], "pseudo_label": {"select_share": 0.25, "variants": ["a"], "epochs": 2}})
+    sliced = rounds.pseudo_slice(full)["pseudo_label"]
+    assert set(sliced) == set(PseudoSelection.keys())
+    assert PseudoSelection.of(full["pseudo_label"]) == PseudoSelection.of(sliced)
+    assert PseudoSelection.of(sliced).select_share == 0.25
+    with pytest.raises(ConfigError, match="pseudo_label.*select_count"):
+        PseudoSelection.of({"select_share": 0.5})
 
 
 def test_written_layout_reads_like_training_data(pseudo_run):

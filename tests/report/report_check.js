@@ -1,7 +1,8 @@
-// Injected before </body> of a copy of a Snakemake report by tests/test_report.py; headless Chromium runs it.
+// Injected before </body> of a copy of a Snakemake report by tests/report/test_report.py; headless Chromium runs it.
 // Drives the report's own app (globals: app, results, categories) and leaves what it saw as JSON in
-// a PRE element with id carvana-check: each category's navigation text, every image result decoded by the browser
-// (natural size), the images inside the HTML results, the content pane showing a figure, and a result's info.
+// a PRE element with id carvana-check: the page the report opens on (its text, before any click), each category's
+// navigation text, every image result decoded by the browser (natural size), the images inside the HTML results,
+// the content pane showing a figure, and a result's info.
 (function () {
   const wait = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
   const load = (src) => new Promise((resolve) => {
@@ -16,9 +17,12 @@
     return new DOMParser().parseFromString(new TextDecoder().decode(bytes), "text/html");
   };
   async function check() {
-    const out = { nav: {}, images: {}, html_images: {}, shown: null, info: {}, errors: [] };
+    const out = { landing: null, nav: {}, images: {}, html_images: {}, shown: null, info: {}, errors: [] };
     try {
       for (let i = 0; i < 100 && typeof app === "undefined"; i++) await wait(50);  // React renders after load
+      for (let i = 0; i < 100 && !document.querySelector("#app .prose"); i++) await wait(50);
+      const landing = document.querySelector("#app .prose");  // the workflow description, as first shown
+      out.landing = landing ? landing.innerText : null;
       for (const cat of Object.keys(categories)) {
         app.setView({ navbarMode: "menu" });  // as a reader does: back to the menu, then the category
         await wait(50);

@@ -47,7 +47,7 @@ def test_stage_draws_every_figure_with_pseudo_rounds(tmp_path):
     names = {p.name for p in out.iterdir()}
     curves = {f"training_{v}_fold{f}{s}.png" for v in "ab" for f in (0, 1) for s in ("", "_round2")}
     assert curves | {"oof_dice.png", "threshold.png", "pseudo_labels.png", "throughput.png", "outliers.html",
-                     "outlier_gallery.html", "stage_times.html", "stage_times.csv"} == names
+                     "outlier_gallery.html", "stage_times.html", "stage_times.csv", "landing.rst"} == names
     for png in out.glob("*.png"):
         with Image.open(png) as img:
             assert img.format == "PNG" and img.width >= 600, png
@@ -161,3 +161,11 @@ def test_report_renders_in_headless_chromium(repo_root, tmp_path):
     assert seen["shown"] and seen["shown"]["size"][0] > 0  # the content pane shows a figure
     info = next(v for p, v in seen["info"].items() if p.endswith("threshold.png"))
     assert "binarisation threshold" in info  # the caption, rendered
+    # The page the report opens on states the run (report.landing, fabricated results): Dice, threshold, ensemble,
+    # flagged cars, the submission and that it is partial, planned against measured cost.
+    landing = seen["landing"]
+    for text in ("OOF Dice", "round 1 0.99000", "Test Dice", "round 1 0.98000", "Threshold",
+                 "0.4500", "2 variants x 2 folds", "va (Unet resnet18, 64x64, weight 1)", "Flagged cars",
+                 FLAGGED, "action fix", "results/rep/submission.csv.gz", "partial, 64 of 100", "Cost",
+                 "device-hours on cpu", "h of job time", "planned peak disk"):
+        assert text in landing, (text, landing)

@@ -23,8 +23,11 @@ from carvana_seg.settings.build import build
 
 SCHEMA = yaml.safe_load(cfgmod.SCHEMA_PATH.read_text())
 SECTION_MODULES = sorted(m.name for m in pkgutil.iter_modules(settings_pkg.__path__) if m.name != "build")
-CLASSES = [obj for name in SECTION_MODULES for obj in vars(importlib.import_module(f"carvana_seg.settings.{name}"))
-           .values() if dataclasses.is_dataclass(obj) and obj.__module__ == f"carvana_seg.settings.{name}"]
+ALL_CLASSES = [obj for name in SECTION_MODULES for obj in vars(importlib.import_module(f"carvana_seg.settings.{name}"))
+               .values() if dataclasses.is_dataclass(obj) and obj.__module__ == f"carvana_seg.settings.{name}"]
+# one dataclass per section holds all its keys; a SUBSET class holds the keys one stage reads (PseudoSelection)
+CLASSES = [c for c in ALL_CLASSES if not getattr(c, "SUBSET", False)]
+SUBSETS = [c for c in ALL_CLASSES if getattr(c, "SUBSET", False)]
 PER_VARIANT = {"train", "oof"}  # the rules that pass one variant in the slice (workflow/rules/train.smk)
 JSON_TYPES = {bool: "boolean", int: "integer", float: "number", str: "string", type(None): "null"}
 
@@ -85,6 +88,13 @@ def differences(cls: type, schema: dict) -> list[str]:
 @pytest.mark.parametrize("cls", CLASSES, ids=lambda c: c.SECTION)
 def test_each_dataclass_has_exactly_the_keys_types_and_enums_of_its_section(cls):
     assert differences(cls, SCHEMA) == []
+
+
+@pytest.mark.parametrize("cls", SUBSETS, ids=lambda c: c.__name__)
+def test_a_subset_dataclass_holds_keys_of_its_section_with_their_types(cls):
+    """Every field a schema key of its section, with its type and enum: only the missing keys are allowed."""
+    wrong = [d for d in differences(cls, SCHEMA) if not d.startswith(f"schema key {cls.SECTION}.")]
+    assert wrong == [] and len(dataclasses.fields(cls)) < len(_node(SCHEMA, cls.SECTION)["properties"])
 
 
 def test_every_section_of_the_schema_has_one_dataclass():

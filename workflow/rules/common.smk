@@ -26,7 +26,7 @@ FOLDS = cs_config.fold_ids(config)
 LAST = cs_rounds.last_round(config)  # pseudo-labelling rounds (workflow/rules/pseudo.smk); 1 when disabled
 ROUNDS = list(range(1, LAST + 1))
 # Conda environments (--software-deployment-method conda), relative to workflow/rules/: the light one for data and
-# submission rules, the torch one for the rules that run models (tests/test_environment.py checks each rule's).
+# submission rules, the torch one for the rules that run models (tests/pipeline/test_environment.py checks each rule's).
 ENV_BASE = "../envs/base.yaml"
 ENV_TORCH = "../envs/torch.yaml"
 

@@ -59,6 +59,7 @@ rule report_figures:
         cars=report(f"{REPORT}/cars.html", caption="../report/cars.rst", category="0. Worst cars first",
                     labels={"page": "OOF Dice per car and view, worst cars' outlines"}),
         cars_csv=f"{REPORT}/cars.csv",
+        landing=f"{REPORT}/landing.rst",  # the headline numbers the report opens on (workflow/report/workflow.rst)
     params:
         code=code("report-figures"),
         weights=" ".join(str(float(VARIANTS[v].get("weight", 1.0))) for v in VARIANTS for f in FOLDS),  # LAST_OOF's order

@@ -22,7 +22,6 @@ import hashlib
 import json
 import logging
 import os
-from multiprocessing import Pool
 from pathlib import Path
 
 import cv2
@@ -32,6 +31,7 @@ from tqdm import tqdm
 from carvana_seg.core import layout
 from carvana_seg.core.images import decode_image, image_size, image_size_of, read_image, read_mask
 from carvana_seg.pipeline import staging
+from carvana_seg.pipeline.pool import worker_pool
 from carvana_seg.settings.build import build as build_settings
 from carvana_seg.settings.resize import Resize
 
@@ -133,7 +133,7 @@ def build(raw: Path, ids: list[str], size: tuple[int, int], out_dir: Path, worke
         staging.preallocate(tmp / "masks.npy")
         jobs = [(str(raw), i, (w, h)) for i in ids]
         digest = hashlib.sha256()  # of the cached masks: tells a training run when its labels changed
-        with Pool(workers) if workers > 1 else _Serial() as pool:
+        with worker_pool(workers) as pool:
             results = pool.imap(_load_pair, jobs, chunksize=4)
             for k, (img, mask) in enumerate(tqdm(results, total=len(ids), desc=f"resize {w}x{h}", mininterval=5)):
                 images[k] = img
@@ -145,19 +145,6 @@ def build(raw: Path, ids: list[str], size: tuple[int, int], out_dir: Path, worke
         (tmp / "ids.txt").write_text("".join(f"{i}\n" for i in ids))
         meta = {"width": w, "height": h, "n": len(ids), "masks_sha256": digest.hexdigest()}
         (tmp / "meta.json").write_text(json.dumps(meta))
-
-
-class _Serial:
-    """A stand-in for ``multiprocessing.Pool`` that maps in-process (workers=1)."""
-
-    def __enter__(self) -> "_Serial":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-    def imap(self, fn, items, chunksize: int = 1):  # noqa: ARG002
-        return map(fn, items)
 
 
 def load(cache_dir: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import csv
 import io
-import multiprocessing
 import os
 import shutil
 from pathlib import Path
@@ -30,6 +29,7 @@ from carvana_seg.core.images import write_jpeg, write_mask_gif
 from carvana_seg.data import synthetic_draw as draw
 from carvana_seg.pipeline import staging
 from carvana_seg.pipeline.errors import ConfigError
+from carvana_seg.pipeline.pool import worker_pool
 
 RAW_DIR = "raw"
 GROUND_TRUTH_DIR = "ground_truth"
@@ -74,11 +74,8 @@ def generate(root: Path, *, n_train_cars: int, n_test_cars: int, n_outlier_cars:
             tmp_gt.mkdir()
             jobs = [_Job(car, split, kinds.get(car, "normal"), seed, width, height, jpeg_quality, str(tmp_raw))
                     for split, ids in (("train", train), ("test", test)) for car in ids]
-            if workers > 1 and len(jobs) > 1:
-                with multiprocessing.Pool(min(workers, len(jobs))) as pool:
-                    results = pool.map(_render_car, jobs, chunksize=1)
-            else:
-                results = [_render_car(job) for job in jobs]
+            with worker_pool(workers, len(jobs)) as pool:
+                results = pool.map(_render_car, jobs, chunksize=1)
             train_rows = sorted(row for job, (_, rows) in zip(jobs, results) if job.split == "train" for row in rows)
             test_rows = sorted(row for job, (_, rows) in zip(jobs, results) if job.split == "test" for row in rows)
             _write_text(tmp_raw / layout.TRAIN_MASKS_CSV, _mask_csv(train_rows))

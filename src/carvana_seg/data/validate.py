@@ -14,16 +14,16 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import multiprocessing
 import os
 from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from carvana_seg.core import layout, rle
 from carvana_seg.core.images import image_size, read_image, read_mask
 from carvana_seg.pipeline import staging
 from carvana_seg.pipeline.errors import DataError
+from carvana_seg.pipeline.pool import worker_pool
 from carvana_seg.settings.build import build
 from carvana_seg.settings.data import Data
 
@@ -71,10 +71,9 @@ def _check_file(task: tuple[str, str, bool, str | None]) -> tuple[int, int, bool
 def _check_all(tasks: list[tuple[str, str, bool, str | None]], workers: int) -> list[tuple[int, int, bool]]:
     """Run ``_check_file`` over ``tasks`` (in order), in ``workers`` processes when that pays off."""
     quick = bool(tasks) and tasks[0][2]
-    if workers <= 1 or len(tasks) < (2000 if quick else 64):  # header reads are too cheap to ship to workers
-        return [_check_file(t) for t in tasks]
-    chunk = max(1, min(64, len(tasks) // (workers * 8)))
-    with multiprocessing.get_context("spawn").Pool(workers) as pool:
+    chunk = max(1, min(64, len(tasks) // (max(workers, 1) * 8)))
+    # header reads are too cheap to ship to workers below 2000 files; spawn: no fork of a process holding threads
+    with worker_pool(workers, len(tasks), min_jobs=2000 if quick else 64, context="spawn") as pool:
         return list(pool.imap(_check_file, tasks, chunksize=chunk))
 
 

@@ -111,11 +111,8 @@ def run_hash(paths: list[Path], predict: Predict, variants: Sequence[VariantSett
 
 
 def _file_sha(path: Path) -> str:
-    h = hashlib.sha256()
     with open(path, "rb") as fh:
-        while block := fh.read(1 << 22):
-            h.update(block)
-    return h.hexdigest()
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 class _TestImages(torch.utils.data.Dataset):

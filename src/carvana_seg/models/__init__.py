@@ -1,1 +1,2 @@
-"""Model construction, checkpoints and the inference runtime (device, autocast, flip-TTA), shared by training and inference."""
+"""Model construction, checkpoints and the inference runtime (device, autocast, flip-TTA), shared by training and
+inference."""

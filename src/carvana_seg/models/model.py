@@ -63,7 +63,8 @@ def build_model(arch: str, encoder: str, weights: str | None, name: str) -> Norm
         if weights:
             raise ConfigError(
                 f"config key '{key}.encoder_weights': could not fetch '{weights}' weights "
-                f"for encoder '{encoder}' ({type(exc).__name__}: {str(exc).splitlines()[0][:160]}); this needs network access to the model hub. "
+                f"for encoder '{encoder}' ({type(exc).__name__}: {str(exc).splitlines()[0][:160]}); "
+                "this needs network access to the model hub. "
                 "Set encoder_weights to a local weights file, or null to train from scratch offline."
             ) from exc
         raise

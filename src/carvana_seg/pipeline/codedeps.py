@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import ast
 import hashlib
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 PACKAGE = "carvana_seg"
@@ -70,7 +70,7 @@ def direct_imports(module: str, root: Path = PACKAGE_DIR) -> set[str]:
     return {m for m in found if module_file(m, root) is not None}
 
 
-@lru_cache(maxsize=None)
+@cache
 def module_closure(module: str, root: Path = PACKAGE_DIR) -> tuple[str, ...]:
     """``module`` and every ``carvana_seg`` module it imports, transitively (with parent packages), sorted."""
     seen: set[str] = set()
@@ -115,7 +115,7 @@ def _strip_docstrings(tree: ast.AST) -> ast.AST:
     return tree
 
 
-@lru_cache(maxsize=None)
+@cache
 def normalized_source(path: Path) -> str:
     """The code of one file without comments, docstrings or formatting: its syntax tree, dumped (no positions)."""
     return ast.dump(_strip_docstrings(ast.parse(path.read_text(), filename=str(path))))

@@ -45,7 +45,8 @@ def _schema() -> dict:
 
 
 def _defaulting_validator(schema: dict):
-    """A Draft 2020-12 validator (the draft snakemake uses) that fills in ``default`` values, recursively, as it validates."""
+    """A Draft 2020-12 validator (the draft snakemake uses) that fills in ``default`` values, recursively, as it
+    validates."""
     from jsonschema import Draft202012Validator, validators
 
     def set_defaults(validator, properties, instance, schema_):

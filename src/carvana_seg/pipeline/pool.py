@@ -6,9 +6,9 @@ run in-process instead. Both sides offer the same ``map``/``imap``, so a stage n
 
 from __future__ import annotations
 
+import multiprocessing
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from multiprocessing import Pool
 from typing import Any
 
 
@@ -23,12 +23,15 @@ class Serial:
 
 
 @contextmanager
-def worker_pool(workers: int, n_jobs: int | None = None, min_jobs: int = 2) -> Iterator[Any]:
+def worker_pool(workers: int, n_jobs: int | None = None, min_jobs: int = 2,
+                context: str | None = None) -> Iterator[Any]:
     """``min(workers, n_jobs)`` processes, or :class:`Serial` when that is one or there are fewer than ``min_jobs``
-    jobs. Use as ``with worker_pool(w, len(jobs)) as pool: pool.map(fn, jobs)``."""
+    jobs. Use as ``with worker_pool(w, len(jobs)) as pool: pool.map(fn, jobs)``. ``context`` is a
+    ``multiprocessing`` start method (``"spawn"`` where forking a process with threads is unsafe; None: the
+    platform's default)."""
     n = workers if n_jobs is None else min(workers, n_jobs)
     if n <= 1 or (n_jobs is not None and n_jobs < min_jobs):
         yield Serial()
         return
-    with Pool(n) as pool:
+    with multiprocessing.get_context(context).Pool(n) as pool:
         yield pool

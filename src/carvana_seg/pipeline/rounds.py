@@ -15,6 +15,7 @@ import copy
 
 from carvana_seg.pipeline.config import stage_config
 from carvana_seg.pipeline.errors import ConfigError
+from carvana_seg.settings.pseudo_label import PseudoSelection
 
 
 def last_round(config: dict) -> int:
@@ -68,10 +69,10 @@ def train_slice(config: dict, variant: str, r: int) -> dict:
 
 
 def pseudo_slice(config: dict) -> dict:
-    """The ``pseudo`` stage's slice: only the selection keys, so changing ``rounds`` or ``epochs`` never reruns it."""
+    """The ``pseudo`` stage's slice: only the selection keys (``PseudoSelection``), so changing ``rounds`` or
+    ``epochs`` never reruns it."""
     out = stage_config(config, "pseudo")
-    keep = ("select_share", "select_count", "confidence_lo", "confidence_hi")
-    out["pseudo_label"] = {k: copy.deepcopy(out["pseudo_label"][k]) for k in keep}
+    out["pseudo_label"] = {k: copy.deepcopy(out["pseudo_label"][k]) for k in PseudoSelection.keys()}
     return out
 
 

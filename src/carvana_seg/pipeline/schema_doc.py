@@ -1,9 +1,9 @@
-"""The README's "Configuration reference": a Markdown table of every key of the config schema, generated.
+"""The "Configuration reference" of ``config/README.md``: a Markdown table of every key of the config schema, generated.
 
-    python -m carvana_seg.pipeline.schema_doc                    # print the table
-    python -m carvana_seg.pipeline.schema_doc --write README.md  # replace the table between the markers
+    python -m carvana_seg.pipeline.schema_doc                           # print the table
+    python -m carvana_seg.pipeline.schema_doc --write config/README.md  # replace the table between the markers
 
-``tests/test_readme.py`` fails when the README's table differs from the schema's, so the two cannot drift.
+``tests/pipeline/test_readme.py`` fails when that table differs from the schema's, so the two cannot drift.
 """
 
 from __future__ import annotations
@@ -12,8 +12,9 @@ import argparse
 import json
 import re
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import yaml
 

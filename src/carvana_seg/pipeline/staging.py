@@ -287,7 +287,7 @@ class NpzWriter:
             pass  # closing writes the zip directory, which a full disk refuses; the file goes anyway
         discard(self.tmp)
 
-    def __enter__(self) -> "NpzWriter":
+    def __enter__(self) -> NpzWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:

@@ -8,7 +8,7 @@ U-Net at 1280x1280 takes a second on any machine. FLOPs are counted as the flop 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 
 BYTES_PER_PARAM = 4  # float32 checkpoints
 
@@ -20,7 +20,7 @@ class ModelCost:
     train: float  # forward + backward FLOPs per image (the loss's own FLOPs left out)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _count(arch: str, encoder: str, width: int, height: int) -> ModelCost:
     import torch
     from torch.utils.flop_counter import FlopCounterMode

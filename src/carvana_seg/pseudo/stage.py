@@ -20,6 +20,7 @@ Also written: a table of every test image (uncertainty, area, flagged car, selec
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import math
@@ -37,8 +38,7 @@ from carvana_seg.inference.shards import shard_paths
 from carvana_seg.pipeline import staging
 from carvana_seg.pipeline.errors import ConfigError, DataError
 from carvana_seg.pipeline.pool import worker_pool
-from carvana_seg.settings.build import build
-from carvana_seg.settings.pseudo_label import PseudoLabel
+from carvana_seg.settings.pseudo_label import PseudoSelection
 
 log = logging.getLogger(__name__)
 COLUMNS = ["img", "car", "view", "uncertain_of_candidates", "confidence", "area", "flagged_car", "selected", "rank"]
@@ -68,7 +68,8 @@ def _score_shard(job: tuple[str, float, float, float]) -> list[dict]:
 
 
 def score_images(shards: list[Path], lo: float, hi: float, threshold: float, workers: int = 1) -> pd.DataFrame:
-    """One row per test image: id, car, view, shard, uncertain_of_candidates, confidence (= 1 - uncertain_of_candidates), area."""
+    """One row per test image: id, car, view, shard, uncertain_of_candidates, confidence
+    (= 1 - uncertain_of_candidates), area."""
     jobs = [(str(p), lo, hi, threshold) for p in shards]
     with worker_pool(workers, len(jobs)) as pool:
         parts = pool.map(_score_shard, jobs, chunksize=1)
@@ -159,13 +160,13 @@ def _quantiles(values: pd.Series) -> dict:
             "max": float(q[1.0]), "mean": float(values.mean())}
 
 
-def summarize(df: pd.DataFrame, cfg: dict, threshold: float, round_: int | None) -> dict:
-    """The summary JSON: counts and the uncertainty distribution of selected, rejected and flagged images; ``cfg``
-    (the validated ``pseudo_label`` section, as given) is recorded under ``settings``."""
+def summarize(df: pd.DataFrame, selection: PseudoSelection, threshold: float, round_: int | None) -> dict:
+    """The summary JSON: counts and the uncertainty distribution of selected, rejected and flagged images; the
+    selection settings the stage ran with are recorded under ``settings``."""
     sel, flagged = df[df["selected"]], df[df["flagged_car"]]
     rejected = df[~df["selected"] & ~df["flagged_car"]]
     return {
-        "round": round_, "threshold": threshold, "settings": cfg,
+        "round": round_, "threshold": threshold, "settings": dataclasses.asdict(selection),
         "n_test_images": len(df), "n_flagged_cars": int(flagged["car"].nunique()),
         "n_flagged_car_images": len(flagged), "n_eligible": int(len(df) - len(flagged)),
         "n_selected": len(sel), "n_selected_cars": int(sel["car"].nunique()),
@@ -189,9 +190,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, cfg: dict) -> None:
-    # The workflow's slice carries only the selection keys (rounds.pseudo_slice): the others hold the schema's
-    # defaults here, not the run's settings, and this stage reads none of them.
-    pc, workers = build(PseudoLabel, cfg["pseudo_label"]), max(1, args.threads)
+    # The workflow's slice carries only the selection keys (rounds.pseudo_slice); a --configfile gives the whole
+    # section. Either way the stage reads, and records, the selection alone.
+    pc, workers = PseudoSelection.of(cfg["pseudo_label"]), max(1, args.threads)
     if pc.confidence_lo >= pc.confidence_hi:
         raise ConfigError("config key 'pseudo_label.confidence_lo': must be below pseudo_label.confidence_hi")
     threshold = float(json.loads(Path(args.threshold).read_text())["threshold"])
@@ -203,7 +204,7 @@ def run(args: argparse.Namespace, cfg: dict) -> None:
     table = df.assign(img=df["id"].map(layout.image_file)).sort_values("img")[COLUMNS]
     table = table.assign(flagged_car=table["flagged_car"].astype(int), selected=table["selected"].astype(int))
     staging.write_text(Path(args.table), table.round(6).to_csv(index=False))
-    summary = summarize(df, cfg["pseudo_label"], threshold, args.round)
+    summary = summarize(df, pc, threshold, args.round)
     staging.write_text(Path(args.summary), json.dumps(summary, indent=2) + "\n")
     u = summary["uncertain_of_candidates"]["selected"]
     log.info("pseudo-labels: %d of %d test images selected (%d cars; %d images of %d flagged cars excluded) at "

@@ -1,4 +1,5 @@
-"""The ``report-figures`` stage: the PNGs and tables of the HTML report (``make report``, ``workflow/rules/report.smk``).
+"""The ``report-figures`` stage: the PNGs and tables of the HTML report (``make report``,
+``workflow/rules/report.smk``).
 
 Reads what the pipeline wrote under ``results/<name>/`` and writes into ``--out-dir`` (``results/<name>/report``):
 
@@ -10,6 +11,7 @@ Reads what the pipeline wrote under ``results/<name>/`` and writes into ``--out-
 - ``throughput.png``, ``stage_times.html``, ``stage_times.csv``: time per stage (benchmark TSVs) and test images/s
 - ``cars.html``, ``cars.csv``: worst cars first, per-view failures and the worst cars' outline sheets
   (``report.cars``; with ``--oof-images``)
+- ``landing.rst``: the run's headline numbers, which the report opens on (``report.landing``)
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from typing import Any
 import pandas as pd
 
 from carvana_seg.pipeline.errors import DataError
+from carvana_seg.report import landing
 from carvana_seg.report.tables import dice_by_round, html_page, pseudo_rounds, round_dirs, stage_times
 
 log = logging.getLogger(__name__)
@@ -242,13 +245,19 @@ def planned(config: dict | None, device: str, measured: list[pd.DataFrame]) -> s
             "stages</p>" + compare(plan, measured).to_html(index=False, border=0, na_rep="-"))
 
 
+def measured_times(bench_dir: Path, files: list[str] | None = None
+                   ) -> tuple[pd.DataFrame, list[tuple[int, pd.DataFrame]]]:
+    """Time per stage of round one's jobs (``results/<name>/benchmarks``, this report's own job left out) and of
+    each later round's (``round<r>/benchmarks``). ``files``: the TSVs that may be read (None: every one found)."""
+    times = stage_times(bench_dir, exclude={"report_figures"}, files=files)
+    return times, [(r, stage_times(d / "benchmarks", files=files)) for r, d in round_dirs(bench_dir.parent, files)[1:]]
+
+
 def throughput(bench_dir: Path, test_probs: Path, out_png: Path, out_html: Path, out_csv: Path,
                config: dict | None = None, files: list[str] | None = None) -> pd.DataFrame:
     """Wall time per stage from the benchmark TSVs (table and bar chart) with the test-set images/s; with the
     run's config, the plan next to it. ``files``: the TSVs that may be read (None: every one found)."""
-    times = stage_times(bench_dir, exclude={"report_figures"}, files=files)
-    rounds = [(r, stage_times(d / "benchmarks", files=files))
-              for r, d in round_dirs(bench_dir.parent, files)[1:]]  # round<r>/benchmarks
+    times, rounds = measured_times(bench_dir, files)
     plan_html = planned(config, str(json.loads(Path(test_probs).read_text()).get("device", "cpu")),
                         [times] + [t for _, t in rounds])
     extra = [t.assign(stage=t["stage"] + f" (round {r})") for r, t in rounds if not t.empty]
@@ -286,6 +295,11 @@ def run(args: argparse.Namespace, cfg: dict) -> None:
     times = throughput(Path(args.results) / "benchmarks", Path(args.test_probs), out / "throughput.png",
                        out / "stage_times.html", out / "stage_times.csv",
                        json.loads(args.plan_config) if args.plan_config else None, args.inputs)
+    first, later = measured_times(Path(args.results) / "benchmarks", args.inputs)
+    rows = landing.headline(Path(args.results), Path(args.threshold), Path(args.outliers), Path(args.sheets),
+                            Path(args.test_probs), json.loads(args.plan_config) if args.plan_config else None,
+                            [first] + [t for _, t in later])
+    landing.write(out / landing.FILE, rows)  # the report opens on it (workflow/report/workflow.rst)
     if args.oof_images:
         from carvana_seg.report import cars as report_cars
 

@@ -14,7 +14,7 @@ import hashlib
 import json
 import logging
 from collections.abc import Iterator, Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -90,7 +90,7 @@ def submit(submission: Path, competition: str, message: str, raw: Path, api: Any
         "sha256": hashlib.sha256(submission.read_bytes()).hexdigest(),
         "n_images": n,
         "message": message,
-        "submitted_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "submitted_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "response": kaggle_source.scrub(str(response)),
     }
 

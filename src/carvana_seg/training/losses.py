@@ -56,7 +56,7 @@ class BceDiceLoss(nn.Module):
         self.dice = smp.losses.DiceLoss(mode="binary", from_logits=True)
 
     @classmethod
-    def from_config(cls, loss: Loss) -> "BceDiceLoss":
+    def from_config(cls, loss: Loss) -> BceDiceLoss:
         """Build from the ``train.loss`` settings (every weight given: the schema holds the defaults)."""
         return cls(bce_weight=loss.bce_weight, dice_weight=loss.dice_weight, boundary_width=loss.boundary_width,
                    boundary_weight=loss.boundary_weight)
