@@ -246,7 +246,10 @@ def check(args: argparse.Namespace) -> dict:
 
 
 def _cell(d: dict, key: str) -> str:
-    return str(d[key]) if d.get("status") == "ok" and d.get(key) is not None else d.get("status", "?")
+    """A step's value for the table ("none" when it measured nothing), or its status when it did not finish."""
+    if d.get("status") != "ok":
+        return d.get("status", "?")
+    return "none" if d.get(key) is None else str(d[key])
 
 
 def markdown(r: dict) -> str:
@@ -257,8 +260,9 @@ def markdown(r: dict) -> str:
             ("environment", "driver / GPU", f"{_cell(env, 'driver')} / {_cell(env, 'gpu')}")]
     for t in r["train"]:
         size = t.get("size", "")
-        value = (f"{t['images_per_s']} img/s (batch {t['batch']}, peak {t['peak_gib']} GiB, first steps "
-                 f"{t['warmup_s']} s)" if t.get("status") == "ok" else t.get("status", "?"))
+        peak = "n/a" if t.get("peak_gib") is None else f"{t['peak_gib']} GiB"
+        value = (f"{t['images_per_s']} img/s (batch {t['batch']}, peak {peak}, first steps {t['warmup_s']} s)"
+                 if t.get("status") == "ok" else t.get("status", "?"))
         rows.append((f"train {size}".strip(), t["mode"], value))
     for m in r["memory"]:
         rows.append((f"memory {m.get('size', '')}".strip(), "largest batch (bf16+cl)",

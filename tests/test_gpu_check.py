@@ -30,5 +30,5 @@ def test_gpu_check_runs_every_step_at_toy_sizes(tmp_path):
     d = r["dag"]
     assert d["status"] == "ok" and d["device"] == "cpu" and d["amp"] == "off" and d["claimed"] is None, d
     md = (tmp_path / "gpu_check.md").read_text()
-    assert md.count("| train ") == 6 and "| tiny DAG --resources gpu=1 | claimed / device / amp | None / cpu / off |" in md
+    assert md.count("| train ") == 6 and "| tiny DAG --resources gpu=1 | claimed / device / amp | none / cpu / off |" in md
     assert r["seconds"] < 900

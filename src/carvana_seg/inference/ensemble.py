@@ -2,9 +2,10 @@
 
 Each test image is decoded once, by DataLoader workers that also resize it to every variant's resolution, so
 the models are never starved. A producer thread runs every fold model of every variant on the batch and its
-mirror; ``FINISH_THREADS`` threads resize each variant's mean probability back to the original size (INTER_LINEAR)
-and take the weighted mean over variants (on CUDA the device does both, ``device_maps``, and only uint8 crosses
-the bus), and the calling thread streams the uint8 maps (``round(p * 255)``) into the current shard, in order.
+mirror. Each variant's mean probability is resized back to the original size (INTER_LINEAR) and the weighted
+mean over variants taken: on a CPU by the calling thread, as ever; on CUDA by the device (``device_maps``), so
+only uint8 crosses the bus, with the bit packing in ``finish_threads`` threads. The calling thread streams the
+uint8 maps (``round(p * 255)``) into the current shard, in order.
 
 Shards ``shard_00000.npz`` ... hold ``shard_size`` images each (npz keyed by image id, deflated, written entry by
 entry to a temporary file and renamed when complete), so memory stays one batch plus one image whatever the test
@@ -196,13 +197,42 @@ def _cpu_side(shape: tuple[int, int], own: list[np.ndarray] | None, weights: lis
 FINISH_THREADS = 2  # threads for the per-image CPU side (resize, weighted mean, bit packing); cv2 releases the GIL
 
 
+def finish_threads(cuda: bool) -> int:
+    """Threads for the per-image CPU side: ``$CARVANA_SEG_FINISH_THREADS``, else ``FINISH_THREADS`` on CUDA (the
+    cores are free while the GPU runs the models) and 0 on a CPU, where the models' own torch threads already fill
+    the cores and the work stays in the calling thread, as it always has (0: inline)."""
+    raw = os.environ.get("CARVANA_SEG_FINISH_THREADS", "").strip()
+    try:
+        return max(0, int(raw)) if raw else (FINISH_THREADS if cuda else 0)
+    except ValueError as exc:
+        raise ConfigError(f"CARVANA_SEG_FINISH_THREADS must be an integer, got {raw!r}") from exc
+
+
+class _Inline:
+    """``ThreadPoolExecutor``'s ``submit``/``shutdown`` run in the calling thread (``finish_threads`` 0)."""
+
+    class _Done:
+        def __init__(self, value: tuple) -> None:
+            self.value = value
+
+        def result(self) -> tuple:
+            return self.value
+
+    def submit(self, fn, *args) -> _Inline._Done:
+        return self._Done(fn(*args))
+
+    def shutdown(self, wait: bool = True, cancel_futures: bool = False) -> None:  # nothing to stop
+        pass
+
+
 def iter_probs(variants: list[Variant], raw: Path, ids: list[str], pcfg: Predict, device: torch.device,
                with_variants: bool = False) -> Iterator[tuple]:
     """Yield ``(id, uint8 probability map)`` for ``ids`` in order; at most a few batches are ever in flight.
     ``with_variants`` adds a third item, the packed per-variant masks (``variant_masks.pack``).
 
-    Three kinds of thread: the producer runs the models; ``FINISH_THREADS`` threads do each image's CPU side
-    (``_cpu_side``); the calling thread writes the shards (zlib), in order. On CUDA without edge refinement the
+    Three kinds of thread: the producer runs the models; ``finish_threads`` threads do each image's CPU side
+    (``_cpu_side``; on a CPU by default the calling thread itself); the calling thread writes the shards (zlib),
+    in order. On CUDA without edge refinement the
     upsampling and weighted mean run on the device (``device_maps``) and only uint8 maps cross the bus."""
     sizes = sorted({v.size for v in variants})
     slot = [sizes.index(v.size) for v in variants]
@@ -242,7 +272,9 @@ def iter_probs(variants: list[Variant], raw: Path, ids: list[str], pcfg: Predict
             put(exc)
 
     worker = threading.Thread(target=produce, name="ensemble-gpu", daemon=True)
-    pool = ThreadPoolExecutor(FINISH_THREADS, thread_name_prefix="ensemble-finish")
+    n_finish = finish_threads(cuda)
+    pool = ThreadPoolExecutor(n_finish, thread_name_prefix="ensemble-finish") if n_finish else _Inline()
+    in_flight = pcfg.batch_size if n_finish else 0
     pending: deque = deque()
     worker.start()
     try:
@@ -257,7 +289,7 @@ def iter_probs(variants: list[Variant], raw: Path, ids: list[str], pcfg: Predict
                 own = None if probs is None else [p[j] for p in probs]
                 pending.append((i, pool.submit(_cpu_side, shapes[j], own, weights, guides[j], pcfg, with_variants,
                                                None if ready is None else ready[j])))
-            while len(pending) > pcfg.batch_size:  # in order; at most about two batches of images in flight
+            while len(pending) > in_flight:  # in order; at most about two batches of images in flight
                 i, fut = pending.popleft()
                 yield (ids[i], *fut.result())
         while pending:
