@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import argparse
 import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the CLI sets it: the in-process baseline must not spin
 import socket
 import statistics
 import subprocess

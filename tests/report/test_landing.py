@@ -55,7 +55,7 @@ def test_two_rounds_a_partial_submission_and_a_flagged_car(tmp_path):
         "2 variants x 2 folds: ``a`` (Unet resnet18, 64x64, weight 2, round 2); "
         "``b`` (Unet resnet18, 96x64, weight 1, round 1)"
     )
-    assert rows["Flagged cars"].startswith(f"**1** car (1 images), action ``fix``: ``{FLAGGED}``")
+    assert rows["Flagged cars"].startswith(f"**1** car (1 image), action ``fix``: ``{FLAGGED}``")
     assert rows["Submission"] == (
         "``results/x/submission.csv.gz``: **partial**, 64 of 100 listed test images (Kaggle refuses it)"
     )

@@ -197,6 +197,8 @@ class Service:
             from carvana_seg.inference.onnx_backend import OnnxEnsemble
 
             self._onnx = OnnxEnsemble(self.info, self.variants)
+            for v in self.variants:  # the sessions hold the weights now: free the PyTorch copies
+                v.models = []
         log.info("serving %s (%s): %s; threshold %.4f; edge_refine %s; %s on %s", self.info.name,
                  self.info.round_dir, ", ".join(f"{v.name} {v.size[0]}x{v.size[1]} x{len(v.models)} w={v.weight:g}"
                                                 for v in self.variants), self.info.threshold,

@@ -72,9 +72,8 @@ def flagged_line(outliers_csv: Path, sheets_json: Path) -> str:
         return f"none (outlier check, action ``{action}``)"
     cars = sorted(table["car"].unique())
     return (
-        f"**{len(cars)}** car{'s' if len(cars) != 1 else ''} ({len(table)} images), action ``{action}``: "
-        + ", ".join(f"``{c}``" for c in cars)
-        + " (see *5. Outliers*)"
+        f"**{len(cars)}** car{'s' if len(cars) != 1 else ''} ({len(table)} image{'s' if len(table) != 1 else ''}), "
+        f"action ``{action}``: " + ", ".join(f"``{c}``" for c in cars) + " (see *5. Outliers*)"
     )
 
 
