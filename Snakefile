@@ -6,6 +6,8 @@
 # config/config.yaml's values; config/config.yaml is read only when no --configfile is given.
 from snakemake.utils import min_version, validate
 
+from carvana_seg.pipeline.stages import LOCAL_RULES
+
 min_version("9.0")
 
 
@@ -17,10 +19,9 @@ if not workflow.config_settings.configfiles:
 validate(config, "workflow/schemas/config.schema.yaml")
 
 
-# fetch and submit need the internet: on a cluster they run on the submitting host (pipeline.stages.LOCAL_RULES)
-localrules:
-    fetch,
-    submit,
+# fetch and submit need the internet: on a cluster they run on the submitting host. The list lives once, in
+# carvana_seg.pipeline.stages.LOCAL_RULES; this is the call a `localrules:` directive compiles to.
+workflow.localrules(*LOCAL_RULES)
 
 
 include: "workflow/rules/common.smk"

@@ -16,7 +16,8 @@ from _timing import per_item_ms
 from PIL import Image
 
 from carvana_seg.core.images import read_image, read_mask
-from carvana_seg.data.resize_cache import load_resized, parse_size, reduction, resize_image
+from carvana_seg.core.layout import parse_size
+from carvana_seg.data.resize_cache import load_resized, reduction, resize_image
 
 cv2.setNumThreads(1)
 

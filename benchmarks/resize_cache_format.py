@@ -16,7 +16,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from carvana_seg.data.resize_cache import parse_size, resize_image, resize_mask
+from carvana_seg.core.layout import parse_size
+from carvana_seg.data.resize_cache import resize_image, resize_mask
 
 
 def sample(real: Path | None, n: int, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:

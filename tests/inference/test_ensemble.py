@@ -24,16 +24,16 @@ from carvana_seg.pipeline import cli
 from carvana_seg.pipeline import config as cfgmod
 from carvana_seg.settings.build import build
 from carvana_seg.settings.predict import Predict
-from carvana_seg.settings.variants import Variant as VariantSettings
+from carvana_seg.settings.variants import Variant
 from carvana_seg.submission.writer import write_submission
 from tests.helpers import MODEL_VARIANTS as VARIANTS
 from tests.helpers import make_layout, make_models
 
 
-def typed(cfg: dict) -> tuple[list[VariantSettings], Predict]:
+def typed(cfg: dict) -> tuple[list[Variant], Predict]:
     """The ``variants`` and ``predict`` settings the stage builds from its slice ``cfg`` (validated first)."""
     cfg = cfgmod.validate_slice("ensemble", cfg)
-    return [build(VariantSettings, v) for v in cfg["variants"]], build(Predict, cfg["predict"])
+    return [build(Variant, v) for v in cfg["variants"]], build(Predict, cfg["predict"])
 
 
 def stage_cfg(shard_size: int = 5, batch_size: int = 5, workers: int = 0) -> dict:

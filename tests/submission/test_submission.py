@@ -134,7 +134,7 @@ def test_score_on_a_known_pair(tmp_path):
     assert result["per_car"] == {IMGS[0][:12]: pytest.approx(2 / 3), IMGS[3][:12]: 1.0}
     out = tmp_path / "score.json"
     assert cli.main(["score", "--submission", str(tmp_path / "sub.csv"), "--truth", str(tmp_path / "truth.csv"),
-                     "--shape", f"{H}x{W}", "--out", str(out)]) == 0
+                     "--size", f"{W}x{H}", "--out", str(out)]) == 0
     assert json.loads(out.read_text())["mean_dice"] == pytest.approx(result["mean_dice"])
     (tmp_path / "short.csv").write_text("img,rle_mask\n" + f"{imgs[0]},\n")
     with pytest.raises(DataError, match="differ in images"):

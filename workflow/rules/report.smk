@@ -33,6 +33,11 @@ rule report_figures:
         folds=f"{RES}/folds.csv",
         oof_npz=LAST_OOF,
         score=[f"{RES}/test_score.json"] if config["data"]["source"] == "synthetic" else [],
+        # the landing page's Dice per round: every round's threshold.json and (synthetic data) test score
+        round_thresholds=[f"{round_dir(r)}/threshold.json" for r in ROUNDS],
+        round_scores=[f"{RES}/test_score{cs_rounds.suffix(config, r)}.json" for r in ROUNDS]
+        if config["data"]["source"] == "synthetic"
+        else [],
         raw=RAW,
     output:
         curves=[
@@ -75,7 +80,7 @@ rule report_figures:
         "python -m carvana_seg report-figures --metrics {input.metrics} --oof-dice {input.oof_dice}"
         " --threshold {input.threshold} --curve {input.curve} --outliers {input.outliers}"
         " --sheets {input.sheets}/contact_sheets.json --test-probs {input.test_probs} --results $(dirname {input.oof_dice})"
-        " --inputs {input.benchmarks} {input.pseudo} {input.pseudo_tables}"
+        " --inputs {input.benchmarks} {input.pseudo} {input.pseudo_tables} {input.round_thresholds} {input.round_scores}"
         " --out-dir $(dirname {output.stage_csv}) --oof-images {input.oof_images} --folds {input.folds}"
         " --oof-npz {input.oof_npz} --oof-weights {params.weights} --raw {input.raw} {params.score}"
         " --plan-config {params.plan:q} > {log} 2>&1"

@@ -20,6 +20,18 @@ METADATA_CSV = "metadata.csv"
 SAMPLE_SUBMISSION_CSV = "sample_submission.csv"
 
 
+def parse_size(text: str, key: str = "--size") -> tuple[int, int]:
+    """``"1918x1280"`` -> (1918, 1280): the project's one way to write a size, WIDTHxHEIGHT (cache directories,
+    variants, ``--size`` flags); numpy shapes are (height, width) and never written as text."""
+    try:
+        w, h = (int(x) for x in text.lower().split("x"))
+    except ValueError:
+        raise ValueError(f"{key} {text!r}: expected WIDTHxHEIGHT, e.g. 1918x1280") from None
+    if w <= 0 or h <= 0:
+        raise ValueError(f"{key} {text!r}: width and height must be positive")
+    return w, h
+
+
 def car_id(image_id: str) -> str:
     """Car id of an image id or file name (``abc..._03.jpg`` -> ``abc...``)."""
     return Path(image_id).name.split(".")[0].rsplit("_", 1)[0]

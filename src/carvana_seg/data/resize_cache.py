@@ -163,15 +163,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=None, help="worker processes (default: resize.workers)")
 
 
-def parse_size(text: str) -> tuple[int, int]:
-    """``"1344x896"`` -> (1344, 896)."""
-    w, h = (int(x) for x in text.lower().split("x"))
-    return w, h
-
-
 def run(args: argparse.Namespace, cfg: dict) -> None:
     raw = Path(args.raw)
     ids = layout.list_ids(raw / layout.TRAIN_DIR)
     workers = args.threads or build_settings(Resize, cfg["resize"]).workers
-    build(raw, ids, parse_size(args.size), Path(args.out), workers=workers)
+    build(raw, ids, layout.parse_size(args.size), Path(args.out), workers=workers)
     log.info("cached %d training images at %s in %s", len(ids), args.size, args.out)

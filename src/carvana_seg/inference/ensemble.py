@@ -27,7 +27,7 @@ import threading
 import time
 import zipfile
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -41,6 +41,7 @@ from carvana_seg.core.images import read_image
 from carvana_seg.data.resize_cache import load_resized
 from carvana_seg.inference import refine, variant_masks
 from carvana_seg.inference.batch import device_probs
+from carvana_seg.inference.threshold import weight_total
 from carvana_seg.models import runtime
 from carvana_seg.pipeline import staging
 from carvana_seg.pipeline.config import config_hash, to_json
@@ -49,7 +50,7 @@ from carvana_seg.pipeline.resources import torch_threads
 from carvana_seg.settings.build import build
 from carvana_seg.settings.folds import Folds
 from carvana_seg.settings.predict import EdgeRefine, Predict
-from carvana_seg.settings.variants import Variant as VariantSettings
+from carvana_seg.settings.variants import Variant
 
 log = logging.getLogger(__name__)
 META = "shards_meta.json"
@@ -61,42 +62,53 @@ def shard_name(k: int) -> str:
 
 
 @dataclass
-class Variant:
-    """One ensemble member: its fold models, network size (W, H) and ensemble weight."""
+class LoadedVariant:
+    """One ensemble member as loaded for prediction: its fold models, network size (W, H) and ensemble weight
+    (``settings.variants.Variant`` is the member's configuration)."""
     name: str
     size: tuple[int, int]
     weight: float
     models: list[torch.nn.Module]
 
 
-def load_variants(paths: list[Path], config: Sequence[VariantSettings], compile_models: bool,
-                  device: torch.device) -> list[Variant]:
-    """Load every checkpoint and group them by the variant recorded in it, in the order of ``config`` (the
-    ``variants`` settings); ``compile_models``: ``predict.compile``."""
+def load_variants(paths: list[Path], config: Sequence[Variant] | None, compile_models: bool,
+                  device: torch.device, weights: Mapping[str, float] | None = None) -> list[LoadedVariant]:
+    """Load every checkpoint and group them by the variant recorded in it: the one grouping of checkpoints that
+    the test ensemble, the zoom re-prediction, ``predict`` and ``serve`` share.
+
+    With ``config`` (the ``variants`` settings): in its order, each checkpoint checked against it. Without (a
+    results directory served on its own): in the order of ``paths``, sizes checked across folds, weights from
+    ``weights`` (the ensemble manifest's) else the checkpoint's. ``compile_models``: ``predict.compile``."""
     from carvana_seg.models.model import load_model
 
-    loaded: dict[str, list[torch.nn.Module]] = {}
+    loaded: dict[str, LoadedVariant] = {}
     for path in paths:
         model, ckpt_cfg = load_model(path, device)
         v = ckpt_cfg["variant"]
-        want = next((c for c in config if c.name == v["name"]), None)
-        if want is None:
-            raise ConfigError(f"{path}: variant '{v['name']}' is not in config key 'variants'")
-        if (v["width"], v["height"]) != (want.width, want.height):
-            raise ConfigError(f"{path}: trained at {v['width']}x{v['height']} but config variant '{v['name']}' "
-                              f"says {want.width}x{want.height}")
+        size = (int(v["width"]), int(v["height"]))
+        if config is not None:
+            want = next((c for c in config if c.name == v["name"]), None)
+            if want is None:
+                raise ConfigError(f"{path}: variant '{v['name']}' is not in config key 'variants'")
+            if size != (want.width, want.height):
+                raise ConfigError(f"{path}: trained at {size[0]}x{size[1]} but config variant '{v['name']}' "
+                                  f"says {want.width}x{want.height}")
+        weight = float((weights or {}).get(v["name"], v.get("weight", 1.0)))
+        have = loaded.setdefault(v["name"], LoadedVariant(v["name"], size, weight, []))
+        if have.size != size:
+            raise DataError(f"{path}: variant '{v['name']}' at {size[0]}x{size[1]} disagrees with its other folds")
         # the loader's (N, H, W, 3) batches arrive as channels-last tensors: match the weights once, on CUDA
-        cuda = device.type == "cuda"
-        model = model.to(memory_format=torch.channels_last) if cuda else model
-        compiled = runtime.maybe_compile(model, compile_models)
-        loaded.setdefault(v["name"], []).append(compiled)
+        model = model.to(memory_format=torch.channels_last) if device.type == "cuda" else model
+        have.models.append(runtime.maybe_compile(model, compile_models))
+    if config is None:
+        return list(loaded.values())
     missing = [c.name for c in config if c.name not in loaded]
     if missing:
         raise ConfigError(f"no model checkpoints given for variant(s) {missing}")
-    return [Variant(c.name, (c.width, c.height), float(c.weight), loaded[c.name]) for c in config]
+    return [LoadedVariant(c.name, loaded[c.name].size, float(c.weight), loaded[c.name].models) for c in config]
 
 
-def run_hash(paths: list[Path], predict: Predict, variants: Sequence[VariantSettings], folds: Folds,
+def run_hash(paths: list[Path], predict: Predict, variants: Sequence[Variant], folds: Folds,
              ids: list[str]) -> str:
     """Hash of what determines the shards: model file contents, TTA, edge refinement, variants, folds, shard size,
     test ids. The settings enter as the JSON of their validated sections (``asdict``), as they always have."""
@@ -142,9 +154,7 @@ def finalize(shape: tuple[int, int], probs: list[np.ndarray], weights: list[floa
     """Per-variant probabilities at network size -> weighted mean at ``shape`` (H, W) as uint8 round(p*255);
     with ``refine_cfg`` (``predict.edge_refine``) the mean is refined with the grey photo ``guide`` first."""
     h, w = shape
-    total = float(sum(weights))
-    if total <= 0:
-        raise ConfigError("config key 'variants.weight': the ensemble weights sum to 0")
+    total = weight_total(weights)
     # OpenCV's fused passes (scaleAdd; convertScaleAbs saturates and rounds half to even, like np.rint) cut this
     # from 13.5 to ~9 ms per 1918x1280 image; it runs once per test image in the ensemble's consumer thread.
     acc = np.zeros((h, w), np.float32)
@@ -166,9 +176,7 @@ def device_maps(shapes: list[tuple[int, int]], probs: list[torch.Tensor], weight
     CPU path's up to float rounding; the CPU path itself (``finalize``) is unchanged."""
     import torch.nn.functional as F
 
-    total = float(sum(weights))
-    if total <= 0:
-        raise ConfigError("config key 'variants.weight': the ensemble weights sum to 0")
+    total = weight_total(weights)
     maps, smalls = [], []
     for j, (h, w) in enumerate(shapes):
         own = [p[j:j + 1, None] for p in probs]  # (1, 1, h, w) each
@@ -225,7 +233,7 @@ class _Inline:
         pass
 
 
-def iter_probs(variants: list[Variant], raw: Path, ids: list[str], pcfg: Predict, device: torch.device,
+def iter_probs(variants: list[LoadedVariant], raw: Path, ids: list[str], pcfg: Predict, device: torch.device,
                with_variants: bool = False) -> Iterator[tuple]:
     """Yield ``(id, uint8 probability map)`` for ``ids`` in order; at most a few batches are ever in flight.
     ``with_variants`` adds a third item, the packed per-variant masks (``variant_masks.pack``).
@@ -325,7 +333,7 @@ def prepare_dir(out_dir: Path, digest: str) -> None:
         meta.write_text(json.dumps({"hash": digest}) + "\n")
 
 
-def write_shards(variants: list[Variant], raw: Path, ids: list[str], out_dir: Path, pcfg: Predict,
+def write_shards(variants: list[LoadedVariant], raw: Path, ids: list[str], out_dir: Path, pcfg: Predict,
                  device: torch.device) -> dict:
     """Compute every missing shard in order; return per-shard records and how many images were computed."""
     size = pcfg.shard_size
@@ -379,7 +387,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, cfg: dict) -> None:
     predict, folds = build(Predict, cfg["predict"]), build(Folds, cfg["folds"])
-    config_variants = [build(VariantSettings, v) for v in cfg["variants"]]
+    config_variants = [build(Variant, v) for v in cfg["variants"]]
     t0, device = time.perf_counter(), runtime.pick_device(args.device)
     if device.type == "cpu":
         torch.set_num_threads(torch_threads(args.threads, predict.workers))

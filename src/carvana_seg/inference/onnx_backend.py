@@ -37,7 +37,7 @@ def onnx_path(results: Path, checkpoint: Path) -> Path:
 
 
 class OnnxEnsemble:
-    """One ORT session per checkpoint of the run's final ensemble, grouped like ``service.load_variants``."""
+    """One ORT session per checkpoint of the run's final ensemble, grouped like ``ensemble.load_variants``."""
 
     def __init__(self, info, variants: Sequence) -> None:
         import onnxruntime as ort

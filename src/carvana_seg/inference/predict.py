@@ -27,35 +27,26 @@ import torch
 from tqdm import tqdm
 
 from carvana_seg.core.images import decode_image, image_size, write_png
-from carvana_seg.inference.ensemble import Variant
-from carvana_seg.inference.service import DEFAULT_THRESHOLD, Service, find_checkpoints, load_variants
-
-__all__ = ["collect", "find_checkpoints", "load_ensemble", "read_threshold", "run"]
+from carvana_seg.inference.ensemble import LoadedVariant, load_variants
+from carvana_seg.inference.service import Service, find_checkpoints, last_threshold
 from carvana_seg.pipeline import staging
 from carvana_seg.pipeline.errors import CarvanaSegError, DataError
 from carvana_seg.serve import compose
 
+__all__ = ["collect", "find_checkpoints", "load_ensemble", "read_threshold", "run"]
 log = logging.getLogger(__name__)
 PHOTO_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 STATE = ".predict.json"
 EXTENSIONS = {"png": "png", "jpg": "jpg", "zip": "zip", "json": "json"}
 
 
-def load_ensemble(paths: list[Path], device: torch.device) -> list[Variant]:
-    """Load checkpoints and group them by the variant each one records (``service.load_variants``)."""
-    from carvana_seg.inference.service import RunInfo
-    from carvana_seg.settings.build import build
-    from carvana_seg.settings.predict import EdgeRefine
-
-    info = RunInfo("", Path("."), Path("."), list(paths), DEFAULT_THRESHOLD, None, True,
-                   build(EdgeRefine, {"method": "none", "radius": 8, "eps": 1e-3, "scale": 4, "band": 0.0}), {}, None)
-    return load_variants(info, device)
+def load_ensemble(paths: list[Path], device: torch.device) -> list[LoadedVariant]:
+    """Load checkpoints and group them by the variant each one records (``ensemble.load_variants``)."""
+    return load_variants(paths, None, False, device)
 
 
 def read_threshold(results: Path, override: float | None) -> float:
     """``--threshold``, else the last round's ``threshold.json``, else 0.5 with a warning."""
-    from carvana_seg.inference.service import read_threshold as last_threshold
-
     if override is not None:
         if not 0.0 <= override <= 1.0:
             raise CarvanaSegError(f"--threshold must be in [0, 1], got {override}")

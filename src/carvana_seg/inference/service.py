@@ -32,9 +32,11 @@ from carvana_seg.core.masks import binarize
 from carvana_seg.data.resize_cache import load_resized
 from carvana_seg.inference import refine
 from carvana_seg.inference.batch import variant_probs
-from carvana_seg.inference.ensemble import Variant, finalize
+from carvana_seg.inference.ensemble import finalize, load_variants
+from carvana_seg.inference.threshold import read_threshold
 from carvana_seg.models import runtime
 from carvana_seg.pipeline.errors import DataError
+from carvana_seg.pipeline.rounds import round_dirs
 from carvana_seg.settings.build import build
 from carvana_seg.settings.predict import EdgeRefine
 
@@ -61,22 +63,21 @@ class RunInfo:
     folds: dict[str, list[str]] = field(default_factory=dict)
 
 
-def round_dirs(results: Path) -> list[Path]:
-    """The run's round directories, last round first: ``round<r>`` (r >= 2, highest first), then ``results``."""
-    rounds = [d for d in Path(results).glob("round*") if d.is_dir() and d.name[5:].isdigit()]
-    return sorted(rounds, key=lambda d: int(d.name[5:]), reverse=True) + [Path(results)]
+def last_first(results: Path) -> list[Path]:
+    """The run's round directories, last round first (``pipeline.rounds.round_dirs`` reversed)."""
+    return [d for _, d in reversed(round_dirs(results))]
 
 
 def final_round(results: Path) -> Path | None:
     """The last round's directory that has an ensemble manifest (``round<r>``, highest r, else ``results``);
     None when the run has no test ensemble yet."""
-    return next((d for d in round_dirs(results) if (d / MANIFEST).is_file()), None)
+    return next((d for d in last_first(results) if (d / MANIFEST).is_file()), None)
 
 
 def find_checkpoints(results: Path) -> list[Path]:
     """Without a manifest: for every variant x fold the ``best.pt`` of the highest round holding it."""
     chosen: dict[tuple[str, str], Path] = {}
-    for rdir in round_dirs(results):
+    for rdir in last_first(results):
         for path in sorted(rdir.glob("models/*/fold*/best.pt")):
             chosen.setdefault((path.parent.parent.name, path.parent.name), path)
     if not chosen:
@@ -84,18 +85,15 @@ def find_checkpoints(results: Path) -> list[Path]:
     return [chosen[k] for k in sorted(chosen)]
 
 
-def read_threshold(results: Path) -> tuple[float, float | None]:
+def last_threshold(results: Path) -> tuple[float, float | None]:
     """The last round's ``threshold.json`` (threshold, OOF mean Dice), else 0.5 with a warning."""
-    path = next((d / "threshold.json" for d in round_dirs(results) if (d / "threshold.json").is_file()),
+    path = next((d / "threshold.json" for d in last_first(results) if (d / "threshold.json").is_file()),
                 Path(results) / "threshold.json")
     if not path.is_file():
         log.warning("%s not found; binarising at %.2f (pass --threshold to choose)", path, DEFAULT_THRESHOLD)
         return DEFAULT_THRESHOLD, None
-    try:
-        record = json.loads(path.read_text())
-        return float(record["threshold"]), record.get("mean_dice")
-    except (ValueError, KeyError, TypeError) as exc:
-        raise DataError(f"{path}: not a threshold file (expected {{\"threshold\": <float>}})") from exc
+    record = read_threshold(path)
+    return record["threshold"], record.get("mean_dice")
 
 
 def _locate(model: str, results: Path) -> Path:
@@ -120,17 +118,17 @@ def read_run(results: str | os.PathLike) -> RunInfo:
     rdir = final_round(results)
     if rdir is None:  # models trained, no test ensemble yet: the last round's models and threshold, no refinement
         models = find_checkpoints(results)
-        threshold, dice = read_threshold(results)
+        threshold, dice = last_threshold(results)
         log.warning("%s has no %s: serving its last round's checkpoints without the run's edge_refine setting",
                     results, MANIFEST)
-        last = next(d for d in round_dirs(results) if any(m.parents[3] == d for m in models))
+        last = next(d for d in last_first(results) if any(m.parents[3] == d for m in models))
         return RunInfo(name=results.name, results=results, round_dir=last, models=models, threshold=threshold,
                        oof_dice=dice, tta_hflip=True, edge_refine=build(EdgeRefine, NO_REFINE), weights={},
                        config_hash=None, folds=_folds(models))
     try:
         manifest = json.loads((rdir / MANIFEST).read_text())
-        record = json.loads((rdir / "threshold.json").read_text())
-        threshold = float(record["threshold"])
+        record = read_threshold(rdir / "threshold.json")
+        threshold = record["threshold"]
     except FileNotFoundError as exc:
         raise DataError(f"{exc.filename}: missing; the run's final round is incomplete") from exc
     except (ValueError, KeyError, TypeError) as exc:
@@ -152,25 +150,6 @@ def _folds(models: list[Path]) -> dict[str, list[str]]:
     return folds
 
 
-def load_variants(info: RunInfo, device: torch.device) -> list[Variant]:
-    """The manifest's models grouped by the variant each checkpoint records, in the ensemble's order, as the
-    ensemble stage loads them (``ensemble.load_variants``: channels-last weights on CUDA); weights from the
-    manifest (the run's config), else the checkpoint's."""
-    from carvana_seg.models.model import load_model
-
-    variants: dict[str, Variant] = {}
-    for path in info.models:
-        model, cfg = load_model(path, device)
-        v = cfg["variant"]
-        model = model.to(memory_format=torch.channels_last) if device.type == "cuda" else model
-        size, weight = (int(v["width"]), int(v["height"])), info.weights.get(v["name"], float(v["weight"]))
-        have = variants.setdefault(v["name"], Variant(v["name"], size, weight, []))
-        if have.size != size:
-            raise DataError(f"{path}: variant '{v['name']}' at {size[0]}x{size[1]} disagrees with its other folds")
-        have.models.append(model)
-    return list(variants.values())
-
-
 class Service:
     """The loaded final ensemble of a run. ``prob``/``mask`` are thread-safe; callers bound the concurrency."""
 
@@ -189,7 +168,7 @@ class Service:
             backend = "torch" if runtime.pick_device(device).type == "cuda" else "onnx"
         self.backend = backend
         self.device = runtime.pick_device(device) if backend == "torch" else torch.device("cpu")
-        self.variants = load_variants(self.info, self.device)
+        self.variants = load_variants(self.info.models, None, False, self.device, self.info.weights)
         self.sizes = sorted({v.size for v in self.variants})
         self.slot = [self.sizes.index(v.size) for v in self.variants]
         self._onnx = None

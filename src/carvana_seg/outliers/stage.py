@@ -44,6 +44,7 @@ from carvana_seg.settings.build import build
 from carvana_seg.settings.outliers import Outliers
 from carvana_seg.settings.predict import Predict
 from carvana_seg.settings.variants import Variant
+from carvana_seg.inference.threshold import read_threshold
 
 log = logging.getLogger(__name__)
 COLUMNS = ["img", "car", "view", "reasons", "action", "fix", "changed_px", "score", "area", "z_train", "z_view",
@@ -225,7 +226,7 @@ def run(args: argparse.Namespace, cfg: dict) -> None:
                    ocfg.zoom_min_share)
     if ocfg.uncertain_lo >= ocfg.uncertain_hi:
         raise ConfigError("config key 'outliers.uncertain_lo': must be below outliers.uncertain_hi")
-    threshold = float(json.loads(Path(args.threshold).read_text())["threshold"])
+    threshold = read_threshold(args.threshold)["threshold"]
     df, names = compute_features(Path(args.manifest), threshold, ocfg, workers)
     profile = learn_profile(Path(args.folds), Path(args.raw), ocfg.min_spread.area, ocfg.border_min_px)
     df = score(df, profile, ocfg)

@@ -22,11 +22,11 @@ from carvana_seg.core import layout
 from carvana_seg.core.images import read_image
 from carvana_seg.core.masks import level
 from carvana_seg.data.resize_cache import resize_image
-from carvana_seg.inference.ensemble import Variant, finalize, load_variants
+from carvana_seg.inference.ensemble import LoadedVariant, finalize, load_variants
 from carvana_seg.models import runtime
 from carvana_seg.pipeline import staging
 from carvana_seg.settings.predict import Predict
-from carvana_seg.settings.variants import Variant as VariantSettings
+from carvana_seg.settings.variants import Variant
 
 log = logging.getLogger(__name__)
 Box = tuple[int, int, int, int]  # x0, y0, x1, y1 (exclusive)
@@ -62,7 +62,7 @@ def zoom_prob(photo: np.ndarray, prob_u8: np.ndarray, threshold: float, margin: 
     return out
 
 
-def ensemble_predictor(variants: list[Variant], tta_hflip: bool, device: torch.device
+def ensemble_predictor(variants: list[LoadedVariant], tta_hflip: bool, device: torch.device
                        ) -> Callable[[np.ndarray], np.ndarray]:
     """RGB crop -> uint8 weighted-mean probability of every variant (flip-TTA), at the crop's size."""
     def predict(crop: np.ndarray) -> np.ndarray:
@@ -75,7 +75,7 @@ def ensemble_predictor(variants: list[Variant], tta_hflip: bool, device: torch.d
     return predict
 
 
-def zoom_images(images: list[tuple[str, str]], raw: Path, models: list[Path], config: list[VariantSettings],
+def zoom_images(images: list[tuple[str, str]], raw: Path, models: list[Path], config: list[Variant],
                 pcfg: Predict, margin: float, min_share: float, threshold: float, out: Path,
                 device: str = "auto") -> list[str]:
     """Re-predict ``images`` ((id, shard holding its ensemble map) pairs) zoomed, one at a time, with the ensemble of

@@ -6,16 +6,23 @@ Round one is the plain pipeline and keeps today's paths (``results/<name>/models
 (all when null) on each fold's training cars plus the test images pseudo-labelled from round r-1. A variant not
 retrained in round r enters round r's ensemble and threshold search with the model of the last round that
 trained it. The last round makes ``results/<name>/submission.csv.gz``; earlier rounds' submissions are
-``submission_round<r>.csv.gz`` beside it. Pure functions of the resolved config, shared by the Snakefile and tests.
+``submission_round<r>.csv.gz`` beside it. Pure functions of the resolved config, shared by the Snakefile and tests,
+and ``round_dirs``: the one parser of a finished run's round directories (report, predict, serve).
 """
 
 from __future__ import annotations
 
 import copy
+import os
+import re
+from collections.abc import Iterable
+from pathlib import Path
 
 from carvana_seg.pipeline.config import stage_config
 from carvana_seg.pipeline.errors import ConfigError
 from carvana_seg.settings.pseudo_label import PseudoSelection
+
+ROUND_RE = re.compile(r"^round(\d+)$")
 
 
 def last_round(config: dict) -> int:
@@ -104,3 +111,18 @@ def round_of_suffix(config: dict, sfx: str) -> int:
     if not 1 <= r < last_round(config):
         raise ConfigError(f"no round {r} before the last round {last_round(config)}")
     return r
+
+
+def round_dirs(results: str | Path, files: Iterable[str | Path] | None = None) -> list[tuple[int, Path]]:
+    """``(round, directory)`` of a run on disk, in round order: ``results`` itself as round 1, then every
+    ``results/round<r>/``. With ``files`` (a rule's declared inputs): only the round directories holding one of
+    them, so a stage never globs ``results/`` for what it did not declare."""
+    results = Path(results)
+    if files is None:
+        dirs = [d for d in results.glob("round*") if d.is_dir()]
+    else:
+        root = os.path.normpath(results) + os.sep
+        dirs = [results / os.path.normpath(f)[len(root):].split(os.sep)[0] for f in files
+                if os.path.normpath(f).startswith(root)]
+    found = {(int(m[1]), d) for d in dirs if (m := ROUND_RE.match(d.name))}
+    return [(1, results)] + sorted(r for r in found if r[0] != 1)

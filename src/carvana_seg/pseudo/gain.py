@@ -28,6 +28,7 @@ from carvana_seg.pipeline import staging
 from carvana_seg.pipeline.errors import DataError
 from carvana_seg.pipeline.pool import worker_pool
 from carvana_seg.submission.score import read_rle_csv
+from carvana_seg.inference.threshold import read_threshold
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +116,7 @@ def summarize(args: GainInputs) -> dict:
     rounds, prev_dice = [], None
     workers = max(1, args.threads)
     for k in range(n):
-        thr = json.loads(Path(args.thresholds[k]).read_text())
+        thr = read_threshold(args.thresholds[k])
         rec = {"round": k + 1, "threshold": thr["threshold"], "oof_ensemble_dice": thr.get("mean_dice"),
                "oof_dice_by_variant": oof_by_variant(args.oof_tables[k])}
         if k > 0:

@@ -39,6 +39,7 @@ from carvana_seg.pipeline import staging
 from carvana_seg.pipeline.errors import ConfigError, DataError
 from carvana_seg.pipeline.pool import worker_pool
 from carvana_seg.settings.pseudo_label import PseudoSelection
+from carvana_seg.inference.threshold import read_threshold
 
 log = logging.getLogger(__name__)
 COLUMNS = ["img", "car", "view", "uncertain_of_candidates", "confidence", "area", "flagged_car", "selected", "rank"]
@@ -195,7 +196,7 @@ def run(args: argparse.Namespace, cfg: dict) -> None:
     pc, workers = PseudoSelection.of(cfg["pseudo_label"]), max(1, args.threads)
     if pc.confidence_lo >= pc.confidence_hi:
         raise ConfigError("config key 'pseudo_label.confidence_lo': must be below pseudo_label.confidence_hi")
-    threshold = float(json.loads(Path(args.threshold).read_text())["threshold"])
+    threshold = read_threshold(args.threshold)["threshold"]
     df = score_images(shard_paths(args.manifest), pc.confidence_lo, pc.confidence_hi, threshold, workers)
     if df.empty:
         raise DataError(f"{args.manifest}: no test images")

@@ -32,6 +32,7 @@ import pandas as pd
 from carvana_seg.pipeline.errors import DataError
 from carvana_seg.report import landing
 from carvana_seg.report.tables import dice_by_round, html_page, pseudo_rounds, round_dirs, stage_times
+from carvana_seg.inference.threshold import read_threshold
 
 log = logging.getLogger(__name__)
 GALLERY_MAX = 50  # contact sheets embedded in outlier_gallery.html (about 0.1 MB each as JPEG)
@@ -156,7 +157,7 @@ def oof_dice(table_csv: Path, out: Path) -> pd.DataFrame:
 def threshold_curve(curve_csv: Path, threshold_json: Path, out: Path) -> None:
     """Mean OOF Dice against the threshold with the chosen threshold marked."""
     curve = pd.read_csv(curve_csv)
-    chosen = json.loads(Path(threshold_json).read_text())
+    chosen = read_threshold(threshold_json)
     fig, (ax1, ax2) = _plt().subplots(1, 2, figsize=(10, 3.4))
     t = float(chosen["threshold"])
     for ax in (ax1, ax2):
@@ -298,13 +299,13 @@ def run(args: argparse.Namespace, cfg: dict) -> None:
     first, later = measured_times(Path(args.results) / "benchmarks", args.inputs)
     rows = landing.headline(Path(args.results), Path(args.threshold), Path(args.outliers), Path(args.sheets),
                             Path(args.test_probs), json.loads(args.plan_config) if args.plan_config else None,
-                            [first] + [t for _, t in later])
+                            [first] + [t for _, t in later], args.inputs)
     landing.write(out / landing.FILE, rows)  # the report opens on it (workflow/report/workflow.rst)
     if args.oof_images:
         from carvana_seg.report import cars as report_cars
 
         images = report_cars.per_image(Path(args.oof_images), Path(args.folds))
-        threshold = json.loads(Path(args.threshold).read_text())["threshold"]
+        threshold = read_threshold(args.threshold)["threshold"]
         report_cars.write_page(out / "cars.html", images, report_cars.oof_sources(args.oof_npz, args.oof_weights),
                                threshold, Path(args.raw), args.worst_cars, args.test_score)
     log.info("report figures in %s: %d training curves, %d variants, %d contact sheets, %d timed stages; "

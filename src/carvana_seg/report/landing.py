@@ -18,7 +18,8 @@ import pandas as pd
 
 from carvana_seg.pipeline import rounds
 from carvana_seg.pipeline.config import fold_ids
-from carvana_seg.report.tables import round_dirs
+from carvana_seg.inference.threshold import read_threshold
+from carvana_seg.report.tables import Files, normalize_files, may_read, round_dirs
 
 FILE = "landing.rst"
 MODEL_STAGES_NOTE = "model stages: train, oof, ensemble, outliers"
@@ -28,16 +29,21 @@ def _json(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def dice_per_round(results: Path) -> tuple[dict[int, float], dict[int, float]]:
+def dice_per_round(results: Path, files: Files = None) -> tuple[dict[int, float], dict[int, float]]:
     """(OOF ensemble Dice, test Dice) per round: each round's ``threshold.json`` (the threshold stage's mean Dice at
-    its threshold) and its ``test_score*.json`` where the test masks are known (synthetic data)."""
-    found = round_dirs(results)
+    its threshold) and its ``test_score*.json`` where the test masks are known (synthetic data). ``files``: the
+    rule's declared inputs, the only files read (None: whatever exists)."""
+    allowed = normalize_files(files)
+    found = round_dirs(results, allowed)
     last = max(r for r, _ in found)
-    oof = {r: float(t["mean_dice"]) for r, d in found if "mean_dice" in (t := _json(d / "threshold.json"))}
+    oof = {}
+    for r, d in found:
+        if may_read(d / "threshold.json", allowed) and "mean_dice" in (t := read_threshold(d / "threshold.json")):
+            oof[r] = float(t["mean_dice"])
     test = {}
     for r, _ in found:
-        score = _json(Path(results) / f"test_score{'' if r == last else f'_round{r}'}.json")
-        if "mean_dice" in score:
+        path = Path(results) / f"test_score{'' if r == last else f'_round{r}'}.json"
+        if may_read(path, allowed) and "mean_dice" in (score := _json(path)):
             test[r] = float(score["mean_dice"])
     return oof, test
 
@@ -120,10 +126,11 @@ def headline(
     test_probs: Path,
     config: dict | None,
     measured: list[pd.DataFrame],
+    files: Files = None,
 ) -> list[tuple[str, str]]:
-    """(label, reStructuredText) rows of the landing page, in reading order."""
-    oof, test = dice_per_round(results)
-    threshold = _json(threshold_json)
+    """(label, reStructuredText) rows of the landing page, in reading order; ``files``: ``dice_per_round``'s."""
+    oof, test = dice_per_round(results, files)
+    threshold = read_threshold(threshold_json)
     manifest = _json(test_probs)
     # short labels: docutils puts a field name over 14 characters on a row of its own
     rows = [("OOF Dice", f"{_per_round(oof)} (the ensemble, out of fold)" if oof else "not measured")]

@@ -26,19 +26,20 @@ from typing import Any
 
 import pandas as pd
 
+from carvana_seg.pipeline.rounds import round_dirs  # re-exported: the report reads rounds through it
+
 SIZE_SUFFIX = re.compile(r"_\d+x\d+$")
 STAGE_COLUMNS = ["stage", "jobs", "total_s", "max_s", "cpu_s", "max_rss_mb", "mean_load"]
-ROUND_RE = re.compile(r"^round(\d+)$")
 
 
 Files = Iterable[str | Path] | None
 
 
-def _norm(files: Files) -> set[str] | None:
+def normalize_files(files: Files) -> set[str] | None:
     return None if files is None else {os.path.normpath(f) for f in files}
 
 
-def _present(path: Path, files: set[str] | None) -> bool:
+def may_read(path: Path, files: set[str] | None) -> bool:
     """Whether ``path`` may be read: listed in ``files``, or (files None) an existing file."""
     return path.is_file() if files is None else os.path.normpath(path) in files
 
@@ -60,7 +61,7 @@ def stage_times(bench_dir: Path, exclude: set[str] | frozenset[str] = frozenset(
         tsvs = sorted(bench_dir.rglob("*.tsv")) if bench_dir.is_dir() else []
     else:
         root = os.path.normpath(bench_dir) + os.sep
-        tsvs = sorted(Path(f) for f in _norm(files) if f.startswith(root) and f.endswith(".tsv"))
+        tsvs = sorted(Path(f) for f in normalize_files(files) if f.startswith(root) and f.endswith(".tsv"))
     for tsv in tsvs:
         stage = stage_of(tsv, bench_dir)
         if stage in exclude:
@@ -80,25 +81,12 @@ def stage_times(bench_dir: Path, exclude: set[str] | frozenset[str] = frozenset(
     return table.sort_values(["total_s", "stage"], ascending=[False, True], ignore_index=True)[STAGE_COLUMNS].round(2)
 
 
-def round_dirs(results: Path, files: Files = None) -> list[tuple[int, Path]]:
-    """``results`` itself as round 1 and every ``results/round<r>/``, in round order (with ``files``: the round
-    directories that hold one of them)."""
-    results = Path(results)
-    if files is None:
-        dirs = [d for d in results.glob("round*") if d.is_dir()]
-    else:
-        root = os.path.normpath(results) + os.sep
-        dirs = [results / f[len(root):].split(os.sep)[0] for f in _norm(files) if f.startswith(root)]
-    found = {(int(m[1]), d) for d in dirs if (m := ROUND_RE.match(d.name))}
-    return [(1, results)] + sorted(r for r in found if r[0] != 1)
-
-
 def pseudo_rounds(results: Path, files: Files = None) -> list[dict[str, Any]]:
     """Each round with a ``pseudo_labels.csv``: round, confidence (Series or None), n_images, n_selected."""
-    rounds, files = [], _norm(files)
+    rounds, files = [], normalize_files(files)
     for r, d in round_dirs(results, files):
         labels = d / "pseudo_labels.csv"
-        if not _present(labels, files):
+        if not may_read(labels, files):
             continue
         df = pd.read_csv(labels)
         col = next((c for c in ("confidence", "score") if c in df.columns), None)
@@ -117,13 +105,13 @@ def dice_by_round(results: Path, files: Files = None) -> pd.DataFrame:
     """Dice figures per round (index: round; columns: every numeric key with 'dice' in its name) from the rounds'
     ``pseudo_gain.json`` and from a top-level ``results/<name>/pseudo_gain.json`` listing ``{"rounds": [...]}``."""
     rows: dict[int, dict[str, float]] = {}
-    files = _norm(files)
+    files = normalize_files(files)
     for r, d in round_dirs(results, files):
         gain = d / "pseudo_gain.json"
-        if r > 1 and _present(gain, files):
+        if r > 1 and may_read(gain, files):
             rows.setdefault(r, {}).update(_dice_keys(json.loads(gain.read_text())))
     top = Path(results) / "pseudo_gain.json"
-    if _present(top, files):
+    if may_read(top, files):
         record = json.loads(top.read_text())
         for entry in record.get("rounds", []) if isinstance(record, dict) else []:
             if isinstance(entry, dict) and isinstance(entry.get("round"), int):

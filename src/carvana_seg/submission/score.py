@@ -45,11 +45,11 @@ def read_rle_csv(path: str | os.PathLike) -> dict[str, str]:
 
 
 def parse_shape(text: str) -> tuple[int, int]:
-    """``"1280x1918"`` -> (1280, 1918): height x width, the numpy shape of the masks."""
+    """``--size "1918x1280"`` (WIDTHxHEIGHT, as every size the project writes) -> the masks' numpy shape (1280, 1918)."""
     try:
-        h, w = (int(x) for x in text.lower().split("x"))
-    except ValueError:
-        raise DataError(f"--shape {text!r}: expected HEIGHTxWIDTH, e.g. 1280x1918") from None
+        w, h = layout.parse_size(text)
+    except ValueError as exc:
+        raise DataError(str(exc)) from None
     return h, w
 
 
@@ -64,7 +64,7 @@ def score(submission: str | os.PathLike, truth: str | os.PathLike, shape: tuple[
         raise DataError(f"{submission} and {truth} differ in images: {len(missing)} missing "
                         f"(first {missing[:1]}), {len(extra)} extra (first {extra[:1]})")
     if shape is None and raw is None:
-        raise DataError("score needs --shape or --raw to know the image size")
+        raise DataError("score needs --size or --raw to know the image size")
     per_image: dict[str, float] = {}
     for img in sorted(true):
         if shape is None:
@@ -91,7 +91,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--truth", required=True, help="true masks as an img,rle_mask CSV")
     parser.add_argument("--out", required=True, help="JSON to write")
     size = parser.add_mutually_exclusive_group(required=True)
-    size.add_argument("--shape", type=parse_shape, help="HEIGHTxWIDTH of every image, e.g. 1280x1918")
+    size.add_argument("--size", dest="shape", type=parse_shape, help="WIDTHxHEIGHT of every image, e.g. 1918x1280")
     size.add_argument("--raw", help="raw Kaggle layout: image sizes are read from test/")
 
 

@@ -29,6 +29,7 @@ from carvana_seg.inference.shards import shard_paths
 from carvana_seg.pipeline import staging
 from carvana_seg.pipeline.errors import DataError
 from carvana_seg.pipeline.pool import worker_pool
+from carvana_seg.inference.threshold import read_threshold
 
 log = logging.getLogger(__name__)
 HEADER = ["img", "rle_mask"]
@@ -175,7 +176,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, cfg: dict) -> None:  # noqa: ARG001 - the slice only carries the name
-    threshold = float(json.loads(Path(args.threshold).read_text())["threshold"])
+    threshold = read_threshold(args.threshold)["threshold"]
     expected: str | list[str] = args.sample_submission
     if json.loads(Path(args.manifest).read_text()).get("partial"):
         ids, n_listed = layout.test_ids(Path(args.sample_submission).parent)
