@@ -20,7 +20,7 @@ validate(config, "workflow/schemas/config.schema.yaml")
 
 
 # fetch and submit need the internet: on a cluster they run on the submitting host. The list lives once, in
-# carvana_seg.pipeline.stages.LOCAL_RULES; this is the call a `localrules:` directive compiles to.
+# carvana_seg.pipeline.stages.LOCAL_RULES; this is the call the localrules directive compiles to.
 workflow.localrules(*LOCAL_RULES)
 
 
