@@ -5,7 +5,8 @@
 
 For each mode, with the first variant of ``--config`` (config/config.yaml: the competition's resnet34 U-Net) at
 ``--size``: the first training step (for ``compile``: tracing and code generation included), then the steady
-images/s of ``train_step`` (forward, loss, backward, the config's optimizer: AdamW) and of inference (``inference.predict_probs``, flip-TTA), the best of three passes of
+images/s of ``train_step`` (forward, loss, backward, the config's optimizer: AdamW) and of inference
+(``inference.predict_probs``, flip-TTA), the best of three passes of
 ``--steps`` batches. The same functions the stages run; random inputs. Not a pytest test (it prints a table).
 """
 
@@ -21,8 +22,8 @@ from carvana_seg.models import model as modelmod
 from carvana_seg.models.runtime import autocast, maybe_compile, pick_device, predict_probs
 from carvana_seg.pipeline import config as cfgmod
 from carvana_seg.training.loop import train_step
-from carvana_seg.training.optim import build_optimizer
 from carvana_seg.training.losses import BceDiceLoss
+from carvana_seg.training.optim import build_optimizer
 
 
 def _sync(device: torch.device) -> None:
@@ -88,9 +89,11 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     cfg = cfgmod.load(args.config)
     variant, tc = cfg["variants"][0], cfg["train"]
-    print(f"# torch {torch.__version__} on {device} ({platform.processor() or platform.machine()}), "
-          f"{args.threads} threads, {variant['encoder']} {variant['arch']} at {args.size}, batch {args.batch_size}, "
-          f"{tc['optimizer']}")
+    print(
+        f"# torch {torch.__version__} on {device} ({platform.processor() or platform.machine()}), "
+        f"{args.threads} threads, {variant['encoder']} {variant['arch']} at {args.size}, batch {args.batch_size}, "
+        f"{tc['optimizer']}"
+    )
     rows = [bench(m, variant, tc, args, device) for m in args.modes]
     print(f"{'mode':<8} {'first step s':>12} {'train img/s':>12} {'infer img/s':>12}")
     for r in rows:

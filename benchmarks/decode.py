@@ -56,21 +56,31 @@ def main() -> None:
         rows = [
             ("jpeg: OpenCV full decode", per_item_ms(read_image, jpgs)),
             ("jpeg: PIL full decode", per_item_ms(lambda p: np.asarray(Image.open(p).convert("RGB")), jpgs)),
-            (f"jpeg->{args.size}: OpenCV full + INTER_AREA", per_item_ms(lambda p: resize_image(read_image(p), size), jpgs)),
-            (f"jpeg->{args.size}: load_resized (reduced decode)", per_item_ms(lambda p: pipeline_reduced(p, size), jpgs)),
+            (
+                f"jpeg->{args.size}: OpenCV full + INTER_AREA",
+                per_item_ms(lambda p: resize_image(read_image(p), size), jpgs),
+            ),
+            (
+                f"jpeg->{args.size}: load_resized (reduced decode)",
+                per_item_ms(lambda p: pipeline_reduced(p, size), jpgs),
+            ),
             (f"jpeg->{args.size}: PIL draft + resize", per_item_ms(lambda p: pil_decode_resize(p, size), jpgs)),
             ("gif mask: PIL (read_mask)", per_item_ms(read_mask, gifs)),
             ("gif mask: PIL raw palette", per_item_ms(lambda p: np.asarray(Image.open(p)), gifs)),
         ]
         full = resize_image(read_image(jpgs[0]), size).astype(np.float32)
         red = pipeline_reduced(jpgs[0], size).astype(np.float32)
-    print(f"decode benchmark: {len(jpgs)} photos 1918x1280 ({'real' if args.real else 'synthetic'}), 1 thread; "
-          f"load_resized decodes at 1/{reduction((1918, 1280), size)} for {args.size}")
+    print(
+        f"decode benchmark: {len(jpgs)} photos 1918x1280 ({'real' if args.real else 'synthetic'}), 1 thread; "
+        f"load_resized decodes at 1/{reduction((1918, 1280), size)} for {args.size}"
+    )
     print(f"{'what':52} {'ms/image':>9}")
     for name, ms in rows:
         print(f"{name:52} {ms:9.2f}")
-    print(f"reduced-decode vs full-decode pixel difference at {args.size}: "
-          f"mean |d| = {np.abs(full - red).mean():.2f} (0..255)")
+    print(
+        f"reduced-decode vs full-decode pixel difference at {args.size}: "
+        f"mean |d| = {np.abs(full - red).mean():.2f} (0..255)"
+    )
 
 
 if __name__ == "__main__":

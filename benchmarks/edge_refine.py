@@ -33,15 +33,20 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--raw", required=True, help="raw Kaggle layout (train/, train_masks/)")
     ap.add_argument("--oof", nargs="+", required=True, help="OOF npz files (one variant: its folds)")
     ap.add_argument("--n", type=int, default=64, help="images, evenly spaced over the OOF ids")
-    ap.add_argument("--settings", nargs="+", default=["8:1e-3:4"],
-                    help="radius:eps:scale[:band] of the guided filter")
+    ap.add_argument("--settings", nargs="+", default=["8:1e-3:4"], help="radius:eps:scale[:band] of the guided filter")
     args = ap.parse_args(argv)
     raw = Path(args.raw)
     items = [(p, i) for p in args.oof for i in np.load(p).files]
     picks = [items[k] for k in np.unique(np.linspace(0, len(items) - 1, min(args.n, len(items))).astype(int))]
-    settings = [dict(zip(("radius", "eps", "scale", "band"), (int(f[0]), float(f[1]), int(f[2]),
-                                                              float(f[3]) if len(f) > 3 else 0.0)))
-                for f in (s.split(":") for s in args.settings)]
+    settings = [
+        dict(
+            zip(
+                ("radius", "eps", "scale", "band"),
+                (int(f[0]), float(f[1]), int(f[2]), float(f[3]) if len(f) > 3 else 0.0),
+            )
+        )
+        for f in (s.split(":") for s in args.settings)
+    ]
     before, after, secs = [], [[] for _ in settings], [[] for _ in settings]
     for path, image_id in picks:
         with np.load(path) as npz:

@@ -49,8 +49,9 @@ def run_step(args: argparse.Namespace, name: str, *flags: str, cap: float, deadl
     cmd = [sys.executable, __file__, "--step", name, *flags, *(["--toy"] if args.toy else [])]
     t0 = time.monotonic()
     try:
-        res = subprocess.run(cmd, capture_output=True, text=True, timeout=min(cap, left), env=_child_env(), cwd=ROOT,
-                             check=False)
+        res = subprocess.run(
+            cmd, capture_output=True, text=True, timeout=min(cap, left), env=_child_env(), cwd=ROOT, check=False
+        )
     except subprocess.TimeoutExpired:
         return {"status": "timeout", "cap_s": round(min(cap, left)), "seconds": round(time.monotonic() - t0, 1)}
     lines = res.stdout.strip().splitlines()
@@ -63,6 +64,7 @@ def run_step(args: argparse.Namespace, name: str, *flags: str, cap: float, deadl
 
 # ---- steps (each in its own process) ------------------------------------------------------------------------
 
+
 def step_env(_args: argparse.Namespace) -> dict:
     import torch
 
@@ -70,10 +72,16 @@ def step_env(_args: argparse.Namespace) -> dict:
 
     names, driver = runtime.nvidia_smi()
     cuda = torch.cuda.is_available()
-    return {"torch": torch.__version__, "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version(),
-            "driver": driver, "gpu": torch.cuda.get_device_name(0) if cuda else (names[0] if names else None),
-            "cuda_available": cuda, "bf16": bool(cuda and torch.cuda.is_bf16_supported()),
-            "python": sys.version.split()[0]}
+    return {
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version(),
+        "driver": driver,
+        "gpu": torch.cuda.get_device_name(0) if cuda else (names[0] if names else None),
+        "cuda_available": cuda,
+        "bf16": bool(cuda and torch.cuda.is_bf16_supported()),
+        "python": sys.version.split()[0],
+    }
 
 
 def _settings(variant: int, toy: bool):
@@ -140,8 +148,14 @@ def step_train(args: argparse.Namespace) -> dict:
         torch.cuda.synchronize()
     rate = steps * x.shape[0] / (time.perf_counter() - t1)
     peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else None
-    return {"size": f"{v.width}x{v.height}", "batch": int(x.shape[0]), "mode": args.mode, "images_per_s": round(rate, 2),
-            "warmup_s": round(first, 2), "peak_gib": None if peak is None else round(peak, 2)}
+    return {
+        "size": f"{v.width}x{v.height}",
+        "batch": int(x.shape[0]),
+        "mode": args.mode,
+        "images_per_s": round(rate, 2),
+        "warmup_s": round(first, 2),
+        "peak_gib": None if peak is None else round(peak, 2),
+    }
 
 
 def step_memory(args: argparse.Namespace) -> dict:
@@ -175,17 +189,57 @@ def step_ensemble(args: argparse.Namespace) -> dict:
     import torch
 
     cuda = torch.cuda.is_available() and not args.toy
-    flags = (["--config", "config/config.yaml", "--n", "16", "--folds", "2", "--workers", "8", "--batch-size", "8",
-              "--device", "cuda", "--multiples", "1"] if cuda else
-             ["--n", "2", "--folds", "1", "--width", "192", "--height", "128", "--device", "cpu", "--threads", "1",
-              "--multiples", "1"])
-    res = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "test_time.py"), *flags], capture_output=True,
-                         text=True, check=True, cwd=ROOT)
+    flags = (
+        [
+            "--config",
+            "config/config.yaml",
+            "--n",
+            "16",
+            "--folds",
+            "2",
+            "--workers",
+            "8",
+            "--batch-size",
+            "8",
+            "--device",
+            "cuda",
+            "--multiples",
+            "1",
+        ]
+        if cuda
+        else [
+            "--n",
+            "2",
+            "--folds",
+            "1",
+            "--width",
+            "192",
+            "--height",
+            "128",
+            "--device",
+            "cpu",
+            "--threads",
+            "1",
+            "--multiples",
+            "1",
+        ]
+    )
+    res = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "test_time.py"), *flags],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
+    )
     last = {ln.split(":")[0]: ln for ln in res.stdout.splitlines()}
     pipeline = float(last["pipeline"].split(":")[1].split()[0])
     models = float(last["pipeline"].split("model-only")[1].split(":")[1].split()[0])
-    return {"pipeline_images_per_s": pipeline, "model_only_images_per_s": models,
-            "ratio": round(pipeline / models, 3), "flags": " ".join(flags)}
+    return {
+        "pipeline_images_per_s": pipeline,
+        "model_only_images_per_s": models,
+        "ratio": round(pipeline / models, 3),
+        "flags": " ".join(flags),
+    }
 
 
 def step_dag(args: argparse.Namespace) -> dict:
@@ -193,31 +247,66 @@ def step_dag(args: argparse.Namespace) -> dict:
     train log says about the device it got and its precision."""
     import yaml
 
-    tiny = {"name": "gpucheck", "data": {"source": "synthetic", "synthetic": {
-        "n_train_cars": 3, "n_test_cars": 1, "n_outlier_cars": 0, "width": 96, "height": 64}},
-        "folds": {"k": 3}, "resize": {"workers": 1}, "train": {"num_workers": 0},
-        "variants": [{"name": "v", "encoder": "resnet34", "encoder_weights": None, "width": 64, "height": 64,
-                      "batch_size": 4, "epochs": 1}]}
+    tiny = {
+        "name": "gpucheck",
+        "data": {
+            "source": "synthetic",
+            "synthetic": {"n_train_cars": 3, "n_test_cars": 1, "n_outlier_cars": 0, "width": 96, "height": 64},
+        },
+        "folds": {"k": 3},
+        "resize": {"workers": 1},
+        "train": {"num_workers": 0},
+        "variants": [
+            {
+                "name": "v",
+                "encoder": "resnet34",
+                "encoder_weights": None,
+                "width": 64,
+                "height": 64,
+                "batch_size": 4,
+                "epochs": 1,
+            }
+        ],
+    }
     snakemake = Path(sys.executable).parent / "snakemake"
     with tempfile.TemporaryDirectory(prefix="gpu-check-dag-") as tmp:
         (Path(tmp) / "tiny.yaml").write_text(yaml.safe_dump(tiny))
         target = "results/gpucheck/models/v/fold0/best.pt"
-        res = subprocess.run([str(snakemake), "--cores", "all", "--resources", "gpu=1", "--configfile", "tiny.yaml",
-                              "-s", str(ROOT / "Snakefile"), target], cwd=tmp, capture_output=True, text=True,
-                             check=False)
+        res = subprocess.run(
+            [
+                str(snakemake),
+                "--cores",
+                "all",
+                "--resources",
+                "gpu=1",
+                "--configfile",
+                "tiny.yaml",
+                "-s",
+                str(ROOT / "Snakefile"),
+                target,
+            ],
+            cwd=tmp,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         logs = "\n".join(p.read_text() for p in sorted(Path(tmp).glob("results/gpucheck/**/logs/train/*.log")))
         if res.returncode != 0:
             raise SystemExit(f"snakemake failed: {(res.stderr or res.stdout)[-600:]}\n{logs[-600:]}")
     claimed = next((ln.split("gpu: ", 1)[1] for ln in logs.splitlines() if "claimed GPU" in ln), None)
     setup = next((ln for ln in logs.splitlines() if " images at " in ln and "(amp=" in ln), "")
-    return {"claimed": claimed, "device": setup.split(" on ")[-1].split(" (amp=")[0] if setup else None,
-            "amp": setup.split("(amp=")[1].split(")")[0] if setup else None}
+    return {
+        "claimed": claimed,
+        "device": setup.split(" on ")[-1].split(" (amp=")[0] if setup else None,
+        "amp": setup.split("(amp=")[1].split(")")[0] if setup else None,
+    }
 
 
 STEPS = {"env": step_env, "train": step_train, "memory": step_memory, "ensemble": step_ensemble, "dag": step_dag}
 
 
 # ---- the whole check -----------------------------------------------------------------------------------------
+
 
 def check(args: argparse.Namespace) -> dict:
     deadline = time.monotonic() + args.budget
@@ -230,15 +319,32 @@ def check(args: argparse.Namespace) -> dict:
         # toy: every mode at the first size only, fp32 at the others (the test suite's minutes are few)
         for mode in MODES if k == 0 or not args.toy else MODES[:1]:
             cap = caps["compile" if mode.endswith("compile") else "train"]
-            result["train"].append({"mode": mode, **run_step(args, "train", "--variant", str(k), "--mode", mode,
-                                                             "--steps", str(args.steps), cap=cap, deadline=deadline)})
+            result["train"].append(
+                {
+                    "mode": mode,
+                    **run_step(
+                        args,
+                        "train",
+                        "--variant",
+                        str(k),
+                        "--mode",
+                        mode,
+                        "--steps",
+                        str(args.steps),
+                        cap=cap,
+                        deadline=deadline,
+                    ),
+                }
+            )
         if args.toy:  # no GPU memory to measure: say so without a process start
             size = "x".join(map(str, TOY_SIZES[k]))
-            result["memory"].append({"status": "ok", "size": size, "largest_batch": None,
-                                     "why": "no CUDA: GPU memory not measured"})
+            result["memory"].append(
+                {"status": "ok", "size": size, "largest_batch": None, "why": "no CUDA: GPU memory not measured"}
+            )
         else:
-            result["memory"].append(run_step(args, "memory", "--variant", str(k), cap=caps["memory"],
-                                             deadline=deadline))
+            result["memory"].append(
+                run_step(args, "memory", "--variant", str(k), cap=caps["memory"], deadline=deadline)
+            )
     result["ensemble"] = run_step(args, "ensemble", cap=caps["ensemble"], deadline=deadline)
     result["dag"] = run_step(args, "dag", cap=caps["dag"], deadline=deadline)
     result["seconds"] = round(time.monotonic() - t0, 1)
@@ -256,33 +362,50 @@ def markdown(r: dict) -> str:
     """One table: a row per measurement (the JSON holds everything, including failures' last lines)."""
     env = r["env"]
     versions = f"{_cell(env, 'torch')} / {_cell(env, 'cuda')} / {_cell(env, 'cudnn')}"
-    rows = [("environment", "torch / CUDA / cuDNN", versions),
-            ("environment", "driver / GPU", f"{_cell(env, 'driver')} / {_cell(env, 'gpu')}")]
+    rows = [
+        ("environment", "torch / CUDA / cuDNN", versions),
+        ("environment", "driver / GPU", f"{_cell(env, 'driver')} / {_cell(env, 'gpu')}"),
+    ]
     for t in r["train"]:
         size = t.get("size", "")
         peak = "n/a" if t.get("peak_gib") is None else f"{t['peak_gib']} GiB"
-        value = (f"{t['images_per_s']} img/s (batch {t['batch']}, peak {peak}, first steps {t['warmup_s']} s)"
-                 if t.get("status") == "ok" else t.get("status", "?"))
+        value = (
+            f"{t['images_per_s']} img/s (batch {t['batch']}, peak {peak}, first steps {t['warmup_s']} s)"
+            if t.get("status") == "ok"
+            else t.get("status", "?")
+        )
         rows.append((f"train {size}".strip(), t["mode"], value))
     for m in r["memory"]:
-        rows.append((f"memory {m.get('size', '')}".strip(), "largest batch (bf16+cl)",
-                     _cell(m, "largest_batch") if m.get("largest_batch") is not None else m.get("why", m["status"])))
+        rows.append(
+            (
+                f"memory {m.get('size', '')}".strip(),
+                "largest batch (bf16+cl)",
+                _cell(m, "largest_batch") if m.get("largest_batch") is not None else m.get("why", m["status"]),
+            )
+        )
     e, d = r["ensemble"], r["dag"]
-    rates = (f"{_cell(e, 'pipeline_images_per_s')} / {_cell(e, 'model_only_images_per_s')} "
-             f"(ratio {_cell(e, 'ratio')})")
+    rates = f"{_cell(e, 'pipeline_images_per_s')} / {_cell(e, 'model_only_images_per_s')} (ratio {_cell(e, 'ratio')})"
     rows.append(("test ensemble", "pipeline / model-only img/s", rates))
-    rows.append(("tiny DAG --resources gpu=1", "claimed / device / amp",
-                 f"{_cell(d, 'claimed')} / {_cell(d, 'device')} / {_cell(d, 'amp')}"))
-    head = (f"# gpu-check ({'toy sizes on CPU' if r['toy'] else 'GPU'}), {r['started']}, {r['seconds']} s\n\n"
-            "| step | what | result |\n|---|---|---|\n")
+    rows.append(
+        (
+            "tiny DAG --resources gpu=1",
+            "claimed / device / amp",
+            f"{_cell(d, 'claimed')} / {_cell(d, 'device')} / {_cell(d, 'amp')}",
+        )
+    )
+    head = (
+        f"# gpu-check ({'toy sizes on CPU' if r['toy'] else 'GPU'}), {r['started']}, {r['seconds']} s\n\n"
+        "| step | what | result |\n|---|---|---|\n"
+    )
     return head + "".join(f"| {a} | {b} | {c} |\n" for a, b, c in rows)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "gpu-check")
-    parser.add_argument("--budget", type=float, default=450.0, help="seconds for the whole check (steps that no "
-                                                                      "longer fit are skipped)")
+    parser.add_argument(
+        "--budget", type=float, default=450.0, help="seconds for the whole check (steps that no longer fit are skipped)"
+    )
     parser.add_argument("--steps", type=int, default=15, help="timed training steps per size and mode")
     parser.add_argument("--toy", action="store_true", help="toy sizes on the CPU (automatic without CUDA)")
     parser.add_argument("--step", choices=sorted(STEPS), help=argparse.SUPPRESS)

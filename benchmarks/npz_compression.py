@@ -54,8 +54,10 @@ def main() -> None:
     ap.add_argument("--levels", type=int, nargs="+", default=[1, 3, 6])
     args = ap.parse_args()
     what, arrays = maps(args.real, args.shards, args.n)
-    print(f"npz write of {len(arrays)} maps {arrays[0].shape[1]}x{arrays[0].shape[0]} uint8 ({what}); "
-          f"pipeline level: {NPZ_COMPRESSLEVEL}")
+    print(
+        f"npz write of {len(arrays)} maps {arrays[0].shape[1]}x{arrays[0].shape[0]} uint8 ({what}); "
+        f"pipeline level: {NPZ_COMPRESSLEVEL}"
+    )
     print(f"{'level':>5} {'ms/map':>8} {'kB/map':>8} {'maps/s (1 thread)':>18}")
     with tempfile.TemporaryDirectory() as tmp:
         for level in args.levels:

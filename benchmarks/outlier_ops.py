@@ -37,8 +37,12 @@ def cv_largest(mask: np.ndarray) -> np.ndarray:
 def sk_holes(mask: np.ndarray, radius: float) -> np.ndarray:
     lab = measure.label(~mask, connectivity=1)
     border = np.unique(np.concatenate([lab[0], lab[-1], lab[:, 0], lab[:, -1]]))
-    keep = [p.label for p in measure.regionprops(lab) if p.label not in border
-            and cv2.distanceTransform(np.pad(p.image, 1).astype(np.uint8), cv2.DIST_L2, 3).max() >= radius]
+    keep = [
+        p.label
+        for p in measure.regionprops(lab)
+        if p.label not in border
+        and cv2.distanceTransform(np.pad(p.image, 1).astype(np.uint8), cv2.DIST_L2, 3).max() >= radius
+    ]
     return np.isin(lab, keep)
 
 
@@ -51,10 +55,12 @@ def main() -> None:
     h, w = args.height, args.width
     yy, xx = np.mgrid[0:h, 0:w]
     mask = ((yy - h / 2) / (h * 0.31)) ** 2 + ((xx - w / 2) / (w * 0.42)) ** 2 < 1
-    mask[int(h * 0.47):int(h * 0.5), int(w * 0.47):int(w * 0.52)] = False  # a wide hole
-    mask[h // 13:h // 13 + 20, w // 19:w // 19 + 20] = True  # a stray blob
-    rows = [("largest component", lambda: cv_largest(mask), lambda: largest_component(mask)),
-            ("holes >= 17 px wide", lambda: holes(mask, 17.0), lambda: sk_holes(mask, 17.0))]
+    mask[int(h * 0.47) : int(h * 0.5), int(w * 0.47) : int(w * 0.52)] = False  # a wide hole
+    mask[h // 13 : h // 13 + 20, w // 19 : w // 19 + 20] = True  # a stray blob
+    rows = [
+        ("largest component", lambda: cv_largest(mask), lambda: largest_component(mask)),
+        ("holes >= 17 px wide", lambda: holes(mask, 17.0), lambda: sk_holes(mask, 17.0)),
+    ]
     print(f"# {w}x{h} mask, mean of {args.repeat} runs")
     print(f"{'operation':<22} {'opencv ms':>10} {'skimage ms':>11} {'same mask':>10}")
     for name, cv_fn, sk_fn in rows:

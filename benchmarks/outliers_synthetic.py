@@ -42,8 +42,15 @@ def per_image_dice(res: Path, truth_csv: Path) -> pd.DataFrame:
                 true = rle.decode(truth[name], prob.shape)
                 before = binarize(prob, threshold)
                 after = rle.decode(fixes[name], prob.shape) if name in fixes else before
-                rows.append({"img": image_id, "car": layout.car_id(image_id), "before": dice(before, true),
-                             "after": dice(after, true), "fixed": name in fixes})
+                rows.append(
+                    {
+                        "img": image_id,
+                        "car": layout.car_id(image_id),
+                        "before": dice(before, true),
+                        "after": dice(after, true),
+                        "fixed": name in fixes,
+                    }
+                )
     return pd.DataFrame(rows)
 
 
@@ -66,15 +73,24 @@ def measure(res: Path, data: Path) -> dict:
     groups = {"flagged cars": flagged_cars, "outlier cars": outliers & cars, "normal cars": normal, "all cars": cars}
     per_car = dice_df.groupby("car")[["before", "after"]].mean()
     return {
-        "n_cars": len(cars), "n_outlier_cars": len(outliers & cars), "n_flagged_cars": len(flagged_cars),
+        "n_cars": len(cars),
+        "n_outlier_cars": len(outliers & cars),
+        "n_flagged_cars": len(flagged_cars),
         "outliers_flagged": f"{len(outliers & flagged_cars)}/{len(outliers & cars)}",
         "normal_flagged": f"{len(normal & flagged_cars)}/{len(normal)}",
-        "n_flagged_images": len(table), "n_fixed_images": int(dice_df["fixed"].sum()),
+        "n_flagged_images": len(table),
+        "n_fixed_images": int(dice_df["fixed"].sum()),
         "dice": {g: {"n": len(s), "before": mean(s, "before"), "after": mean(s, "after")} for g, s in groups.items()},
-        "cars": {car: {"outlier": car in outliers, "flagged": car in flagged_cars,
-                       "reasons": sorted(reasons.get(car, set()) - {""}),
-                       "dice_before": round(float(per_car.loc[car, "before"]), 5),
-                       "dice_after": round(float(per_car.loc[car, "after"]), 5)} for car in sorted(cars)},
+        "cars": {
+            car: {
+                "outlier": car in outliers,
+                "flagged": car in flagged_cars,
+                "reasons": sorted(reasons.get(car, set()) - {""}),
+                "dice_before": round(float(per_car.loc[car, "before"]), 5),
+                "dice_after": round(float(per_car.loc[car, "after"]), 5),
+            }
+            for car in sorted(cars)
+        },
     }
 
 
@@ -86,15 +102,19 @@ def main() -> None:
     args = parser.parse_args()
     root = Path(args.root)
     result = measure(root / "results" / args.name, root / "data" / args.name)
-    print(f"outlier cars flagged: {result['outliers_flagged']}; normal cars flagged: {result['normal_flagged']}; "
-          f"{result['n_flagged_images']} images flagged, {result['n_fixed_images']} masks changed")
+    print(
+        f"outlier cars flagged: {result['outliers_flagged']}; normal cars flagged: {result['normal_flagged']}; "
+        f"{result['n_flagged_images']} images flagged, {result['n_fixed_images']} masks changed"
+    )
     print("\n| group | cars | Dice before | Dice after |\n|---|---|---|---|")
     for group, d in result["dice"].items():
         print(f"| {group} | {d['n']} | {d['before']:.5f} | {d['after']:.5f} |")
     print("\n| car | outlier | flagged | Dice before | Dice after | reasons |\n|---|---|---|---|---|---|")
     for car, c in result["cars"].items():
-        print(f"| {car} | {'yes' if c['outlier'] else ''} | {'yes' if c['flagged'] else ''} | "
-              f"{c['dice_before']:.5f} | {c['dice_after']:.5f} | {', '.join(c['reasons'])} |")
+        print(
+            f"| {car} | {'yes' if c['outlier'] else ''} | {'yes' if c['flagged'] else ''} | "
+            f"{c['dice_before']:.5f} | {c['dice_after']:.5f} | {', '.join(c['reasons'])} |"
+        )
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
 

@@ -67,10 +67,14 @@ def main() -> None:
     with torch.inference_mode():
         t_fwd = rate(lambda: model(xd), args.steps, device)
     n = args.batch_size
-    print(f"# {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, device {device}, "
-          f"{variant['encoder']} {variant['arch']} {w}x{h}, batch {n}, best of {args.steps}")
-    print(f"train: {n / t_train:.2f} img/s, {cost.train * n / t_train / 1e12:.4f} TFLOP/s; "
-          f"forward: {n / t_fwd:.2f} img/s, {cost.forward * n / t_fwd / 1e12:.4f} TFLOP/s")
+    print(
+        f"# {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, device {device}, "
+        f"{variant['encoder']} {variant['arch']} {w}x{h}, batch {n}, best of {args.steps}"
+    )
+    print(
+        f"train: {n / t_train:.2f} img/s, {cost.train * n / t_train / 1e12:.4f} TFLOP/s; "
+        f"forward: {n / t_fwd:.2f} img/s, {cost.forward * n / t_fwd / 1e12:.4f} TFLOP/s"
+    )
 
 
 if __name__ == "__main__":

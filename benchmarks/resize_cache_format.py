@@ -83,10 +83,14 @@ def main() -> None:
                 for i in range(n):
                     cv2.imwrite(str(tmp / f"{ext}_{i}_img.{ext}"), imgs[i][..., ::-1], params)
                     cv2.imwrite(str(tmp / f"{ext}_{i}_mask.png"), masks[i])
+
             return w
 
         def r_files(ext):
-            return lambda i: (cv2.imread(str(tmp / f"{ext}_{i}_img.{ext}")), cv2.imread(str(tmp / f"{ext}_{i}_mask.png"), 0))
+            return lambda i: (
+                cv2.imread(str(tmp / f"{ext}_{i}_img.{ext}")),
+                cv2.imread(str(tmp / f"{ext}_{i}_mask.png"), 0),
+            )
 
         def w_npz():
             for i in range(n):

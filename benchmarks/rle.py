@@ -61,10 +61,16 @@ def main() -> None:
     assert all(np.array_equal(rle.decode(t, shape), decode_reference(t, shape)) for t in texts)
     rows = [
         ("encode", per_item_ms(encode_reference, ms), per_item_ms(rle.encode, ms)),
-        ("decode", per_item_ms(lambda t: decode_reference(t, shape), texts), per_item_ms(lambda t: rle.decode(t, shape), texts)),
+        (
+            "decode",
+            per_item_ms(lambda t: decode_reference(t, shape), texts),
+            per_item_ms(lambda t: rle.decode(t, shape), texts),
+        ),
     ]
-    print(f"{'op':8} {'reference ms':>13} {'carvana_seg ms':>15} {'speed-up':>9}   "
-          f"({len(ms)} masks {shape[1]}x{shape[0]})")
+    print(
+        f"{'op':8} {'reference ms':>13} {'carvana_seg ms':>15} {'speed-up':>9}   "
+        f"({len(ms)} masks {shape[1]}x{shape[0]})"
+    )
     for op, ref, ours in rows:
         print(f"{op:8} {ref:13.2f} {ours:15.2f} {ref / ours:8.2f}x")
 

@@ -55,10 +55,32 @@ def free_port() -> int:
 def start(models: Path, backend: str, threads: int) -> tuple[subprocess.Popen, str]:
     port = free_port()
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
-    proc = subprocess.Popen([sys.executable, "-m", "carvana_seg", "serve", "--models", str(models), "--port", str(port),
-                             "--device", "cpu", "--backend", backend, "--queue", "64", "--threads", str(threads),
-                             "--log-level", "warning"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "carvana_seg",
+            "serve",
+            "--models",
+            str(models),
+            "--port",
+            str(port),
+            "--device",
+            "cpu",
+            "--backend",
+            backend,
+            "--queue",
+            "64",
+            "--threads",
+            str(threads),
+            "--log-level",
+            "warning",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 600  # an ONNX backend exports every checkpoint on its first start
     while time.monotonic() < deadline:
@@ -152,8 +174,20 @@ def main() -> None:
                     lat, wall, bad = load(url, imgs, c, args.requests, args.max_seconds)
                     rate = len(lat) / wall
                     q = statistics.quantiles(lat, n=20) if len(lat) > 1 else [lat[0]] * 19
-                    rows.append((m.name, backend, c, len(lat), 1000 * statistics.median(lat), 1000 * q[18], rate,
-                                 rate / base, base, bad))
+                    rows.append(
+                        (
+                            m.name,
+                            backend,
+                            c,
+                            len(lat),
+                            1000 * statistics.median(lat),
+                            1000 * q[18],
+                            rate,
+                            rate / base,
+                            base,
+                            bad,
+                        )
+                    )
                 done = 2 + sum(r[3] for r in rows if r[0] == m.name and r[1] == backend)
                 first, then = args.rss_requests
                 load(url, imgs, 4, max(0, first - done), 1e9)
@@ -165,11 +199,15 @@ def main() -> None:
                 proc.wait(timeout=30)
     size = f"{args.width}x{args.height}"
     print(f"POST /v1/cutout (format png) on loopback, {size} photos, CPU, server threads {args.threads}")
-    print(f"{'run':<10} {'backend':<7} {'conc':>4} {'n':>4} {'p50 ms':>8} {'p95 ms':>8} {'img/s':>7} "
-          f"{'vs prob':>7} {'prob/s':>7} {'non200':>6}")
+    print(
+        f"{'run':<10} {'backend':<7} {'conc':>4} {'n':>4} {'p50 ms':>8} {'p95 ms':>8} {'img/s':>7} "
+        f"{'vs prob':>7} {'prob/s':>7} {'non200':>6}"
+    )
     for r in rows:
-        print(f"{r[0]:<10} {r[1]:<7} {r[2]:>4} {r[3]:>4} {r[4]:>8.0f} {r[5]:>8.0f} {r[6]:>7.2f} {r[7]:>7.2f} "
-              f"{r[8]:>7.2f} {r[9]:>6}")
+        print(
+            f"{r[0]:<10} {r[1]:<7} {r[2]:>4} {r[3]:>4} {r[4]:>8.0f} {r[5]:>8.0f} {r[6]:>7.2f} {r[7]:>7.2f} "
+            f"{r[8]:>7.2f} {r[9]:>6}"
+        )
     print(f"{'run':<10} {'backend':<7} {'peak RSS after N requests':>40} {'ratio':>6}")
     for name, backend, n1, a, n2, b in rss:
         print(f"{name:<10} {backend:<7} {f'{n1}: {a:.0f} MB, {n2}: {b:.0f} MB':>40} {b / a:>6.3f}")

@@ -28,8 +28,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def fabricate(root: Path, n: int, width: int, height: int, folds: int,
-              config: Path = ROOT / "config" / "demo.yaml") -> tuple[list[Path], dict]:
+def fabricate(
+    root: Path, n: int, width: int, height: int, folds: int, config: Path = ROOT / "config" / "demo.yaml"
+) -> tuple[list[Path], dict]:
     """``n`` test photos (noisy ellipse 'cars'), the stage config and one checkpoint per variant x fold."""
     from carvana_seg.core.images import write_jpeg
     from carvana_seg.models.model import build_model, save_checkpoint
@@ -61,8 +62,10 @@ def model_only(variants: list, pcfg, n: int, device: torch.device) -> float:
     from carvana_seg.models import runtime
 
     bs, tta = pcfg.batch_size, pcfg.tta_hflip
-    batches = [torch.randint(0, 256, (bs, v.size[1], v.size[0], 3), dtype=torch.uint8, device=device)
-               .permute(0, 3, 1, 2) for v in variants]
+    batches = [
+        torch.randint(0, 256, (bs, v.size[1], v.size[0], 3), dtype=torch.uint8, device=device).permute(0, 3, 1, 2)
+        for v in variants
+    ]
     seconds = []
 
     def work() -> None:
@@ -90,8 +93,16 @@ def saturated_bytes(width: int, height: int, n: int = 4) -> float:
         writer = NpzWriter(Path(tmp) / "shard.npz")
         for i in range(n):
             m = np.zeros((height, width), np.float32)
-            cv2.ellipse(m, (width // 2, height // 2), (int(width * rng.uniform(0.25, 0.4)), int(height * 0.3)),
-                        0, 0, 360, 1.0, -1)
+            cv2.ellipse(
+                m,
+                (width // 2, height // 2),
+                (int(width * rng.uniform(0.25, 0.4)), int(height * 0.3)),
+                0,
+                0,
+                360,
+                1.0,
+                -1,
+            )
             writer.add(f"{i:012x}_01", np.rint(cv2.GaussianBlur(m, (0, 0), 2.0) * 255).astype(np.uint8))
         writer.close()
         return (Path(tmp) / "shard.npz").stat().st_size / n
@@ -132,28 +143,55 @@ def child(args: argparse.Namespace) -> None:
     rss_workers = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     model_s = [model_only(variants, predict, n, device) for _ in range(2)] if args.model_only else []
     size = sum(s["bytes"] for s in result["shards"])
-    print(json.dumps({"n": n, "load_s": t1 - t0, "write_s": t2 - t1, "bytes_per_image": size / n,
-                      "max_rss_mib": rss, "max_rss_workers_mib": rss_workers,
-                      "model_only_s": min(model_s) if model_s else None}))
+    print(
+        json.dumps(
+            {
+                "n": n,
+                "load_s": t1 - t0,
+                "write_s": t2 - t1,
+                "bytes_per_image": size / n,
+                "max_rss_mib": rss,
+                "max_rss_workers_mib": rss_workers,
+                "model_only_s": min(model_s) if model_s else None,
+            }
+        )
+    )
 
 
 def _child_json(root: Path, args: argparse.Namespace, *flags: str) -> dict:
-    cmd = [sys.executable, __file__, *flags, "--root", str(root), "--device", args.device,
-           "--threads", str(args.threads)]
+    cmd = [
+        sys.executable,
+        __file__,
+        *flags,
+        "--root",
+        str(root),
+        "--device",
+        args.device,
+        "--threads",
+        str(args.threads),
+    ]
     return json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=8, help="N: the small run; the large run has 8N images")
-    parser.add_argument("--multiples", type=int, nargs="+", default=[1, 8],
-                        help="test-set sizes, in multiples of N, for the peak-RSS table (the largest also times "
-                             "the models alone)")
+    parser.add_argument(
+        "--multiples",
+        type=int,
+        nargs="+",
+        default=[1, 8],
+        help="test-set sizes, in multiples of N, for the peak-RSS table (the largest also times the models alone)",
+    )
     parser.add_argument("--width", type=int, default=1918)
     parser.add_argument("--height", type=int, default=1280)
     parser.add_argument("--folds", type=int, default=3, help="fold models per variant")
-    parser.add_argument("--config", type=Path, default=ROOT / "config" / "demo.yaml",
-                        help="whose variants to fabricate (config/config.yaml: the competition's, for a GPU)")
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=ROOT / "config" / "demo.yaml",
+        help="whose variants to fabricate (config/config.yaml: the competition's, for a GPU)",
+    )
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--workers", type=int, default=1, help="decode worker processes")
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
@@ -168,27 +206,42 @@ def main() -> None:
         root = Path(tmp)
         sizes = sorted({args.n * m for m in args.multiples} | {args.n, 8 * args.n})
         paths, cfg = fabricate(root, sizes[-1], args.width, args.height, args.folds, args.config)
-        cfg["predict"] = {"tta_hflip": True, "batch_size": args.batch_size, "workers": args.workers,
-                          "shard_size": args.n}
+        cfg["predict"] = {
+            "tta_hflip": True,
+            "batch_size": args.batch_size,
+            "workers": args.workers,
+            "shard_size": args.n,
+        }
         (root / "cfg.json").write_text(json.dumps(cfg))
-        runs = {n: _child_json(root, args, "--child", str(n), *(["--model-only"] if n == sizes[-1] else []))
-                for n in sizes}
+        runs = {
+            n: _child_json(root, args, "--child", str(n), *(["--model-only"] if n == sizes[-1] else [])) for n in sizes
+        }
         big = runs[sizes[-1]]
         pipeline, models = big["n"] / big["write_s"], big["n"] / big["model_only_s"]
     names = ", ".join(f"{v['name']} {v['width']}x{v['height']}" for v in cfg["variants"])
-    print(f"setup: device={args.device} threads={args.threads} images {args.width}x{args.height}, variants [{names}] "
-          f"x {args.folds} folds, flip-TTA, batch {args.batch_size}, {args.workers} decode workers, shard {args.n}")
+    print(
+        f"setup: device={args.device} threads={args.threads} images {args.width}x{args.height}, variants [{names}] "
+        f"x {args.folds} folds, flip-TTA, batch {args.batch_size}, {args.workers} decode workers, shard {args.n}"
+    )
     small = runs[args.n]
-    print(f"{'images':>7} {'seconds':>8} {'images/s':>9} {'peak RSS main MiB':>18} {'decode worker MiB':>18} "
-          f"{'main vs N':>10}")
+    print(
+        f"{'images':>7} {'seconds':>8} {'images/s':>9} {'peak RSS main MiB':>18} {'decode worker MiB':>18} "
+        f"{'main vs N':>10}"
+    )
     for n, r in runs.items():
-        print(f"{n:7d} {r['write_s']:8.2f} {n / r['write_s']:9.2f} {r['max_rss_mib']:18.0f} "
-              f"{r['max_rss_workers_mib']:18.0f} {r['max_rss_mib'] / small['max_rss_mib']:10.3f}")
-    print(f"peak RSS (main process / decode worker): N={args.n}: {small['max_rss_mib']:.0f} / "
-          f"{small['max_rss_workers_mib']:.0f} MiB, 8N={8 * args.n}: {runs[8 * args.n]['max_rss_mib']:.0f} / "
-          f"{runs[8 * args.n]['max_rss_workers_mib']:.0f} MiB")
-    print(f"shard bytes/image: {big['bytes_per_image']:.0f} (random-init models, noisy maps); "
-          f"{saturated_bytes(args.width, args.height):.0f} for trained-like saturated maps")
+        print(
+            f"{n:7d} {r['write_s']:8.2f} {n / r['write_s']:9.2f} {r['max_rss_mib']:18.0f} "
+            f"{r['max_rss_workers_mib']:18.0f} {r['max_rss_mib'] / small['max_rss_mib']:10.3f}"
+        )
+    print(
+        f"peak RSS (main process / decode worker): N={args.n}: {small['max_rss_mib']:.0f} / "
+        f"{small['max_rss_workers_mib']:.0f} MiB, 8N={8 * args.n}: {runs[8 * args.n]['max_rss_mib']:.0f} / "
+        f"{runs[8 * args.n]['max_rss_workers_mib']:.0f} MiB"
+    )
+    print(
+        f"shard bytes/image: {big['bytes_per_image']:.0f} (random-init models, noisy maps); "
+        f"{saturated_bytes(args.width, args.height):.0f} for trained-like saturated maps"
+    )
     print(f"pipeline: {pipeline:.2f} images/s; model-only (random tensors, same batch): {models:.2f} images/s")
     print(f"pipeline/model-only: {pipeline / models:.3f}")
 

@@ -86,7 +86,12 @@ def setup(variant: dict, device: torch.device, args: argparse.Namespace, tc: dic
     step_model = torch.compile(model) if args.compile else model
     opt = optimmod.build_optimizer(model.parameters(), tc["optimizer"], variant["lr"], tc["weight_decay"])
     fp16 = args.amp and device.type == "cuda" and not torch.cuda.is_bf16_supported()
-    return step_model, BceDiceLoss.from_config(build(Loss, tc["loss"])), opt, torch.amp.GradScaler(device.type, enabled=fp16)
+    return (
+        step_model,
+        BceDiceLoss.from_config(build(Loss, tc["loss"])),
+        opt,
+        torch.amp.GradScaler(device.type, enabled=fp16),
+    )
 
 
 def timed_steps(step, source, steps: int, warmup: int, device: torch.device) -> tuple[float, float, int]:
@@ -107,8 +112,9 @@ def timed_steps(step, source, steps: int, warmup: int, device: torch.device) -> 
     return time.perf_counter() - t0, wait, images
 
 
-def bench_variant(variant: dict, tc: dict, workers: int, device: torch.device, args: argparse.Namespace,
-                  tmp: Path) -> dict:
+def bench_variant(
+    variant: dict, tc: dict, workers: int, device: torch.device, args: argparse.Namespace, tmp: Path
+) -> dict:
     w, h, bs = variant["width"], variant["height"], args.batch_size or variant["batch_size"]
     augment = build_augment(build(Augment, tc["augment"]), seed=0)
     if args.layout:
@@ -117,13 +123,29 @@ def bench_variant(variant: dict, tc: dict, workers: int, device: torch.device, a
         cache = tmp / f"{w}x{h}"
         ids = (cache / "ids.txt").read_text().split() if cache.is_dir() else make_cache(tmp, args.images, w, h)[1]
         ds = CacheDataset(cache, ids, augment)
-    loader = DataLoader(ds, bs, shuffle=True, drop_last=True, num_workers=workers, worker_init_fn=worker_init,
-                        persistent_workers=workers > 0, pin_memory=device.type == "cuda")
+    loader = DataLoader(
+        ds,
+        bs,
+        shuffle=True,
+        drop_last=True,
+        num_workers=workers,
+        worker_init_fn=worker_init,
+        persistent_workers=workers > 0,
+        pin_memory=device.type == "cuda",
+    )
     # The loader alone.
     secs, _, n = timed_steps(lambda x, y: None, batches(loader), args.steps, 2, torch.device("cpu"))
     loader_ips = n / secs
-    row = {"variant": variant["name"], "size": f"{w}x{h}", "batch": bs, "workers": workers, "loader": loader_ips,
-           "model": float("nan"), "pipeline": float("nan"), "data_share": float("nan")}
+    row = {
+        "variant": variant["name"],
+        "size": f"{w}x{h}",
+        "batch": bs,
+        "workers": workers,
+        "loader": loader_ips,
+        "model": float("nan"),
+        "pipeline": float("nan"),
+        "data_share": float("nan"),
+    }
     if args.loader_only:
         return row
     # The model alone, on random tensors of the same shape and dtype (uint8 photos, uint8 coverage masks).
@@ -155,22 +177,36 @@ def bench_variant(variant: dict, tc: dict, workers: int, device: torch.device, a
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", default=str(ROOT / "config" / "demo.yaml"))
-    ap.add_argument("--size", nargs="*", default=[], help="WxH sizes (first variant as template); default: the config's")
-    ap.add_argument("--workers", type=int, nargs="*", default=None, help="DataLoader workers (default: train.num_workers)")
+    ap.add_argument(
+        "--size", nargs="*", default=[], help="WxH sizes (first variant as template); default: the config's"
+    )
+    ap.add_argument(
+        "--workers", type=int, nargs="*", default=None, help="DataLoader workers (default: train.num_workers)"
+    )
     ap.add_argument("--batch-size", type=int, default=None)
     ap.add_argument("--steps", type=int, default=12)
     ap.add_argument("--repeats", type=int, default=2, help="alternating model-only/pipeline runs (best of each)")
     ap.add_argument("--images", type=int, default=64, help="images in the synthetic cache")
-    ap.add_argument("--layout", default=None, metavar="DIR",
-                    help="Kaggle training layout decoded per sample (round two's pseudo-labels) instead of a cache")
+    ap.add_argument(
+        "--layout",
+        default=None,
+        metavar="DIR",
+        help="Kaggle training layout decoded per sample (round two's pseudo-labels) instead of a cache",
+    )
     ap.add_argument("--device", default="auto")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    ap.add_argument("--amp", action="store_true",
-                    help="bf16 autocast on CUDA, and on a CPU with native bf16 (as train.amp / train.amp_cpu)")
+    ap.add_argument(
+        "--amp",
+        action="store_true",
+        help="bf16 autocast on CUDA, and on a CPU with native bf16 (as train.amp / train.amp_cpu)",
+    )
     ap.add_argument("--channels-last", action="store_true")
     ap.add_argument("--compile", action="store_true")
-    ap.add_argument("--loader-only", action="store_true",
-                    help="time the DataLoader only (images/s per worker count at sizes a CPU cannot train)")
+    ap.add_argument(
+        "--loader-only",
+        action="store_true",
+        help="time the DataLoader only (images/s per worker count at sizes a CPU cannot train)",
+    )
     args = ap.parse_args()
     cfg = cfgmod.load(args.config)
     tc = cfg["train"]
@@ -179,25 +215,33 @@ def main() -> None:
         variants = []
         for text in args.size:
             w, h = (int(v) for v in text.lower().split("x"))
-            variants.append(dict(copy.deepcopy(cfg["variants"][0]), name=f"{cfg['variants'][0]['name']}@{text}",
-                                 width=w, height=h))
+            variants.append(
+                dict(copy.deepcopy(cfg["variants"][0]), name=f"{cfg['variants'][0]['name']}@{text}", width=w, height=h)
+            )
     if args.threads:
         torch.set_num_threads(args.threads)
     device = pick_device(args.device)
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "none"
-    print(f"# {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, GPU: {gpu}, "
-          f"torch {torch.__version__}; amp={args.amp} channels_last={args.channels_last} compile={args.compile}; "
-          f"best of {args.repeats} x {args.steps} timed steps after 2 warm-up steps; config {args.config}; "
-          f"source {args.layout or 'synthetic resize cache'}")
-    print(f"{'variant':24} {'size':>10} {'batch':>5} {'workers':>7} {'loader img/s':>12} {'model img/s':>11} "
-          f"{'pipeline img/s':>14} {'data share':>10} {'pipe/model':>10}")
+    print(
+        f"# {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, GPU: {gpu}, "
+        f"torch {torch.__version__}; amp={args.amp} channels_last={args.channels_last} compile={args.compile}; "
+        f"best of {args.repeats} x {args.steps} timed steps after 2 warm-up steps; config {args.config}; "
+        f"source {args.layout or 'synthetic resize cache'}"
+    )
+    print(
+        f"{'variant':24} {'size':>10} {'batch':>5} {'workers':>7} {'loader img/s':>12} {'model img/s':>11} "
+        f"{'pipeline img/s':>14} {'data share':>10} {'pipe/model':>10}"
+    )
     with tempfile.TemporaryDirectory(prefix="train_speed_") as tmp:
         for v in variants:
             for workers in args.workers if args.workers is not None else [tc["num_workers"]]:
                 r = bench_variant(v, tc, workers, device, args, Path(tmp))
-                print(f"{r['variant']:24} {r['size']:>10} {r['batch']:>5} {r['workers']:>7} {r['loader']:12.1f} "
-                      f"{r['model']:11.2f} {r['pipeline']:14.2f} {r['data_share']:10.3f} "
-                      f"{r['pipeline'] / r['model']:10.3f}", flush=True)
+                print(
+                    f"{r['variant']:24} {r['size']:>10} {r['batch']:>5} {r['workers']:>7} {r['loader']:12.1f} "
+                    f"{r['model']:11.2f} {r['pipeline']:14.2f} {r['data_share']:10.3f} "
+                    f"{r['pipeline'] / r['model']:10.3f}",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

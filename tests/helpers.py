@@ -59,8 +59,12 @@ SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
 
 def snakemake(repo: Path, workdir: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     """``.venv/bin/snakemake ARGS -s repo/Snakefile -d workdir`` (the environment's own Snakemake, by path)."""
-    return subprocess.run([SNAKEMAKE, *args, "-s", str(repo / "Snakefile"), "-d", str(workdir)],
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [SNAKEMAKE, *args, "-s", str(repo / "Snakefile"), "-d", str(workdir)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def job_counts(output: str) -> dict[str, int]:
@@ -113,8 +117,9 @@ def settings(cls, **overrides):
     from carvana_seg.pipeline import config as cfgmod
     from carvana_seg.settings.build import build
 
-    section = cfgmod.resolve({"name": "t", "data": {"source": "synthetic"},
-                              "variants": [{"name": "v", "width": 32, "height": 32}]})
+    section = cfgmod.resolve(
+        {"name": "t", "data": {"source": "synthetic"}, "variants": [{"name": "v", "width": 32, "height": 32}]}
+    )
     for part in cls.SECTION.split("."):
         section = section[part][0] if part == "variants" else section[part]
     return dataclasses.replace(build(cls, section), **overrides)
@@ -128,9 +133,13 @@ PY = [sys.executable, "-m", "carvana_seg"]
 def tiny_config(**train: object) -> dict:
     """A resolved config with one 32x32 resnet18 variant (tiny, so training takes seconds), 2 epochs, CPU."""
     raw = {
-        "name": "tiny", "seed": 0, "data": {"source": "synthetic"}, "folds": {"k": 3},
-        "variants": [{"name": "tiny", "encoder": "resnet18", "width": 32, "height": 32, "batch_size": 8,
-                      "epochs": 2, "lr": 1e-3}],
+        "name": "tiny",
+        "seed": 0,
+        "data": {"source": "synthetic"},
+        "folds": {"k": 3},
+        "variants": [
+            {"name": "tiny", "encoder": "resnet18", "width": 32, "height": 32, "batch_size": 8, "epochs": 2, "lr": 1e-3}
+        ],
         "train": {"device": "cpu", "num_workers": 0, **train},
     }
     from carvana_seg.pipeline import config as cfgmod
@@ -154,16 +163,35 @@ def build_tiny_cache(root: Path) -> dict[str, Path]:
 
 def train_cmd(c: dict[str, Path], cfg: dict, out: Path, *extra: str) -> list[str]:
     """``python -m carvana_seg train`` of the tiny variant on fold 0 of a tiny cache, writing into ``out``."""
-    return [*PY, "train", "--cfg", json.dumps(cfg), "--variant", "tiny", "--fold", "0", "--folds", str(c["folds"]),
-            "--cache", str(c["cache32"]), "--out-model", str(out / "best.pt"), "--out-metrics", str(out / "metrics.csv"),
-            "--state-dir", str(out / "state"), "--threads", "2", *extra]
+    return [
+        *PY,
+        "train",
+        "--cfg",
+        json.dumps(cfg),
+        "--variant",
+        "tiny",
+        "--fold",
+        "0",
+        "--folds",
+        str(c["folds"]),
+        "--cache",
+        str(c["cache32"]),
+        "--out-model",
+        str(out / "best.pt"),
+        "--out-metrics",
+        str(out / "metrics.csv"),
+        "--state-dir",
+        str(out / "state"),
+        "--threads",
+        "2",
+        *extra,
+    ]
 
 
 # ---- outliers: a fabricated ensemble output with one planted small car --------------------------------------
 
 OUTLIER_HW = (48, 64)
 PLANTED = "00000000dead"  # a 1/3-size car whose view 5 also has a stray blob
-
 
 
 def ellipse(scale: float, view: int) -> np.ndarray:
@@ -214,8 +242,10 @@ def fabricate_outliers(root: Path, n_train: int = 8, n_test: int = 6) -> dict:
     (root / "probs").mkdir()
     shards = []
     for k, chunk in enumerate((ids[:50], ids[50:])):
-        writers = [NpzWriter(root / "probs" / f"shard_{k:05d}.npz"),
-                   NpzWriter(root / "probs" / variant_masks.file_name(k))]
+        writers = [
+            NpzWriter(root / "probs" / f"shard_{k:05d}.npz"),
+            NpzWriter(root / "probs" / variant_masks.file_name(k)),
+        ]
         for i in chunk:
             write_jpeg(raw / "test" / f"{i}.jpg", np.full((H, W, 3), 200, np.uint8))
             writers[0].add(i, probs[i])
@@ -224,8 +254,9 @@ def fabricate_outliers(root: Path, n_train: int = 8, n_test: int = 6) -> dict:
             w.close()
         shards.append({"file": f"shard_{k:05d}.npz", "n_images": len(chunk)})
     vm = {"files": [variant_masks.file_name(k) for k in range(2)], "variants": ["a", "b"], "scale": 4}
-    (root / "test_probs.json").write_text(json.dumps({"shard_dir": str(root / "probs"), "shards": shards,
-                                                     "variant_masks": vm}))
+    (root / "test_probs.json").write_text(
+        json.dumps({"shard_dir": str(root / "probs"), "shards": shards, "variant_masks": vm})
+    )
     (root / "threshold.json").write_text(json.dumps({"threshold": 0.5}))
     return {"raw": raw, "probs": probs, "ids": ids}
 
@@ -243,7 +274,6 @@ def outlier_cfg(**changes) -> dict:
 SUBMISSION_HW = (12, 16)
 SUBMISSION_IDS = [f"{c:012x}_{v:02d}" for c in (0xABC, 0x123) for v in (1, 2, 3)]  # deliberately not sorted
 SUBMISSION_IMGS = [f"{i}.jpg" for i in SUBMISSION_IDS]
-
 
 
 def fabricate_shards(root: Path, seed: int = 0) -> tuple[Path, Path, Path, dict[str, np.ndarray]]:
@@ -279,6 +309,19 @@ def write_submission(root: Path, raw: Path, manifest: Path, threshold: Path, thr
     from carvana_seg.pipeline import cli
 
     out = root / "submission.csv.gz"
-    argv = ["submission", "--cfg", '{"name": "t"}', "--manifest", str(manifest), "--threshold", str(threshold),
-            "--sample-submission", str(raw / "sample_submission.csv"), "--out", str(out), "--threads", str(threads)]
+    argv = [
+        "submission",
+        "--cfg",
+        '{"name": "t"}',
+        "--manifest",
+        str(manifest),
+        "--threshold",
+        str(threshold),
+        "--sample-submission",
+        str(raw / "sample_submission.csv"),
+        "--out",
+        str(out),
+        "--threads",
+        str(threads),
+    ]
     return cli.main(argv), out

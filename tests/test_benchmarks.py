@@ -17,8 +17,13 @@ from tests.helpers import ROOT
 
 def _run(script: str, *args: str, timeout: int = 240) -> str:
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), OMP_NUM_THREADS="1")
-    res = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *args], capture_output=True, text=True,
-                         env=env, timeout=timeout)
+    res = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / script), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     return res.stdout
 
@@ -35,8 +40,21 @@ def test_npz_compression_benchmark_round_trips_every_level():
 
 
 def test_train_speed_benchmark_reports_data_share():
-    out = _run("train_speed.py", "--size", "64x64", "--batch-size", "2", "--steps", "2", "--repeats", "1",
-               "--images", "8", "--threads", "1")
+    out = _run(
+        "train_speed.py",
+        "--size",
+        "64x64",
+        "--batch-size",
+        "2",
+        "--steps",
+        "2",
+        "--repeats",
+        "1",
+        "--images",
+        "8",
+        "--threads",
+        "1",
+    )
     row = out.splitlines()[-1].split()
     assert row[0] == "unet_r18_a@64x64" and row[1] == "64x64" and row[2] == "2"
     loader, model, pipeline, share = (float(v) for v in row[4:8])
@@ -45,8 +63,9 @@ def test_train_speed_benchmark_reports_data_share():
 
 def test_compile_speed_benchmark_prints_its_table():
     # eager only: compiling takes minutes on a loaded CPU (the GPU/CPU numbers are in docs/benchmarks.md)
-    out = _run("compile_speed.py", "--size", "64x64", "--batch-size", "2", "--steps", "1", "--threads", "1",
-               "--modes", "eager")
+    out = _run(
+        "compile_speed.py", "--size", "64x64", "--batch-size", "2", "--steps", "1", "--threads", "1", "--modes", "eager"
+    )
     row = out.splitlines()[-1].split()
     assert row[0] == "eager" and all(float(v) > 0 for v in row[1:4])
 
@@ -59,8 +78,25 @@ def test_outlier_ops_benchmark_finds_the_same_masks():
 
 @pytest.mark.slow
 def test_test_time_benchmark_prints_the_ratio():
-    out = _run("test_time.py", "--n", "1", "--width", "192", "--height", "128", "--folds", "1", "--batch-size", "2",
-               "--threads", "1", "--multiples", "1", "2", "8")
+    out = _run(
+        "test_time.py",
+        "--n",
+        "1",
+        "--width",
+        "192",
+        "--height",
+        "128",
+        "--folds",
+        "1",
+        "--batch-size",
+        "2",
+        "--threads",
+        "1",
+        "--multiples",
+        "1",
+        "2",
+        "8",
+    )
     assert out.splitlines()[-1].startswith("pipeline/model-only: ")
     assert float(out.splitlines()[-1].split()[-1]) > 0
 
@@ -76,8 +112,18 @@ def test_edge_refine_benchmark_prints_gain_and_cost(tmp_path):
     ids = [p.stem for p in sorted((raw / layout.TRAIN_DIR).glob("*.jpg"))][:3]
     maps = {i: (read_mask(raw / layout.MASK_DIR / layout.mask_file(i)) * 255).astype(np.uint8) for i in ids}
     np.savez(tmp_path / "fold0.npz", **maps)
-    out = _run("edge_refine.py", "--raw", str(raw), "--oof", str(tmp_path / "fold0.npz"), "--n", "3",
-               "--settings", "4:1e-3:2", "2:1e-4:1")
+    out = _run(
+        "edge_refine.py",
+        "--raw",
+        str(raw),
+        "--oof",
+        str(tmp_path / "fold0.npz"),
+        "--n",
+        "3",
+        "--settings",
+        "4:1e-3:2",
+        "2:1e-4:1",
+    )
     rows = [line.split() for line in out.splitlines()[1:]]
     assert [r[0] for r in rows] == ["4:1e-3:2", "2:1e-4:1"] and all(r[1] == "3" for r in rows)
 
@@ -86,8 +132,27 @@ def test_serve_load_benchmark_prints_its_table(tmp_path):
     from tests.serve.helpers import tiny_run
 
     run = tiny_run(tmp_path / "tiny")
-    out = _run("serve_load.py", "--models", str(run), "--backends", "torch", "--concurrency", "1", "2", "--requests",
-               "3", "--rss-requests", "5", "9", "--width", "320", "--height", "192", "--threads", "1")
+    out = _run(
+        "serve_load.py",
+        "--models",
+        str(run),
+        "--backends",
+        "torch",
+        "--concurrency",
+        "1",
+        "2",
+        "--requests",
+        "3",
+        "--rss-requests",
+        "5",
+        "9",
+        "--width",
+        "320",
+        "--height",
+        "192",
+        "--threads",
+        "1",
+    )
     lines = out.splitlines()
     rows = [line.split() for line in lines if line.startswith("tiny ")]
     assert [r[2] for r in rows[:2]] == ["1", "2"] and all(r[3] == "3" and r[-1] == "0" for r in rows[:2]), out

@@ -14,8 +14,13 @@ from tests.helpers import ROOT
 
 @pytest.mark.slow
 def test_gpu_check_runs_every_step_at_toy_sizes(tmp_path):
-    res = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--toy", "--out", str(tmp_path),
-                          "--budget", "900"], capture_output=True, text=True, timeout=1200, check=False)
+    res = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--toy", "--out", str(tmp_path), "--budget", "900"],
+        capture_output=True,
+        text=True,
+        timeout=1200,
+        check=False,
+    )
     assert res.returncode == 0, res.stderr[-2000:]
     r = json.loads((tmp_path / "gpu_check.json").read_text())
     assert r["toy"] and r["env"]["status"] == "ok" and r["env"]["torch"]
@@ -30,5 +35,7 @@ def test_gpu_check_runs_every_step_at_toy_sizes(tmp_path):
     d = r["dag"]
     assert d["status"] == "ok" and d["device"] == "cpu" and d["amp"] == "off" and d["claimed"] is None, d
     md = (tmp_path / "gpu_check.md").read_text()
-    assert md.count("| train ") == 6 and "| tiny DAG --resources gpu=1 | claimed / device / amp | none / cpu / off |" in md
+    assert (
+        md.count("| train ") == 6 and "| tiny DAG --resources gpu=1 | claimed / device / amp | none / cpu / off |" in md
+    )
     assert r["seconds"] < 900

@@ -54,8 +54,15 @@ def test_decode_rejects_runs_outside_image():
 
 @pytest.mark.parametrize(
     "text,problem",
-    [("3 2 1 1", "ascending"), ("1 3 2 2", "overlapping"), ("5 3", "past the end"), ("0 2", "below 1"),
-     ("1 0", "non-positive"), ("1 2 3", "odd"), ("a b", "non-integer")],
+    [
+        ("3 2 1 1", "ascending"),
+        ("1 3 2 2", "overlapping"),
+        ("5 3", "past the end"),
+        ("0 2", "below 1"),
+        ("1 0", "non-positive"),
+        ("1 2 3", "odd"),
+        ("a b", "non-integer"),
+    ],
 )
 def test_validate_flags_bad_runs(text, problem):
     assert problem in rle.validate(text, (2, 3))
@@ -87,7 +94,7 @@ def test_decode_matches_reference_on_any_runs(runs, sep):
     text = sep.join(f"{s}{sep}{n}" for s, n in runs)
     expected = np.zeros(shape[0] * shape[1], np.uint8)
     for start, length in runs:
-        expected[start - 1:start - 1 + length] = 1
+        expected[start - 1 : start - 1 + length] = 1
     assert np.array_equal(rle.decode(f" {text} ", shape).ravel(), expected)
 
 

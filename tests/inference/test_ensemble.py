@@ -37,9 +37,12 @@ def typed(cfg: dict) -> tuple[list[Variant], Predict]:
 
 
 def stage_cfg(shard_size: int = 5, batch_size: int = 5, workers: int = 0) -> dict:
-    return {"name": "t", "predict": {"tta_hflip": True, "batch_size": batch_size, "workers": workers,
-                                     "shard_size": shard_size},
-            "variants": VARIANTS, "folds": {"k": 2, "use": None}}
+    return {
+        "name": "t",
+        "predict": {"tta_hflip": True, "batch_size": batch_size, "workers": workers, "shard_size": shard_size},
+        "variants": VARIANTS,
+        "folds": {"k": 2, "use": None},
+    }
 
 
 @pytest.fixture(scope="module")
@@ -51,8 +54,23 @@ def setup(tmp_path_factory) -> tuple[Path, Path, list[Path]]:
 
 def run_stage(root: Path, raw: Path, models: list[Path], cfg: dict, out: str = "probs", rc: int = 0) -> dict:
     manifest = root / f"{out}.json"
-    argv = ["ensemble", "--cfg", json.dumps(cfg), "--models", *map(str, models), "--raw", str(raw),
-            "--out-dir", str(root / out), "--manifest", str(manifest), "--device", "cpu", "--threads", "2"]
+    argv = [
+        "ensemble",
+        "--cfg",
+        json.dumps(cfg),
+        "--models",
+        *map(str, models),
+        "--raw",
+        str(raw),
+        "--out-dir",
+        str(root / out),
+        "--manifest",
+        str(manifest),
+        "--device",
+        "cpu",
+        "--threads",
+        "2",
+    ]
     assert cli.main(argv) == rc
     return json.loads(manifest.read_text()) if rc == 0 else {}
 
@@ -147,8 +165,13 @@ def test_stream_is_a_generator_and_closing_it_stops_producer_and_workers(setup):
     root, raw, models = setup
     assert inspect.isgeneratorfunction(ensemble.iter_probs)
     config, predict = typed(stage_cfg(batch_size=2, workers=1))  # also exercises the DataLoader worker process
-    stream = ensemble.iter_probs(ensemble.load_variants(models, config, False, torch.device("cpu")), raw,
-                                 layout.test_ids(raw)[0], predict, torch.device("cpu"))
+    stream = ensemble.iter_probs(
+        ensemble.load_variants(models, config, False, torch.device("cpu")),
+        raw,
+        layout.test_ids(raw)[0],
+        predict,
+        torch.device("cpu"),
+    )
     image_id, prob = next(stream)
     assert prob.shape == (48, 64)
     stream.close()

@@ -27,11 +27,15 @@ W, H = 96, 64  # "original" photo size; the network runs at 64x64
 
 
 def _config() -> dict:
-    return cfgmod.resolve({
-        "name": "tiny", "data": {"source": "synthetic"}, "folds": {"k": 3},
-        "variants": [{"name": "tiny", "encoder": "resnet18", "width": 64, "height": 64, "epochs": 1}],
-        "predict": {"batch_size": 4, "workers": 2},
-    })
+    return cfgmod.resolve(
+        {
+            "name": "tiny",
+            "data": {"source": "synthetic"},
+            "folds": {"k": 3},
+            "variants": [{"name": "tiny", "encoder": "resnet18", "width": 64, "height": 64, "epochs": 1}],
+            "predict": {"batch_size": 4, "workers": 2},
+        }
+    )
 
 
 @pytest.fixture(scope="module")
@@ -88,9 +92,29 @@ def test_to_original_resizes_and_quantises() -> None:
 def test_oof_stage_writes_fold_predictions_and_dice(setup: dict[str, Path], tmp_path: Path) -> None:
     cfg = cfgmod.stage_config(_config(), "oof", "tiny")
     out, out_dice = tmp_path / "oof" / "fold1.npz", tmp_path / "oof" / "fold1_dice.csv"
-    argv = ["oof", "--cfg", json.dumps(cfg), "--variant", "tiny", "--fold", "1", "--model", str(setup["model"]),
-            "--folds", str(setup["folds"]), "--cache", str(setup["cache"]), "--raw", str(setup["raw"]),
-            "--out", str(out), "--out-dice", str(out_dice), "--threads", "2"]
+    argv = [
+        "oof",
+        "--cfg",
+        json.dumps(cfg),
+        "--variant",
+        "tiny",
+        "--fold",
+        "1",
+        "--model",
+        str(setup["model"]),
+        "--folds",
+        str(setup["folds"]),
+        "--cache",
+        str(setup["cache"]),
+        "--raw",
+        str(setup["raw"]),
+        "--out",
+        str(out),
+        "--out-dice",
+        str(out_dice),
+        "--threads",
+        "2",
+    ]
     assert cli.main(argv) == 0
     table = pd.read_csv(setup["folds"], dtype={"img": str, "car": str})
     val_ids = sorted(table.loc[table["fold"] == 1, "img"])
@@ -113,8 +137,9 @@ def test_oof_stage_writes_fold_predictions_and_dice(setup: dict[str, Path], tmp_
 def test_oof_table_concatenates_and_summarises(tmp_path: Path) -> None:
     def table(variant: str, fold: int, scores: list[float]) -> Path:
         ids = [f"{fold:012x}_{v:02d}" for v in range(1, len(scores) + 1)]
-        df = pd.DataFrame({"img": ids, "car": [layout.car_id(i) for i in ids], "fold": fold, "variant": variant,
-                           "dice": scores})
+        df = pd.DataFrame(
+            {"img": ids, "car": [layout.car_id(i) for i in ids], "fold": fold, "variant": variant, "dice": scores}
+        )
         path = tmp_path / f"{variant}_{fold}.csv"
         df.to_csv(path, index=False)
         return path

@@ -30,8 +30,11 @@ def make_results(root: Path, variants: list[dict] = VARIANTS, folds: int = 2, th
         for f in range(folds):
             torch.manual_seed(10 * i + f)
             v = dict(v, encoder_weights=None)
-            save_checkpoint(root / "models" / v["name"] / f"fold{f}" / "best.pt",
-                            build_model(v["arch"], v["encoder"], None, v["name"]), {"variant": v})
+            save_checkpoint(
+                root / "models" / v["name"] / f"fold{f}" / "best.pt",
+                build_model(v["arch"], v["encoder"], None, v["name"]),
+                {"variant": v},
+            )
     if threshold is not None:
         (root / "threshold.json").write_text(json.dumps({"threshold": threshold, "dice": 0.9}))
     return root
@@ -63,8 +66,23 @@ def test_predict_writes_mask_and_cutout_of_the_photo_size(results, tmp_path, cap
     threshold = 0.45
     jpg = photo(tmp_path / "car_01.jpg")
     out = tmp_path / "out"
-    assert cli.main(["predict", str(jpg), "--models", str(results), "--out", str(out), "--device", "cpu",
-                     "--threshold", str(threshold)]) == 0
+    assert (
+        cli.main(
+            [
+                "predict",
+                str(jpg),
+                "--models",
+                str(results),
+                "--out",
+                str(out),
+                "--device",
+                "cpu",
+                "--threshold",
+                str(threshold),
+            ]
+        )
+        == 0
+    )
     mask = np.asarray(Image.open(out / "car_01_mask.png"))
     cut = Image.open(out / "car_01_cutout.png")
     assert mask.shape == (100, 150) and mask.dtype == np.uint8
@@ -78,8 +96,9 @@ def test_predict_writes_mask_and_cutout_of_the_photo_size(results, tmp_path, cap
     variants = predict.load_ensemble(predict.find_checkpoints(results), torch.device("cpu"))
     cpu = torch.device("cpu")
     _, images = load_resized(jpg, [v.size for v in variants])
-    probs = [runtime.predict_probs(v.models, runtime.to_tensor(x[None], cpu))[0].numpy()
-             for v, x in zip(variants, images)]
+    probs = [
+        runtime.predict_probs(v.models, runtime.to_tensor(x[None], cpu))[0].numpy() for v, x in zip(variants, images)
+    ]
     want = binarize(ensemble.finalize(rgb.shape[:2], probs, [v.weight for v in variants]), threshold)
     assert np.array_equal(mask == 255, want)
     assert [v.weight for v in variants] == [1.0, 3.0]
@@ -104,8 +123,7 @@ def test_predict_uses_the_last_rounds_models_and_threshold(tmp_path):
     res = make_results(tmp_path / "res", VARIANTS, folds=1, threshold=0.4)
     make_results(res / "round2", VARIANTS[:1], folds=1, threshold=0.6)
     paths = predict.find_checkpoints(res)
-    assert [p.relative_to(res).as_posix() for p in paths] == ["round2/models/a/fold0/best.pt",
-                                                              "models/b/fold0/best.pt"]
+    assert [p.relative_to(res).as_posix() for p in paths] == ["round2/models/a/fold0/best.pt", "models/b/fold0/best.pt"]
     assert predict.read_threshold(res, None) == 0.6
 
 

@@ -67,8 +67,9 @@ def test_ensemble_finalize_refines_with_the_guide() -> None:
     low = np.zeros((12, 18), np.float32)
     low[4:9, 5:13] = 1.0
     plain = ensemble.finalize(truth.shape, [low, low], [1.0, 1.0])
-    sharp = ensemble.finalize(truth.shape, [low, low], [1.0, 1.0], photo, settings(EdgeRefine, method="guided",
-                                                                                      scale=2))
+    sharp = ensemble.finalize(
+        truth.shape, [low, low], [1.0, 1.0], photo, settings(EdgeRefine, method="guided", scale=2)
+    )
     assert plain.dtype == sharp.dtype == np.uint8 and sharp.shape == truth.shape
     assert np.count_nonzero((sharp >= 128) != truth) < np.count_nonzero((plain >= 128) != truth) / 2
     same = ensemble.finalize(truth.shape, [low], [1.0], photo, NONE)
@@ -119,8 +120,20 @@ def test_ensemble_shards_are_recomputed_when_the_refinement_changes(tmp_path) ->
     plain = ensemble.run_hash([model], predict, [], folds, ["a_01"])
     guided = ensemble.run_hash([model], dataclasses.replace(predict, edge_refine=GUIDED), [], folds, ["a_01"])
     radius = dataclasses.replace(GUIDED, radius=16)
-    assert len({plain, guided, ensemble.run_hash([model], dataclasses.replace(predict, edge_refine=radius), [], folds,
-                                                 ["a_01"])}) == 3
+    assert (
+        len(
+            {
+                plain,
+                guided,
+                ensemble.run_hash([model], dataclasses.replace(predict, edge_refine=radius), [], folds, ["a_01"]),
+            }
+        )
+        == 3
+    )
     # a refinement setting while the method is none changes nothing: shards of runs without it keep their hash
-    assert ensemble.run_hash([model], dataclasses.replace(predict, edge_refine=dataclasses.replace(NONE, radius=3)),
-                             [], folds, ["a_01"]) == plain
+    assert (
+        ensemble.run_hash(
+            [model], dataclasses.replace(predict, edge_refine=dataclasses.replace(NONE, radius=3)), [], folds, ["a_01"]
+        )
+        == plain
+    )

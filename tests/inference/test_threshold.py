@@ -19,7 +19,10 @@ from carvana_seg.pipeline.config import fold_ids
 from carvana_seg.pipeline.errors import DataError
 
 H, W = 40, 56
-VARIANTS = [{"name": "a", "width": 64, "height": 64, "weight": 1.0}, {"name": "b", "width": 96, "height": 64, "weight": 3.0}]
+VARIANTS = [
+    {"name": "a", "width": 64, "height": 64, "weight": 1.0},
+    {"name": "b", "width": 96, "height": 64, "weight": 3.0},
+]
 
 
 def make_oof(root: Path, n_per_fold: int = 6, folds: int = 2, seed: int = 0) -> tuple[Path, list[Path], dict]:
@@ -34,7 +37,7 @@ def make_oof(root: Path, n_per_fold: int = 6, folds: int = 2, seed: int = 0) -> 
         for image_id in ids:
             mask = np.zeros((H, W), np.uint8)
             y0, x0 = rng.integers(2, 12, 2)
-            mask[y0:y0 + rng.integers(10, 25), x0:x0 + rng.integers(15, 35)] = 1
+            mask[y0 : y0 + rng.integers(10, 25), x0 : x0 + rng.integers(15, 35)] = 1
             write_mask_gif(raw / "train_masks" / f"{image_id}_mask.gif", mask)
             truth[image_id] = mask
             # car pixels >= level 77 and background <= 76, dense near the boundary: a unique optimum at 77
@@ -49,8 +52,12 @@ def make_oof(root: Path, n_per_fold: int = 6, folds: int = 2, seed: int = 0) -> 
             p.parent.mkdir(parents=True, exist_ok=True)
             np.savez_compressed(p, **per_variant[v])
             paths.append(p)
-    cfg = {"name": "t", "threshold": {"value": None, "coarse_step": 0.05}, "variants": VARIANTS,
-           "folds": {"k": folds, "use": None}}
+    cfg = {
+        "name": "t",
+        "threshold": {"value": None, "coarse_step": 0.05},
+        "variants": VARIANTS,
+        "folds": {"k": folds, "use": None},
+    }
     return raw, paths, cfg
 
 
@@ -134,14 +141,16 @@ def test_missing_fold_or_variant_is_an_error(tmp_path):
     with pytest.raises(DataError, match="no prediction from variant"):
         oof_curve(paths, raw, cfg)
 
+
 # The DAG rerun property of threshold.value is tested in tests/pipeline/test_rerun.py.
 
 
 def test_per_image_dice_at_the_chosen_level_averages_to_the_curve(tmp_path):
     """The threshold stage's per-image table (report: worst cars first) agrees with its mean-Dice curve."""
     raw, paths, cfg = make_oof(tmp_path)
-    ids, curves = threshold.oof_image_curves(paths, raw, {v["name"]: v["weight"] for v in cfg["variants"]},
-                                             fold_ids(cfg))
+    ids, curves = threshold.oof_image_curves(
+        paths, raw, {v["name"]: v["weight"] for v in cfg["variants"]}, fold_ids(cfg)
+    )
     assert len(ids) == len(set(ids)) == 12 and curves.shape == (12, 256)
     np.testing.assert_allclose(curves.mean(axis=0), oof_curve(paths, raw, cfg)[0])
     assert np.allclose(curves[:, 77], 1.0)  # every image is perfect at the optimum level of make_oof

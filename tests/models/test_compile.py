@@ -10,8 +10,9 @@ from carvana_seg.pipeline import config as cfgmod
 
 
 def test_compile_is_off_by_default_and_shares_the_parameters():
-    cfg = cfgmod.resolve({"name": "t", "data": {"source": "synthetic"}, "variants": [{"name": "a", "width": 64,
-                                                                                     "height": 64}]})
+    cfg = cfgmod.resolve(
+        {"name": "t", "data": {"source": "synthetic"}, "variants": [{"name": "a", "width": 64, "height": 64}]}
+    )
     assert cfg["train"]["compile"] is False and cfg["predict"]["compile"] is False
     model = build_model("Unet", "resnet18", None, "a")
     assert maybe_compile(model, False) is model

@@ -88,10 +88,27 @@ def test_train_stage_launched_for_a_gpu_exits_2_naming_the_mismatch(no_gpu_torch
     cfg = cfgmod.stage_config(cfgmod.load(ROOT / "config" / "demo.yaml"), "train", "unet_r18_a")
     cfg["variant"]["encoder_weights"] = None
     try:
-        code = cli.main(["train", "--cfg", json.dumps(cfg), "--variant", "unet_r18_a", "--fold", "0",
-                         "--folds", str(tmp_path / "folds.csv"), "--cache", str(tmp_path / "cache"),
-                         "--out-model", str(tmp_path / "best.pt"), "--out-metrics", str(tmp_path / "m.csv"),
-                         "--state-dir", str(tmp_path / "state")])
+        code = cli.main(
+            [
+                "train",
+                "--cfg",
+                json.dumps(cfg),
+                "--variant",
+                "unet_r18_a",
+                "--fold",
+                "0",
+                "--folds",
+                str(tmp_path / "folds.csv"),
+                "--cache",
+                str(tmp_path / "cache"),
+                "--out-model",
+                str(tmp_path / "best.pt"),
+                "--out-metrics",
+                str(tmp_path / "m.csv"),
+                "--state-dir",
+                str(tmp_path / "state"),
+            ]
+        )
         err = capsys.readouterr().err
         assert code == 2, err
         lines = [ln for ln in err.splitlines() if ln.startswith("error:")]

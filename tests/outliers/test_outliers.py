@@ -24,11 +24,33 @@ H, W = OUTLIER_HW
 
 
 def run_stage(root: Path, raw: Path, cfg: dict, models: list[Path] = ()) -> int:
-    argv = ["outliers", "--cfg", json.dumps(cfg), "--manifest", str(root / "test_probs.json"),
-            "--threshold", str(root / "threshold.json"), "--folds", str(root / "folds.csv"), "--raw", str(raw),
-            "--out", str(root / "outliers.csv"), "--scores", str(root / "scores.csv"),
-            "--fixes", str(root / "fixes.csv"), "--sheets", str(root / "outliers" / "sheets.json"), "--threads", "2",
-             "--device", "cpu", "--models", *map(str, models)]
+    argv = [
+        "outliers",
+        "--cfg",
+        json.dumps(cfg),
+        "--manifest",
+        str(root / "test_probs.json"),
+        "--threshold",
+        str(root / "threshold.json"),
+        "--folds",
+        str(root / "folds.csv"),
+        "--raw",
+        str(raw),
+        "--out",
+        str(root / "outliers.csv"),
+        "--scores",
+        str(root / "scores.csv"),
+        "--fixes",
+        str(root / "fixes.csv"),
+        "--sheets",
+        str(root / "outliers" / "sheets.json"),
+        "--threads",
+        "2",
+        "--device",
+        "cpu",
+        "--models",
+        *map(str, models),
+    ]
     return cli.main(argv)
 
 
@@ -85,9 +107,21 @@ def test_stage_flags_the_planted_car_fixes_it_and_the_submission_uses_the_fix(tm
     assert len(pd.read_csv(tmp_path / "scores.csv")) == 96
 
     out = tmp_path / "submission.csv.gz"
-    argv = ["submission", "--cfg", '{"name": "t"}', "--manifest", str(tmp_path / "test_probs.json"),
-            "--threshold", str(tmp_path / "threshold.json"), "--sample-submission",
-            str(data["raw"] / "sample_submission.csv"), "--out", str(out), "--fixes", str(tmp_path / "fixes.csv")]
+    argv = [
+        "submission",
+        "--cfg",
+        '{"name": "t"}',
+        "--manifest",
+        str(tmp_path / "test_probs.json"),
+        "--threshold",
+        str(tmp_path / "threshold.json"),
+        "--sample-submission",
+        str(data["raw"] / "sample_submission.csv"),
+        "--out",
+        str(out),
+        "--fixes",
+        str(tmp_path / "fixes.csv"),
+    ]
     assert cli.main(argv) == 0
     sub = pd.read_csv(out, keep_default_na=False).set_index("img")["rle_mask"]
     np.testing.assert_array_equal(rle.decode(sub[f"{PLANTED}_05.jpg"], (H, W)), fixed)

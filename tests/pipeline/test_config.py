@@ -81,10 +81,11 @@ def test_stage_slice_is_minimal_and_stable():
 
 # --- config layering: a given config is complete on its own (schema defaults), never merged into config.yaml ----
 
+
 def _readme_config(repo_root) -> dict:
     readme = (repo_root / "README.md").read_text()
-    block = readme[readme.index("```yaml\n# my.yaml\n") + len("```yaml\n"):]
-    return yaml.safe_load(block[:block.index("```")])
+    block = readme[readme.index("```yaml\n# my.yaml\n") + len("```yaml\n") :]
+    return yaml.safe_load(block[: block.index("```")])
 
 
 @pytest.mark.slow
@@ -103,8 +104,9 @@ def test_readme_minimal_config_plans_what_it_says_with_schema_defaults(repo_root
     assert job_counts(out)["train"] == n_models
     assert f"results/{mine['name']}/" in out and "results/carvana" not in out
     competition = yaml.safe_load((repo_root / "config" / "config.yaml").read_text())
-    schema_workers = resolve({"name": "x", "data": {"source": "synthetic"}, "variants": [{"name": "v", "width": 64,
-                                                                                        "height": 64}]})
+    schema_workers = resolve(
+        {"name": "x", "data": {"source": "synthetic"}, "variants": [{"name": "v", "width": 64, "height": 64}]}
+    )
     assert full["train"]["num_workers"] == schema_workers["train"]["num_workers"] != competition["train"]["num_workers"]
 
 
@@ -112,8 +114,9 @@ def test_a_config_without_name_is_refused_by_snakemake_and_the_cli(repo_root, tm
     from carvana_seg.pipeline import cli
     from tests.helpers import snakemake
 
-    (tmp_path / "noname.yaml").write_text(yaml.safe_dump({"data": {"source": "synthetic"},
-                                                          "variants": [{"name": "v", "width": 64, "height": 64}]}))
+    (tmp_path / "noname.yaml").write_text(
+        yaml.safe_dump({"data": {"source": "synthetic"}, "variants": [{"name": "v", "width": 64, "height": 64}]})
+    )
     res = snakemake(repo_root, tmp_path, "-n", "--configfile", str(tmp_path / "noname.yaml"))
     assert res.returncode != 0 and "'name' is a required property" in res.stdout + res.stderr
     assert not (tmp_path / "results" / "carvana").exists()
@@ -123,8 +126,11 @@ def test_a_config_without_name_is_refused_by_snakemake_and_the_cli(repo_root, tm
 def test_stage_cli_gives_a_minimal_config_the_schema_defaults(tmp_path):
     from carvana_seg.pipeline.config import _schema, load
 
-    (tmp_path / "min.yaml").write_text(yaml.safe_dump({"name": "m", "data": {"source": "synthetic"},
-                                                       "variants": [{"name": "v", "width": 64, "height": 64}]}))
+    (tmp_path / "min.yaml").write_text(
+        yaml.safe_dump(
+            {"name": "m", "data": {"source": "synthetic"}, "variants": [{"name": "v", "width": 64, "height": 64}]}
+        )
+    )
     cfg = load(tmp_path / "min.yaml")
     schema = _schema()["properties"]
     assert cfg["train"]["num_workers"] == schema["train"]["properties"]["num_workers"]["default"]

@@ -51,6 +51,7 @@ def test_pyproject_lists_every_runtime_dependency_the_package_imports(repo_root)
             elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
                 modules.add(node.module.split(".")[0])
     dists = md.packages_distributions()
+
     def norm(name: str) -> str:
         return re.sub(r"[-_.]+", "-", name.lower())
 

@@ -33,9 +33,12 @@ ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 TARGETS = ["results/fm/submission_round1.csv.gz", "data/fm/pseudo/round2/train_masks.csv"]
 CONFIG = {
-    "name": "fm", "seed": 0,
-    "data": {"source": "synthetic", "synthetic": {"n_train_cars": 2, "n_test_cars": 2, "n_outlier_cars": 1,
-                                                  "width": 128, "height": 96, "seed": 0}},
+    "name": "fm",
+    "seed": 0,
+    "data": {
+        "source": "synthetic",
+        "synthetic": {"n_train_cars": 2, "n_test_cars": 2, "n_outlier_cars": 1, "width": 128, "height": 96, "seed": 0},
+    },
     "folds": {"k": 2, "use": [0]},
     "resize": {"workers": 1},
     "variants": [{"name": "v", "width": 32, "height": 32, "batch_size": 8, "epochs": 2, "lr": 1.0e-3}],
@@ -53,9 +56,23 @@ def _env(**extra: str) -> dict:
 
 
 def _snakemake(work: Path, *args: str) -> str:
-    res = subprocess.run([str(BIN / "snakemake"), *args, "--configfile", str(work / "c.yaml"), "-s",
-                          str(ROOT / "Snakefile"), "-d", str(work), *TARGETS],
-                         capture_output=True, text=True, env=_env(), timeout=600)
+    res = subprocess.run(
+        [
+            str(BIN / "snakemake"),
+            *args,
+            "--configfile",
+            str(work / "c.yaml"),
+            "-s",
+            str(ROOT / "Snakefile"),
+            "-d",
+            str(work),
+            *TARGETS,
+        ],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=600,
+    )
     assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
     return res.stdout + res.stderr
 
@@ -126,8 +143,11 @@ def test_resize_killed_then_rerun_builds_the_same_cache(run, tmp_path):
 
 def test_train_killed_in_epoch_2_resumes_to_the_same_model_and_keeps_the_log(run, tmp_path):
     work, commands = run
-    model, metrics, state = "results/fm/models/v/fold0/best.pt", "results/fm/models/v/fold0/metrics.csv", \
-        "results/fm/state/v/fold0"
+    model, metrics, state = (
+        "results/fm/models/v/fold0/best.pt",
+        "results/fm/models/v/fold0/metrics.csv",
+        "results/fm/state/v/fold0",
+    )
     _save(work, [model, metrics], tmp_path)
     # killed while the epoch-2 state is written: epoch 1's state is on disk, epoch 2's only as a temporary
     _kill_and_rerun(work, commands["train"], "last.pt:2", [model, metrics], also_remove=[state])
@@ -136,8 +156,9 @@ def test_train_killed_in_epoch_2_resumes_to_the_same_model_and_keeps_the_log(run
     for k in b["state_dict"]:
         assert torch.equal(a["state_dict"][k], b["state_dict"][k]), k
     timing = ["seconds", "images_per_s", "data_share"]
-    pd.testing.assert_frame_equal(pd.read_csv(work / metrics).drop(columns=timing),
-                                  pd.read_csv(tmp_path / metrics).drop(columns=timing))
+    pd.testing.assert_frame_equal(
+        pd.read_csv(work / metrics).drop(columns=timing), pd.read_csv(tmp_path / metrics).drop(columns=timing)
+    )
     log = (work / "results/fm/logs/train/v_fold0.log").read_text()  # Snakemake's `> {log}`, truncated on rerun
     earlier, _, resumed = log.partition("--- resumed run ---")
     assert "epoch 1/2:" in earlier and "resuming from epoch 2" in resumed and "epoch 2/2:" in resumed
@@ -168,10 +189,14 @@ def test_ensemble_killed_at_the_second_shard_resumes_from_it(run, tmp_path):
 
 def test_pseudo_labels_killed_mid_way_then_rerun_write_the_same_layout(run, tmp_path):
     work, commands = run
-    layout, table, summary = "data/fm/pseudo/round2", "results/fm/round2/pseudo_labels.csv", \
-        "results/fm/round2/pseudo_labels.json"
+    layout, table, summary = (
+        "data/fm/pseudo/round2",
+        "results/fm/round2/pseudo_labels.csv",
+        "results/fm/round2/pseudo_labels.json",
+    )
     _save(work, [layout, table, summary], tmp_path)
     _kill_and_rerun(work, commands["pseudo_labels"], "*_mask.gif:3", [layout, table, summary])
+
     def listing(root: Path) -> list[Path]:  # Snakemake marks its directory outputs with .snakemake_timestamp
         return sorted(p.relative_to(root) for p in root.rglob("*") if p.name != ".snakemake_timestamp")
 
@@ -203,11 +228,18 @@ def test_outliers_with_zoom_killed_then_rerun_gives_the_same_fixes(tmp_path):
     models = make_models(tmp_path, folds=1)
     cfg = dict(outlier_cfg(), variants=VARIANTS)
     outs = ["outliers.csv", "scores.csv", "fixes.csv", "outliers/sheets.json"]
-    command = " ".join([
-        "python -m carvana_seg outliers --cfg", f"'{json.dumps(cfg)}'", "--manifest test_probs.json",
-        "--threshold threshold.json --folds folds.csv --raw", str(data["raw"]), "--out outliers.csv",
-        "--scores scores.csv --fixes fixes.csv --sheets outliers/sheets.json --threads 1 --device cpu --models",
-        *map(str, models)])
+    command = " ".join(
+        [
+            "python -m carvana_seg outliers --cfg",
+            f"'{json.dumps(cfg)}'",
+            "--manifest test_probs.json",
+            "--threshold threshold.json --folds folds.csv --raw",
+            str(data["raw"]),
+            "--out outliers.csv",
+            "--scores scores.csv --fixes fixes.csv --sheets outliers/sheets.json --threads 1 --device cpu --models",
+            *map(str, models),
+        ]
+    )
     assert _stage(tmp_path, command).returncode == 0
     reference = tmp_path / "reference"
     reference.mkdir()
@@ -228,8 +260,9 @@ def small_disk(tmp_path):
         pytest.skip("mounting a small tmpfs needs root")
     disk = tmp_path / "disk"
     disk.mkdir()
-    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(disk)], capture_output=True,
-                         text=True)
+    res = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(disk)], capture_output=True, text=True
+    )
     if res.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {res.stderr.strip()}")
     yield disk

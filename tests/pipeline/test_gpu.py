@@ -27,14 +27,21 @@ HOLDER = (
 
 def _env(lock_dir: Path, n_gpus: int, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != "CUDA_VISIBLE_DEVICES"}
-    env.update(CARVANA_SEG_FAKE_GPUS=str(n_gpus), CARVANA_SEG_GPU_LOCK_DIR=str(lock_dir),
-               PYTHONPATH=str(ROOT / "src"), **extra)
+    env.update(
+        CARVANA_SEG_FAKE_GPUS=str(n_gpus), CARVANA_SEG_GPU_LOCK_DIR=str(lock_dir), PYTHONPATH=str(ROOT / "src"), **extra
+    )
     return env
 
 
 def _holder(env: dict[str, str], timeout: float = 5.0) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c", HOLDER, str(timeout)], env=env, stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(timeout)],
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _claimed(proc: subprocess.Popen) -> tuple[str, str]:
@@ -57,8 +64,9 @@ def test_parallel_jobs_claim_distinct_devices(tmp_path):
         got = [_claimed(p) for p in procs]
         assert sorted(d for d, _ in got) == ["0", "1", "2"]
         assert all(d == visible for d, visible in got)  # each job sees only its own device
-        extra = subprocess.run([sys.executable, "-c", HOLDER, "0.3"], env=env, input="", capture_output=True,
-                               text=True, timeout=30)
+        extra = subprocess.run(
+            [sys.executable, "-c", HOLDER, "0.3"], env=env, input="", capture_output=True, text=True, timeout=30
+        )
         assert extra.returncode != 0
         assert "all 3 GPUs are claimed" in extra.stderr and "--resources gpu=N" in extra.stderr
     finally:
@@ -102,7 +110,7 @@ def _fake_nvidia_smi(bin_dir: Path, n: int) -> str:
     bin_dir.mkdir(parents=True, exist_ok=True)
     lines = "".join(f"echo 'GPU {i}: NVIDIA Fake (UUID: GPU-fake-{i})'\n" for i in range(n))
     exe = bin_dir / "nvidia-smi"
-    exe.write_text(f"#!/bin/sh\n[ \"$1\" = -L ] || exit 9\n{lines}")
+    exe.write_text(f'#!/bin/sh\n[ "$1" = -L ] || exit 9\n{lines}')
     exe.chmod(0o755)
     return f"{bin_dir}{os.pathsep}{os.environ['PATH']}"
 
@@ -113,17 +121,38 @@ def test_jobs_claim_distinct_devices_within_an_inherited_visible_set(tmp_path):
     env = _env(tmp_path / "locks", 0, PATH=_fake_nvidia_smi(tmp_path / "bin", 8), CUDA_VISIBLE_DEVICES="4,5,6,7")
     env.pop("CARVANA_SEG_FAKE_GPUS")
     check = "import os; from carvana_seg.pipeline import gpu; print(gpu.count_devices())"
-    assert subprocess.run([sys.executable, "-c", check], check=False, env=env, capture_output=True, text=True).stdout.strip() == "8"
+    assert (
+        subprocess.run(
+            [sys.executable, "-c", check], check=False, env=env, capture_output=True, text=True
+        ).stdout.strip()
+        == "8"
+    )
     probe = HOLDER.replace("flush=True)", "os.environ.get('CUDA_DEVICE_ORDER'), flush=True)")
-    procs = [subprocess.Popen([sys.executable, "-c", probe, "5"], env=env, stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", probe, "5"],
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(4)
+    ]
     try:
         got = [p.stdout.readline().split() for p in procs]
         assert sorted(g[0] for g in got) == ["4", "5", "6", "7"], [p.stderr.read() for p in procs]
         assert all(g[1] == g[0] and g[2] == "PCI_BUS_ID" for g in got)
         assert sorted(f.name for f in (tmp_path / "locks").iterdir()) == [f"gpu{i}.lock" for i in (4, 5, 6, 7)]
-        extra = subprocess.run([sys.executable, "-c", HOLDER, "0.3"], check=False, env=env, input="", capture_output=True,
-                               text=True, timeout=30)
+        extra = subprocess.run(
+            [sys.executable, "-c", HOLDER, "0.3"],
+            check=False,
+            env=env,
+            input="",
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         assert extra.returncode != 0 and "all 4 GPUs are claimed" in extra.stderr
         assert "CUDA_VISIBLE_DEVICES='4,5,6,7'" in extra.stderr
     finally:
@@ -217,9 +246,24 @@ def test_snakemake_resources_gpu_4_runs_four_model_jobs_at_once_one_gpu_each(tmp
     snakefile = tmp_path / "Snakefile"
     snakefile.write_text(FOUR_JOBS.replace("{python}", sys.executable))
     (tmp_path / "barrier.py").write_text(BARRIER)
-    res = subprocess.run(check=False, args=[str(Path(sys.executable).with_name("snakemake")), "--cores", "4", "--resources", "gpu=4",
-                          "-s", str(snakefile), "-d", str(tmp_path)], env=env, capture_output=True, text=True,
-                         timeout=300)
+    res = subprocess.run(
+        check=False,
+        args=[
+            str(Path(sys.executable).with_name("snakemake")),
+            "--cores",
+            "4",
+            "--resources",
+            "gpu=4",
+            "-s",
+            str(snakefile),
+            "-d",
+            str(tmp_path),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
     claims = sorted((tmp_path / "claims" / f"{i}.txt").read_text().split()[0] for i in range(4))
     assert claims == ["0", "1", "2", "3"]

@@ -17,11 +17,16 @@ from carvana_seg.pipeline import launch
 from tests.helpers import ROOT
 
 BIN = Path(sys.executable).parent
-TINY = {"name": "launch", "data": {"source": "synthetic",
-                                   "synthetic": {"n_train_cars": 3, "n_test_cars": 1, "n_outlier_cars": 0,
-                                                 "width": 96, "height": 64}},
-        "folds": {"k": 3}, "resize": {"workers": 1},
-        "variants": [{"name": "v", "width": 64, "height": 64}]}
+TINY = {
+    "name": "launch",
+    "data": {
+        "source": "synthetic",
+        "synthetic": {"n_train_cars": 3, "n_test_cars": 1, "n_outlier_cars": 0, "width": 96, "height": 64},
+    },
+    "folds": {"k": 3},
+    "resize": {"workers": 1},
+    "variants": [{"name": "v", "width": 64, "height": 64}],
+}
 TARGETS = ["results/launch/folds.csv", "data/launch/cache/64x64/images.npy"]
 BARE_PATH = os.pathsep.join(p for p in ("/usr/local/bin", "/usr/bin", "/bin") if Path(p).is_dir())
 
@@ -80,8 +85,15 @@ def test_conda_environment_installs_the_package_itself(tmp_path):
     env = {"PATH": os.pathsep.join([str(fake), BARE_PATH]), "CARVANA_SEG_SRC": str(ROOT)}
     res = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
-    assert (tmp_path / "args").read_text().split() == ["-m", "pip", "install", "--no-deps", "--no-build-isolation",
-                                                       "-e", str(ROOT)]
+    assert (tmp_path / "args").read_text().split() == [
+        "-m",
+        "pip",
+        "install",
+        "--no-deps",
+        "--no-build-isolation",
+        "-e",
+        str(ROOT),
+    ]
     unset = subprocess.run(["bash", str(script)], env={"PATH": env["PATH"]}, capture_output=True, text=True)
     assert unset.returncode != 0 and "CARVANA_SEG_SRC" in unset.stderr
     rules = "".join(p.read_text() for p in (ROOT / "workflow" / "rules").glob("*.smk"))

@@ -81,7 +81,9 @@ def _target_image(root: Path) -> Path:
 def test_make_env_torch_system_installs_from_the_wheelhouse_with_the_index_disabled(tmp_path):
     image = _target_image(tmp_path)
     freeze = tmp_path / "freeze.txt"
-    freeze.write_text("".join(f"{d.metadata['Name']}=={d.version}\n" for d in metadata.distributions(path=[str(image)])))
+    freeze.write_text(
+        "".join(f"{d.metadata['Name']}=={d.version}\n" for d in metadata.distributions(path=[str(image)]))
+    )
     wanted = wheelhouse.wanted(ROOT / "pyproject.toml", wheelhouse.read_freeze(freeze))
     assert set(wanted) == {*REMOVED, "setuptools"}  # the rest, torch included, is the target's; pip builds with
     # the wheelhouse's setuptools (build isolation), whatever the target has
@@ -97,18 +99,39 @@ def test_make_env_torch_system_installs_from_the_wheelhouse_with_the_index_disab
     site = next((venv / "lib").glob("python3*/site-packages"))
     (site / "target_image.pth").write_text(f"{image}\n")  # the machine's own packages: torch, numpy, ...
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PIP_", "VIRTUAL_ENV"))}
-    env.update(PIP_CONFIG_FILE=os.devnull, PIP_INDEX_URL="http://127.0.0.1:9/simple", PIP_NO_CACHE_DIR="1",
-               PIP_DISABLE_PIP_VERSION_CHECK="1")
-    res = subprocess.run(["make", "-C", str(ROOT), "env", "TORCH=system", f"WHEELHOUSE={wh}", f"VENV={venv}"], check=False,
-                         env=env, capture_output=True, text=True, timeout=600)
+    env.update(
+        PIP_CONFIG_FILE=os.devnull,
+        PIP_INDEX_URL="http://127.0.0.1:9/simple",
+        PIP_NO_CACHE_DIR="1",
+        PIP_DISABLE_PIP_VERSION_CHECK="1",
+    )
+    res = subprocess.run(
+        ["make", "-C", str(ROOT), "env", "TORCH=system", f"WHEELHOUSE={wh}", f"VENV={venv}"],
+        check=False,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
     assert "system torch" in res.stdout
-    probe = ("import importlib.util as u; "  # kaggle authenticates when imported: locate it only
-             "print(*(u.find_spec(m).origin for m in ('kaggle', 'tqdm', 'torch', 'carvana_seg')), sep='\\n')")
-    out = subprocess.run([str(venv / "bin" / "python"), "-c", probe], env=env, capture_output=True, text=True,
-                         check=True).stdout.split()
+    probe = (
+        "import importlib.util as u; "  # kaggle authenticates when imported: locate it only
+        "print(*(u.find_spec(m).origin for m in ('kaggle', 'tqdm', 'torch', 'carvana_seg')), sep='\\n')"
+    )
+    out = subprocess.run(
+        [str(venv / "bin" / "python"), "-c", probe], env=env, capture_output=True, text=True, check=True
+    ).stdout.split()
     assert out[0].startswith(str(site)) and out[1].startswith(str(site))  # from the wheelhouse
     assert out[2].startswith(str(image))  # the machine's torch, untouched
     assert out[3].startswith(str(ROOT / "src"))  # the project, editable
-    assert subprocess.run([str(venv / "bin" / "python"), "-m", "carvana_seg", "--help"], env=env, check=False,
-                          capture_output=True, timeout=120).returncode == 0
+    assert (
+        subprocess.run(
+            [str(venv / "bin" / "python"), "-m", "carvana_seg", "--help"],
+            env=env,
+            check=False,
+            capture_output=True,
+            timeout=120,
+        ).returncode
+        == 0
+    )

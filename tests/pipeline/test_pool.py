@@ -38,6 +38,9 @@ def test_no_stage_starts_processes_of_its_own():
     from tests.helpers import ROOT
 
     src = ROOT / "src" / "carvana_seg"
-    own = [str(p.relative_to(src)) for p in src.rglob("*.py")
-           if p.name != "pool.py" and ("multiprocessing" in p.read_text() or "ProcessPoolExecutor" in p.read_text())]
+    own = [
+        str(p.relative_to(src))
+        for p in src.rglob("*.py")
+        if p.name != "pool.py" and ("multiprocessing" in p.read_text() or "ProcessPoolExecutor" in p.read_text())
+    ]
     assert own == []

@@ -43,8 +43,9 @@ def test_profile_requests_one_gpu_per_gpu_job(repo_root, name):
 def test_profile_dry_run_plans_gpu_jobs(repo_root, tmp_path, name):
     for module in PROFILES[name][1]:
         pytest.importorskip(module)
-    res = snakemake(repo_root, tmp_path, "-n", "--workflow-profile", name,
-                    "--configfile", str(repo_root / "config" / "demo.yaml"))
+    res = snakemake(
+        repo_root, tmp_path, "-n", "--workflow-profile", name, "--configfile", str(repo_root / "config" / "demo.yaml")
+    )
     out = res.stdout + res.stderr
     assert res.returncode == 0, out[-3000:]
     demo = yaml.safe_load((repo_root / "config" / "demo.yaml").read_text())
@@ -68,8 +69,9 @@ def test_cpu_profile_runs_model_jobs_single_threaded(repo_root, tmp_path):
     assert prof["set-threads"] == {rule: 1 for rule in GPU_RULES}
     assert set(GPU_RULES) == {"train", "oof", "ensemble", "outliers"}
     assert "resources" not in prof  # no gpu limit: only the cores bound the number of jobs
-    res = snakemake(repo_root, tmp_path, "-n", "--workflow-profile", "cpu",
-                    "--configfile", str(repo_root / "config" / "demo.yaml"))
+    res = snakemake(
+        repo_root, tmp_path, "-n", "--workflow-profile", "cpu", "--configfile", str(repo_root / "config" / "demo.yaml")
+    )
     out = res.stdout + res.stderr
     assert res.returncode == 0, out[-3000:]
     jobs = re.split(r"\n(?=\[.*\]\n)|\n(?=rule \w+:)", out)
@@ -89,7 +91,9 @@ def test_threads_follow_the_workers_each_job_starts(repo_root, tmp_path):
     want = rule_threads(cfg)
     assert want["resize_cache"] == cfg["resize"]["workers"] == 8
     assert want["train"] == cfg["train"]["num_workers"] + 1 and want["ensemble"] == cfg["predict"]["workers"] + 1
-    res = snakemake(repo_root, tmp_path, "-n", "--cores", "64", "--configfile", str(repo_root / "config" / "config.yaml"))
+    res = snakemake(
+        repo_root, tmp_path, "-n", "--cores", "64", "--configfile", str(repo_root / "config" / "config.yaml")
+    )
     out = res.stdout + res.stderr
     assert res.returncode == 0, out[-3000:]
     jobs = re.split(r"\n(?=\[.*\]\n)|\n(?=(?:local)?rule \w+:)", out)
@@ -105,9 +109,15 @@ def test_threads_follow_the_workers_each_job_starts(repo_root, tmp_path):
     assert "workflow.localrules(*LOCAL_RULES)" in snakefile and "localrules:" not in snakefile  # one list
     assert LOCAL_RULES == ("fetch", "submit")
     off = tmp_path / "off.yaml"
-    off.write_text(yaml.safe_dump({**yaml.safe_load((repo_root / "config" / "config.yaml").read_text()),
-                                   "outliers": {"repredict": "none"}}))
+    off.write_text(
+        yaml.safe_dump(
+            {**yaml.safe_load((repo_root / "config" / "config.yaml").read_text()), "outliers": {"repredict": "none"}}
+        )
+    )
     res = snakemake(repo_root, tmp_path, "-n", "--configfile", str(off))
-    block = next(b for b in re.split(r"\n(?=\[.*\]\n)|\n(?=(?:local)?rule \w+:)", res.stdout + res.stderr)
-                 if re.match(r"\s*rule outliers:", b))
+    block = next(
+        b
+        for b in re.split(r"\n(?=\[.*\]\n)|\n(?=(?:local)?rule \w+:)", res.stdout + res.stderr)
+        if re.match(r"\s*rule outliers:", b)
+    )
     assert not re.search(r"\bgpu=1\b", block), block

@@ -13,8 +13,9 @@ REGENERATE = "run `.venv/bin/python -m carvana_seg.pipeline.schema_doc --write c
 
 def test_config_readme_configuration_reference_matches_the_schema(repo_root):
     readme = (repo_root / "config" / "README.md").read_text()
-    assert schema_doc.readme_section(readme) == schema_doc.markdown_table(), \
+    assert schema_doc.readme_section(readme) == schema_doc.markdown_table(), (
         f"config/README.md's configuration reference differs from {SCHEMA_PATH.name}: {REGENERATE}"
+    )
 
 
 def test_the_top_readme_holds_no_copy_of_the_reference(repo_root):

@@ -53,12 +53,23 @@ def test_the_rehearsal_runs_every_rule_end_to_end(repo_root, tmp_path):
     test cars, one an outlier; 384x256 photos, the Kaggle aspect ratio). CPU profile, as `make rehearse` without a
     GPU. Every rule of the competition DAG runs: 5 folds x 3 variants in both rounds, outliers, a scored and
     validated submission per round, pseudo-gain and the report figures."""
-    tiny = {"data": {"synthetic": {"n_train_cars": 5, "n_test_cars": 2, "n_outlier_cars": 1,
-                                   "width": 384, "height": 256}}}
+    tiny = {
+        "data": {"synthetic": {"n_train_cars": 5, "n_test_cars": 2, "n_outlier_cars": 1, "width": 384, "height": 256}}
+    }
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(tiny))
     files = [str(repo_root / "config" / f) for f in ("config.yaml", "rehearse.yaml", "rehearse-synthetic.yaml")]
-    res = snakemake(repo_root, tmp_path, "--cores", "2", "--workflow-profile", "cpu", "--configfile", *files,
-                    str(tmp_path / "tiny.yaml"), timeout=1500)
+    res = snakemake(
+        repo_root,
+        tmp_path,
+        "--cores",
+        "2",
+        "--workflow-profile",
+        "cpu",
+        "--configfile",
+        *files,
+        str(tmp_path / "tiny.yaml"),
+        timeout=1500,
+    )
     out = res.stdout + res.stderr
     assert res.returncode == 0, out[-4000:]
     counts = job_counts(out)

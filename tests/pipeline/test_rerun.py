@@ -20,9 +20,16 @@ from carvana_seg.pipeline import codedeps
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
 AFTER_THRESHOLD = {"threshold", "outliers", "submission", "score", "report_figures"}
 AFTER_TRAINING = {"oof", "oof_table", "threshold", "ensemble"} | AFTER_THRESHOLD
-CONFIG = {"name": "rr", "data": {"source": "synthetic"}, "folds": {"k": 2}, "pseudo_label": {"enabled": False},
-          "variants": [{"name": "va", "width": 64, "height": 64, "lr": 1.0e-4},
-                       {"name": "vb", "width": 96, "height": 64, "lr": 1.0e-4}]}
+CONFIG = {
+    "name": "rr",
+    "data": {"source": "synthetic"},
+    "folds": {"k": 2},
+    "pseudo_label": {"enabled": False},
+    "variants": [
+        {"name": "va", "width": 64, "height": 64, "lr": 1.0e-4},
+        {"name": "vb", "width": 96, "height": 64, "lr": 1.0e-4},
+    ],
+}
 
 
 class Dag:
@@ -56,11 +63,27 @@ class Dag:
         (self.work / "c.yaml").write_text(yaml.safe_dump(cfg))
 
     def run(self, *args: str) -> str:
-        env = dict(os.environ, PYTHONPATH=str(self.repo / "src"),
-                   PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-        res = subprocess.run([SNAKEMAKE, *args, "--configfile", str(self.work / "c.yaml"), "-s",
-                              str(self.repo / "Snakefile"), "-d", str(self.work)],
-                             capture_output=True, text=True, env=env, timeout=240)
+        env = dict(
+            os.environ,
+            PYTHONPATH=str(self.repo / "src"),
+            PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        )
+        res = subprocess.run(
+            [
+                SNAKEMAKE,
+                *args,
+                "--configfile",
+                str(self.work / "c.yaml"),
+                "-s",
+                str(self.repo / "Snakefile"),
+                "-d",
+                str(self.work),
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=240,
+        )
         assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
         return res.stdout + res.stderr
 
@@ -68,8 +91,7 @@ class Dag:
         """(rule, wildcards) of every job a dry-run schedules, ``all`` left out."""
         out = self.run("-n")
         jobs = re.findall(r"^(?:local)?rule (\w+):\n((?:    .*\n)*)", out, re.M)
-        return [(rule, (re.search(r"wildcards: (.*)", body) or [None, ""])[1]) for rule, body in jobs
-                if rule != "all"]
+        return [(rule, (re.search(r"wildcards: (.*)", body) or [None, ""])[1]) for rule, body in jobs if rule != "all"]
 
 
 @pytest.fixture(scope="module")
@@ -129,8 +151,10 @@ def _planned_with(dag: Dag, edits: dict[str, bytes]) -> list[tuple[str, str]]:
 
 
 def _modules(dag: Dag) -> list[str]:
-    return sorted(p.relative_to(dag.repo / "src" / "carvana_seg").as_posix()
-                  for p in (dag.repo / "src" / "carvana_seg").rglob("*.py"))
+    return sorted(
+        p.relative_to(dag.repo / "src" / "carvana_seg").as_posix()
+        for p in (dag.repo / "src" / "carvana_seg").rglob("*.py")
+    )
 
 
 def test_comments_docstrings_and_formatting_in_every_module_plan_nothing(dag):
@@ -165,7 +189,13 @@ def test_a_finished_run_copied_elsewhere_plans_nothing(dag, tmp_path):
 
 def test_import_scan_follows_the_stage_modules(tmp_path):
     threshold = set(codedeps.stage_sources("threshold"))
-    assert {"inference/threshold.py", "pipeline/config.py", "core/metrics.py", "core/masks.py", "__init__.py"} <= threshold
+    assert {
+        "inference/threshold.py",
+        "pipeline/config.py",
+        "core/metrics.py",
+        "core/masks.py",
+        "__init__.py",
+    } <= threshold
     assert not any(n.startswith("training/") for n in threshold) and "pipeline/cli.py" not in threshold
     train = set(codedeps.stage_sources("train"))
     assert {"training/train.py", "training/losses.py", "models/model.py"} <= train
@@ -187,5 +217,11 @@ def test_import_scan_handles_relative_and_function_level_imports(tmp_path):
     (pkg / "d.py").write_text("X = 1\n")
     (pkg / "unused.py").write_text("")
     closure = codedeps.module_closure("carvana_seg.a", pkg)
-    assert closure == ("carvana_seg", "carvana_seg.a", "carvana_seg.c", "carvana_seg.d", "carvana_seg.sub",
-                       "carvana_seg.sub.b")
+    assert closure == (
+        "carvana_seg",
+        "carvana_seg.a",
+        "carvana_seg.c",
+        "carvana_seg.d",
+        "carvana_seg.sub",
+        "carvana_seg.sub.b",
+    )

@@ -8,8 +8,14 @@ from carvana_seg.pipeline.stages import GPU_RULES, RULES, STAGES
 
 
 def _cfg(**sections) -> dict:
-    return resolve({"name": "t", "data": {"source": "synthetic"},
-                    "variants": [{"name": "a", "width": 64, "height": 64}], **sections})
+    return resolve(
+        {
+            "name": "t",
+            "data": {"source": "synthetic"},
+            "variants": [{"name": "a", "width": 64, "height": 64}],
+            **sections,
+        }
+    )
 
 
 def test_threads_follow_the_configured_workers():

@@ -58,8 +58,12 @@ def test_flop_counts_scale_with_pixels_and_training_costs_about_three_forwards()
 
 def test_plan_command_prints_every_stage_and_writes_json(repo_root, tmp_path, capsys):
     out = tmp_path / "plan.json"
-    assert cli.main(["plan", "--configfile", str(repo_root / "config" / "config.yaml"), "--gpu", "A100",
-                     "--json", str(out)]) == 0
+    assert (
+        cli.main(
+            ["plan", "--configfile", str(repo_root / "config" / "config.yaml"), "--gpu", "A100", "--json", str(out)]
+        )
+        == 0
+    )
     text = capsys.readouterr().out
     for word in ("train", "ensemble", "resize_cache", "peak disk", "2,140 GPU-hours", "assumed"):
         assert word in text, word
@@ -81,9 +85,16 @@ def test_report_compares_planned_with_measured(competition):
     import pandas as pd
 
     assert device_row("cuda (NVIDIA H100 80GB HBM3)") == "h100" and device_row("cpu") == "cpu"
-    measured = [pd.DataFrame({"stage": ["train", "resize", "submission", "submission_round1"], "jobs": [15, 3, 1, 1],
-                              "total_s": [3600.0, 60.0, 1.0, 1.0]}),
-                pd.DataFrame({"stage": ["train"], "jobs": [15], "total_s": [7200.0]})]
+    measured = [
+        pd.DataFrame(
+            {
+                "stage": ["train", "resize", "submission", "submission_round1"],
+                "jobs": [15, 3, 1, 1],
+                "total_s": [3600.0, 60.0, 1.0, 1.0],
+            }
+        ),
+        pd.DataFrame({"stage": ["train"], "jobs": [15], "total_s": [7200.0]}),
+    ]
     table = compare(competition, measured).set_index("stage")
     assert table.loc["train", "planned_jobs"] == 30 and table.loc["train", "measured_jobs"] == 30
     assert table.loc["train", "measured_hours"] == 3.0 and table.loc["resize_cache", "measured_jobs"] == 3
@@ -92,6 +103,7 @@ def test_report_compares_planned_with_measured(competition):
 
 
 def test_make_plan_target(repo_root):
-    res = subprocess.run(["make", "-n", "plan", "CONFIG=config/config.yaml", "GPU=h100"], cwd=repo_root,
-                         capture_output=True, text=True)
+    res = subprocess.run(
+        ["make", "-n", "plan", "CONFIG=config/config.yaml", "GPU=h100"], cwd=repo_root, capture_output=True, text=True
+    )
     assert "-m carvana_seg plan --configfile config/config.yaml --gpu h100" in res.stdout, res.stdout + res.stderr

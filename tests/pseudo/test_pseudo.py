@@ -24,7 +24,7 @@ LO, HI = 0.1, 0.9
 def _prob(h: int = 40, w: int = 60, blur: int = 0, value: int = 255) -> np.ndarray:
     """A uint8 probability map: a rectangle 'car' of ``value`` with a ``blur``-pixel ramp (value 128) around it."""
     p = np.zeros((h, w), np.uint8)
-    p[10 - blur:30 + blur, 15 - blur:45 + blur] = 128 if blur else 0
+    p[10 - blur : 30 + blur, 15 - blur : 45 + blur] = 128 if blur else 0
     p[10:30, 15:45] = value
     return p
 
@@ -54,7 +54,9 @@ def _scores(n_cars: int = 3, n_views: int = 4) -> pd.DataFrame:
     for c in range(n_cars):
         car = f"{c:012x}"
         for v in range(1, n_views + 1):
-            rows.append({"id": f"{car}_{v:02d}", "car": car, "view": v, "uncertain_of_candidates": (c * n_views + v) / 100})
+            rows.append(
+                {"id": f"{car}_{v:02d}", "car": car, "view": v, "uncertain_of_candidates": (c * n_views + v) / 100}
+            )
     return pd.DataFrame(rows)
 
 
@@ -62,8 +64,7 @@ def test_select_by_share_and_count_most_confident_first():
     df = _scores()  # 12 images; uncertainty grows with car, then view
     by_share = pseudo.select(df, set(), share=0.25, count=None)
     assert by_share["selected"].sum() == 3  # ceil(0.25 * 12)
-    assert sorted(by_share.loc[by_share["selected"], "id"]) == ["000000000000_01", "000000000000_02",
-                                                                "000000000000_03"]
+    assert sorted(by_share.loc[by_share["selected"], "id"]) == ["000000000000_01", "000000000000_02", "000000000000_03"]
     assert by_share.loc[by_share["rank"] == 1, "id"].item() == "000000000000_01"
     assert pseudo.select(df, set(), share=0.3, count=None)["selected"].sum() == 4  # ceil(3.6)
     by_count = pseudo.select(df, set(), share=0.9, count=5)  # count wins over share
@@ -118,20 +119,46 @@ def pseudo_run(tmp_path_factory) -> dict:
     shards = []
     for k, start in enumerate(range(0, len(ids), 20)):
         name = f"shard_{k:05d}.npz"
-        np.savez_compressed(shard_dir / name, **{i: probs[i] for i in ids[start:start + 20]})
-        shards.append({"file": name, "n_images": len(ids[start:start + 20])})
+        np.savez_compressed(shard_dir / name, **{i: probs[i] for i in ids[start : start + 20]})
+        shards.append({"file": name, "n_images": len(ids[start : start + 20])})
     manifest = root / "res" / "test_probs.json"
     manifest.write_text(json.dumps({"shard_dir": str(shard_dir), "shard_dir_rel": "test_probs", "shards": shards}))
     (root / "res" / "threshold.json").write_text(json.dumps({"threshold": 0.5}))
     (root / "res" / "outliers.csv").write_text(f"img,car,view,reasons\n{cars[2]}_03.jpg,{cars[2]},3,area\n")
     out = root / "data" / "pseudo" / "round2"
-    cfg = rounds.pseudo_slice(cfgmod.resolve(
-        {"name": "t", "data": {"source": "synthetic"}, "variants": [{"name": "a", "width": 32, "height": 32}],
-         "pseudo_label": {"select_count": 10, "variants": ["a"], "epochs": 3, "lr": 1e-4}}))
-    argv = ["pseudo", "--cfg", cfgmod.to_json(cfg), "--manifest", str(manifest),
-            "--threshold", str(root / "res" / "threshold.json"), "--outliers", str(root / "res" / "outliers.csv"),
-            "--raw", str(raw), "--out-dir", str(out), "--table", str(root / "res" / "round2" / "pseudo_labels.csv"),
-            "--summary", str(root / "res" / "round2" / "pseudo_labels.json"), "--round", "2", "--threads", "1"]
+    cfg = rounds.pseudo_slice(
+        cfgmod.resolve(
+            {
+                "name": "t",
+                "data": {"source": "synthetic"},
+                "variants": [{"name": "a", "width": 32, "height": 32}],
+                "pseudo_label": {"select_count": 10, "variants": ["a"], "epochs": 3, "lr": 1e-4},
+            }
+        )
+    )
+    argv = [
+        "pseudo",
+        "--cfg",
+        cfgmod.to_json(cfg),
+        "--manifest",
+        str(manifest),
+        "--threshold",
+        str(root / "res" / "threshold.json"),
+        "--outliers",
+        str(root / "res" / "outliers.csv"),
+        "--raw",
+        str(raw),
+        "--out-dir",
+        str(out),
+        "--table",
+        str(root / "res" / "round2" / "pseudo_labels.csv"),
+        "--summary",
+        str(root / "res" / "round2" / "pseudo_labels.json"),
+        "--round",
+        "2",
+        "--threads",
+        "1",
+    ]
     assert cli.main(argv) == 0
     return {"root": root, "raw": raw, "out": out, "cars": cars, "probs": probs, "argv": argv}
 
@@ -146,23 +173,31 @@ def test_pseudo_stage_selects_confident_unflagged_images(pseudo_run):
     assert (table.loc[table["car"] == cars[2], "flagged_car"] == 1).all()
     summary = json.loads((pseudo_run["root"] / "res" / "round2" / "pseudo_labels.json").read_text())
     assert summary["n_selected"] == 10 and summary["n_flagged_cars"] == 1 and summary["n_eligible"] == 32
-    assert summary["uncertain_of_candidates"]["selected"]["max"] < summary["uncertain_of_candidates"]["eligible_not_selected"]["max"]
+    assert (
+        summary["uncertain_of_candidates"]["selected"]["max"]
+        < summary["uncertain_of_candidates"]["eligible_not_selected"]["max"]
+    )
 
 
 def test_the_record_holds_the_selection_settings_the_run_used(pseudo_run):
     """pseudo_labels.json records the selection the stage ran with, from the config (select_count: 10; the rest
     the schema's), and none of the keys its slice does not carry (variants, epochs: set in the config, never null)."""
     summary = json.loads((pseudo_run["root"] / "res" / "round2" / "pseudo_labels.json").read_text())
-    assert summary["settings"] == {"select_share": 0.5, "select_count": 10, "confidence_lo": 0.1,
-                                   "confidence_hi": 0.9}
+    assert summary["settings"] == {"select_share": 0.5, "select_count": 10, "confidence_lo": 0.1, "confidence_hi": 0.9}
     assert summary["round"] == 2 and summary["threshold"] == 0.5
 
 
 def test_the_selection_is_the_same_from_the_slice_and_from_a_whole_section():
     from carvana_seg.settings.pseudo_label import PseudoSelection
 
-    full = cfgmod.resolve({"name": "t", "data": {"source": "synthetic"}, "variants": [{"name": "a", "width": 32,
-                           "height": 32}], "pseudo_label": {"select_share": 0.25, "variants": ["a"], "epochs": 2}})
+    full = cfgmod.resolve(
+        {
+            "name": "t",
+            "data": {"source": "synthetic"},
+            "variants": [{"name": "a", "width": 32, "height": 32}],
+            "pseudo_label": {"select_share": 0.25, "variants": ["a"], "epochs": 2},
+        }
+    )
     sliced = rounds.pseudo_slice(full)["pseudo_label"]
     assert set(sliced) == set(PseudoSelection.keys())
     assert PseudoSelection.of(full["pseudo_label"]) == PseudoSelection.of(sliced)
@@ -246,21 +281,50 @@ def test_train_stage_with_extra_layout_and_init(pseudo_run, tmp_path, caplog):
     (out4 / layout.TRAIN_DIR).mkdir(parents=True)
     (out4 / layout.MASK_DIR).mkdir()
     for i in layout.list_ids(out / layout.TRAIN_DIR)[:4]:
-        os.symlink(os.path.realpath(out / layout.TRAIN_DIR / layout.image_file(i)),
-                   out4 / layout.TRAIN_DIR / layout.image_file(i))
+        os.symlink(
+            os.path.realpath(out / layout.TRAIN_DIR / layout.image_file(i)),
+            out4 / layout.TRAIN_DIR / layout.image_file(i),
+        )
         os.symlink(out / layout.MASK_DIR / layout.mask_file(i), out4 / layout.MASK_DIR / layout.mask_file(i))
     (out4 / layout.TRAIN_MASKS_CSV).write_text("\n".join((out / layout.TRAIN_MASKS_CSV).read_text().splitlines()[:5]))
-    cfg = cfgmod.stage_config(cfgmod.resolve({
-        "name": "t", "data": {"source": "synthetic"}, "folds": {"k": 3},
-        "variants": [{"name": "tiny", "width": 32, "height": 32, "batch_size": 8, "epochs": 1, "lr": 1e-3}],
-        "train": {"device": "cpu", "num_workers": 0}}), "train", "tiny")
+    cfg = cfgmod.stage_config(
+        cfgmod.resolve(
+            {
+                "name": "t",
+                "data": {"source": "synthetic"},
+                "folds": {"k": 3},
+                "variants": [{"name": "tiny", "width": 32, "height": 32, "batch_size": 8, "epochs": 1, "lr": 1e-3}],
+                "train": {"device": "cpu", "num_workers": 0},
+            }
+        ),
+        "train",
+        "tiny",
+    )
 
     def train(name: str, *extra: str) -> list[str]:
         caplog.clear()
-        argv = ["train", "--cfg", json.dumps(cfg), "--variant", "tiny", "--fold", "0", "--folds",
-                str(tmp_path / "folds.csv"), "--cache", str(tmp_path / "main"), "--out-model",
-                str(tmp_path / name / "best.pt"), "--out-metrics", str(tmp_path / name / "metrics.csv"),
-                "--state-dir", str(tmp_path / name / "state"), "--threads", "2", *extra]
+        argv = [
+            "train",
+            "--cfg",
+            json.dumps(cfg),
+            "--variant",
+            "tiny",
+            "--fold",
+            "0",
+            "--folds",
+            str(tmp_path / "folds.csv"),
+            "--cache",
+            str(tmp_path / "main"),
+            "--out-model",
+            str(tmp_path / name / "best.pt"),
+            "--out-metrics",
+            str(tmp_path / name / "metrics.csv"),
+            "--state-dir",
+            str(tmp_path / name / "state"),
+            "--threads",
+            "2",
+            *extra,
+        ]
         with caplog.at_level("INFO"):
             assert cli.main(argv) == 0
         return [r.getMessage() for r in caplog.records]
@@ -282,9 +346,17 @@ def test_train_stage_with_extra_layout_and_init(pseudo_run, tmp_path, caplog):
 
 
 def _config(**pl) -> dict:
-    return cfgmod.resolve({"name": "t", "data": {"source": "synthetic"}, "pseudo_label": pl,
-                           "variants": [{"name": "a", "width": 32, "height": 32, "epochs": 7},
-                                        {"name": "b", "width": 64, "height": 32}]})
+    return cfgmod.resolve(
+        {
+            "name": "t",
+            "data": {"source": "synthetic"},
+            "pseudo_label": pl,
+            "variants": [
+                {"name": "a", "width": 32, "height": 32, "epochs": 7},
+                {"name": "b", "width": 64, "height": 32},
+            ],
+        }
+    )
 
 
 def test_rounds_helpers():
@@ -301,13 +373,19 @@ def test_rounds_helpers():
     assert rounds.train_slice(c, "a", 2)["pseudo"] == {"round": 2, "init": "previous"}
     assert rounds.train_slice(c, "a", 2)["variant"]["lr"] == rounds.train_slice(c, "a", 1)["variant"]["lr"]
     slow = _config(rounds=2, lr=1e-5)
-    assert rounds.train_slice(slow, "a", 2)["variant"]["lr"] == 1e-5 != rounds.train_slice(slow, "a", 1)["variant"]["lr"]
+    assert (
+        rounds.train_slice(slow, "a", 2)["variant"]["lr"] == 1e-5 != rounds.train_slice(slow, "a", 1)["variant"]["lr"]
+    )
     assert [rounds.suffix(c, r) for r in (1, 2, 3)] == ["_round1", "_round2", ""]
     assert rounds.round_of_suffix(c, "") == 3 and rounds.round_of_suffix(c, "_round2") == 2
     assert rounds.round_dir("results/t", 2) == "results/t/round2"
     assert rounds.round_of_dir("results/t", "results/t") == 1
-    assert set(rounds.pseudo_slice(c)["pseudo_label"]) == {"select_share", "select_count", "confidence_lo",
-                                                           "confidence_hi"}
+    assert set(rounds.pseudo_slice(c)["pseudo_label"]) == {
+        "select_share",
+        "select_count",
+        "confidence_lo",
+        "confidence_hi",
+    }
     with pytest.raises(ConfigError, match="pseudo_label.variants"):
         _config(variants=["zzz"])
     with pytest.raises(ConfigError, match="confidence_lo"):
@@ -344,8 +422,13 @@ def test_dry_run_disabled_has_no_round_two_and_three_rounds_plan_round_three(rep
     assert counts["pseudo_labels"] == 2 and counts["pseudo_gain"] == 1, counts
     assert counts["resize_cache"] == 2, counts  # the training photos at the two sizes; pseudo-labels never cached
     assert counts["score"] == 3, counts  # synthetic: every round's submission is scored
-    for path in ("results/demo/round3/models/unet_r18_a/fold0/best.pt", "results/demo/round3/test_probs.json",
-                 "data/demo/pseudo/round3/train_masks.csv", "results/demo/submission_round2.csv.gz",
-                 "results/demo/test_score_round1.json", "results/demo/pseudo_gain.json"):
+    for path in (
+        "results/demo/round3/models/unet_r18_a/fold0/best.pt",
+        "results/demo/round3/test_probs.json",
+        "data/demo/pseudo/round3/train_masks.csv",
+        "results/demo/submission_round2.csv.gz",
+        "results/demo/test_score_round1.json",
+        "results/demo/pseudo_gain.json",
+    ):
         assert path in out, path
     assert "round3/models/unet_r18_b" not in out and "round2/models/unet_r18_b" not in out

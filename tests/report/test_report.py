@@ -21,21 +21,53 @@ from carvana_seg.report.tables import dice_by_round, pseudo_rounds, stage_times
 from tests.report.report_fixtures import FLAGGED, _bench, fabricate
 
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
-CATEGORIES = ["0. Worst cars first", "1. Training curves", "2. Architecture comparison", "3. Threshold", "4. Pseudo-labels", "5. Outliers",
-              "6. Throughput"]
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--virtual-time-budget=15000"]
+CATEGORIES = [
+    "0. Worst cars first",
+    "1. Training curves",
+    "2. Architecture comparison",
+    "3. Threshold",
+    "4. Pseudo-labels",
+    "5. Outliers",
+    "6. Throughput",
+]
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--virtual-time-budget=15000",
+]
 
 
 def run_stage(res: Path, rounds: int) -> Path:
     last = res if rounds == 1 else res / f"round{rounds}"
     out = res / "report"
     metrics = sorted(str(p) for p in res.rglob("metrics.csv"))
-    argv = ["report-figures", "--metrics", *metrics, "--oof-dice", str(res / "oof_dice.csv"),
-            "--threshold", str(last / "threshold.json"), "--curve", str(last / "threshold_curve.csv"),
-            "--outliers", str(last / "outliers.csv"), "--sheets", str(last / "outliers" / "contact_sheets.json"),
-            "--test-probs", str(last / "test_probs.json"), "--results", str(res), "--out-dir", str(out)]
+    argv = [
+        "report-figures",
+        "--metrics",
+        *metrics,
+        "--oof-dice",
+        str(res / "oof_dice.csv"),
+        "--threshold",
+        str(last / "threshold.json"),
+        "--curve",
+        str(last / "threshold_curve.csv"),
+        "--outliers",
+        str(last / "outliers.csv"),
+        "--sheets",
+        str(last / "outliers" / "contact_sheets.json"),
+        "--test-probs",
+        str(last / "test_probs.json"),
+        "--results",
+        str(res),
+        "--out-dir",
+        str(out),
+    ]
     assert cli.main(argv) == 0
     return out
 
@@ -46,8 +78,21 @@ def test_stage_draws_every_figure_with_pseudo_rounds(tmp_path):
     out = run_stage(res, rounds=2)
     names = {p.name for p in out.iterdir()}
     curves = {f"training_{v}_fold{f}{s}.png" for v in "ab" for f in (0, 1) for s in ("", "_round2")}
-    assert curves | {"oof_dice.png", "threshold.png", "pseudo_labels.png", "throughput.png", "outliers.html",
-                     "outlier_gallery.html", "stage_times.html", "stage_times.csv", "landing.rst"} == names
+    assert (
+        curves
+        | {
+            "oof_dice.png",
+            "threshold.png",
+            "pseudo_labels.png",
+            "throughput.png",
+            "outliers.html",
+            "outlier_gallery.html",
+            "stage_times.html",
+            "stage_times.csv",
+            "landing.rst",
+        }
+        == names
+    )
     for png in out.glob("*.png"):
         with Image.open(png) as img:
             assert img.format == "PNG" and img.width >= 600, png
@@ -79,8 +124,13 @@ def test_stage_tolerates_no_pseudo_labels_no_outliers_and_unmeasured_columns(tmp
 
 def _snakemake(work: Path, repo: Path, *args: str) -> str:
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-    res = subprocess.run([SNAKEMAKE, *args, "-s", str(repo / "Snakefile"), "-d", str(work)],
-                         capture_output=True, text=True, env=env, timeout=240)
+    res = subprocess.run(
+        [SNAKEMAKE, *args, "-s", str(repo / "Snakefile"), "-d", str(work)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=240,
+    )
     assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
     return res.stdout + res.stderr
 
@@ -88,8 +138,13 @@ def _snakemake(work: Path, repo: Path, *args: str) -> str:
 def build_report(repo: Path, work: Path) -> Path:
     """Fabricated results, every other output a placeholder stamped by --touch, the real report_figures job,
     then ``snakemake --report``: the path of report.html."""
-    cfg = {"name": "rep", "data": {"source": "synthetic"}, "folds": {"k": 2}, "pseudo_label": {"enabled": False},
-           "variants": [{"name": "va", "width": 64, "height": 64}, {"name": "vb", "width": 96, "height": 64}]}
+    cfg = {
+        "name": "rep",
+        "data": {"source": "synthetic"},
+        "folds": {"k": 2},
+        "pseudo_label": {"enabled": False},
+        "variants": [{"name": "va", "width": 64, "height": 64}, {"name": "vb", "width": 96, "height": 64}],
+    }
     (work / "c.yaml").write_text(yaml.safe_dump(cfg))
     common = ("--configfile", str(work / "c.yaml"))
     summary = _snakemake(work, repo, "--summary", *common)
@@ -129,8 +184,18 @@ def test_report_renders_in_headless_chromium(repo_root, tmp_path):
     results, categories = _embedded(text, "results"), _embedded(text, "categories")
     assert sorted(categories) == CATEGORIES
     by_name = {Path(p).name: r for p, r in results.items()}
-    assert {"training_va_fold0.png", "training_vb_fold1.png", "oof_dice.png", "threshold.png", "pseudo_labels.png",
-            "throughput.png", "outliers.html", "outlier_gallery.html", "stage_times.html", "cars.html"} <= set(by_name)
+    assert {
+        "training_va_fold0.png",
+        "training_vb_fold1.png",
+        "oof_dice.png",
+        "threshold.png",
+        "pseudo_labels.png",
+        "throughput.png",
+        "outliers.html",
+        "outlier_gallery.html",
+        "stage_times.html",
+        "cars.html",
+    } <= set(by_name)
     assert "Architecture comparison" in by_name["oof_dice.png"]["caption"]
     assert re.search(r"this run:\s+searched", by_name["threshold.png"]["caption"])  # rendered with the config
     stage_html = (work / "results" / "rep" / "report" / "stage_times.html").read_text()
@@ -143,8 +208,12 @@ def test_report_renders_in_headless_chromium(repo_root, tmp_path):
     page = tmp_path / "report_checked.html"
     cut = text.rindex("</body>")
     page.write_text(text[:cut] + f"<script>{check}</script>" + text[cut:])
-    res = subprocess.run([browser, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'chromium'}", "--dump-dom",
-                          page.as_uri()], capture_output=True, text=True, timeout=90)
+    res = subprocess.run(
+        [browser, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'chromium'}", "--dump-dom", page.as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
     found = re.findall(r'<pre id="carvana-check">(.*?)</pre>', res.stdout, re.S)
     assert found, f"the report's scripts did not run (rc {res.returncode}): {res.stderr[-2000:]}"
     seen = json.loads(html.unescape(found[-1]))
@@ -164,8 +233,23 @@ def test_report_renders_in_headless_chromium(repo_root, tmp_path):
     # The page the report opens on states the run (report.landing, fabricated results): Dice, threshold, ensemble,
     # flagged cars, the submission and that it is partial, planned against measured cost.
     landing = seen["landing"]
-    for text in ("OOF Dice", "round 1 0.99000", "Test Dice", "round 1 0.98000", "Threshold",
-                 "0.4500", "2 variants x 2 folds", "va (Unet resnet18, 64x64, weight 1)", "Flagged cars",
-                 FLAGGED, "action fix", "results/rep/submission.csv.gz", "partial, 64 of 100", "Cost",
-                 "device-hours on cpu", "h of job time", "planned peak disk"):
+    for text in (
+        "OOF Dice",
+        "round 1 0.99000",
+        "Test Dice",
+        "round 1 0.98000",
+        "Threshold",
+        "0.4500",
+        "2 variants x 2 folds",
+        "va (Unet resnet18, 64x64, weight 1)",
+        "Flagged cars",
+        FLAGGED,
+        "action fix",
+        "results/rep/submission.csv.gz",
+        "partial, 64 of 100",
+        "Cost",
+        "device-hours on cpu",
+        "h of job time",
+        "planned peak disk",
+    ):
         assert text in landing, (text, landing)

@@ -50,9 +50,13 @@ def start_server() -> Iterator[Callable[..., str]]:
 
     def start(*args: str, env: dict | None = None) -> str:
         port = free_port()
-        proc = subprocess.Popen([sys.executable, "-m", "carvana_seg", "serve", "--port", str(port), *args],
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "carvana_seg", "serve", "--port", str(port), *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
+        )
         procs.append(proc)
         url = f"http://127.0.0.1:{port}"
         wait_ready(url + "/healthz", proc)

@@ -17,7 +17,8 @@ from carvana_seg.models.model import build_model, save_checkpoint
 from tests.helpers import ROOT, snakemake
 
 # config/demo.yaml with 3 training cars (one per fold), 2 test cars (one an outlier), 480x320 photos, EPOCHS epochs
-# per model (enough for the page test's Dice >= 0.95 on a synthetic photo; an epoch is ~2 s, a job's imports ~5 s), and the guided-filter edge refinement on: every stage the served mask must reproduce runs (two
+# per model (enough for the page test's Dice >= 0.95 on a synthetic photo; an epoch is ~2 s, a job's imports ~5 s),
+# and the guided-filter edge refinement on: every stage the served mask must reproduce runs (two
 # variants of different sizes and their weights, the outlier check, the submission). The pseudo-label round is
 # off to halve the DAG (about 3.5 minutes with it on a loaded 2-core machine); the round choice of the final
 # ensemble is tested on its own (tests/inference/test_predict_export.py, tests/serve/test_service.py).
@@ -33,18 +34,40 @@ REDUCED_DEMO = {
 def run_reduced(workdir: Path, override: dict, base: Path = ROOT / "config" / "demo.yaml") -> Path:
     """Run ``base`` + ``override`` up to its submission in ``workdir``; return ``results/<name>``."""
     cfg = yaml.safe_load(base.read_text())
-    variants = [dict(v, epochs=v.get("epochs", 1) if "variants" in override else EPOCHS)
-                for v in override.get("variants", cfg["variants"])]
+    variants = [
+        dict(v, epochs=v.get("epochs", 1) if "variants" in override else EPOCHS)
+        for v in override.get("variants", cfg["variants"])
+    ]
     (workdir / "override.yaml").write_text(yaml.safe_dump({**override, "variants": variants}))
     name = override.get("name", cfg["name"])
-    res = snakemake(ROOT, workdir, f"results/{name}/submission.csv.gz", "--cores", "2", "--workflow-profile", "cpu",
-                    "--configfile", str(base), str(workdir / "override.yaml"), timeout=1200)
+    res = snakemake(
+        ROOT,
+        workdir,
+        f"results/{name}/submission.csv.gz",
+        "--cores",
+        "2",
+        "--workflow-profile",
+        "cpu",
+        "--configfile",
+        str(base),
+        str(workdir / "override.yaml"),
+        timeout=1200,
+    )
     assert res.returncode == 0, (res.stdout + res.stderr)[-4000:]
     return workdir / "results" / name
 
 
-VARIANTS = [{"name": "a", "arch": "Unet", "encoder": "resnet18", "encoder_weights": None, "width": 64, "height": 32,
-             "weight": 1.0}]
+VARIANTS = [
+    {
+        "name": "a",
+        "arch": "Unet",
+        "encoder": "resnet18",
+        "encoder_weights": None,
+        "width": 64,
+        "height": 32,
+        "weight": 1.0,
+    }
+]
 
 
 def tiny_run(root: Path, threshold: float = 1.0) -> Path:
@@ -56,8 +79,11 @@ def tiny_run(root: Path, threshold: float = 1.0) -> Path:
         save_checkpoint(path, build_model(v["arch"], v["encoder"], None, v["name"]), {"variant": v})
         models.append(str(path))
     none = {"method": "none", "radius": 8, "eps": 1e-3, "scale": 4, "band": 0.0}
-    (root / "test_probs.json").write_text(json.dumps({"models": models, "tta_hflip": True, "edge_refine": none,
-                                                      "weights": {"a": 1.0}, "config_hash": "cafe01"}))
+    (root / "test_probs.json").write_text(
+        json.dumps(
+            {"models": models, "tta_hflip": True, "edge_refine": none, "weights": {"a": 1.0}, "config_hash": "cafe01"}
+        )
+    )
     (root / "threshold.json").write_text(json.dumps({"threshold": threshold, "mean_dice": 0.5}))
     return root
 
@@ -78,9 +104,14 @@ def png(arr: np.ndarray) -> bytes:
 def multipart(fields: dict[str, str], files: dict[str, tuple[str, bytes]]) -> tuple[bytes, str]:
     """A multipart/form-data body (urllib has no encoder)."""
     boundary = "----carvanaseg7f3a"
-    parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode()
-             for k, v in fields.items()]
+    parts = [
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode() for k, v in fields.items()
+    ]
     for k, (name, data) in files.items():
-        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"; filename="{name}"\r\n'
-                     f"Content-Type: application/octet-stream\r\n\r\n".encode() + data + b"\r\n")
+        parts.append(
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"; filename="{name}"\r\n'
+            f"Content-Type: application/octet-stream\r\n\r\n".encode()
+            + data
+            + b"\r\n"
+        )
     return b"".join(parts) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"

@@ -28,9 +28,22 @@ def run_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def url(run_dir, start_server) -> str:
-    return start_server("--models", str(run_dir), "--device", "cpu", "--backend", "torch", "--max-upload-mb", "1",
-                        "--max-megapixels",
-                        "4", "--concurrency", "1", "--queue", "0")
+    return start_server(
+        "--models",
+        str(run_dir),
+        "--device",
+        "cpu",
+        "--backend",
+        "torch",
+        "--max-upload-mb",
+        "1",
+        "--max-megapixels",
+        "4",
+        "--concurrency",
+        "1",
+        "--queue",
+        "0",
+    )
 
 
 def cut(url: str, photo: bytes | None = None, files: dict | None = None, **fields: str) -> requests.Response:
@@ -99,8 +112,12 @@ BAD_INPUTS = {
     "bad colour": (None, {"bg_color": "not-a-colour"}, 422, "bg_color"),
     "bad margin": (None, {"crop": "true", "crop_margin": "lots"}, 422, "crop_margin"),
     "bad base64": ({}, {"image_file_b64": "%%%"}, 400, "image_file_b64: not valid base64"),
-    "bad background": ({"image_file": ("x.jpg", jpeg()), "bg_image_file": ("b.jpg", b"nope")}, {}, 415,
-                       "bg_image_file: not an image"),
+    "bad background": (
+        {"image_file": ("x.jpg", jpeg()), "bg_image_file": ("b.jpg", b"nope")},
+        {},
+        415,
+        "bg_image_file: not an image",
+    ),
 }
 
 
@@ -141,8 +158,9 @@ def test_metrics_count_requests_by_status(url):
 
 
 def test_api_key_from_the_environment(run_dir, start_server):
-    url = start_server("--models", str(run_dir), "--device", "cpu", "--backend", "torch",
-                       env={"CARVANA_SEG_API_KEY": "s3cret"})
+    url = start_server(
+        "--models", str(run_dir), "--device", "cpu", "--backend", "torch", env={"CARVANA_SEG_API_KEY": "s3cret"}
+    )
     assert requests.get(url + "/v1/model", timeout=10).status_code == 401
     assert requests.get(url + "/v1/model", headers={"X-Api-Key": "nope"}, timeout=10).status_code == 403
     assert requests.get(url + "/v1/model", headers={"X-Api-Key": "s3cret"}, timeout=10).status_code == 200

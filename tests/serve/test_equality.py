@@ -57,8 +57,10 @@ def test_served_predicted_and_submitted_masks_are_identical(demo_run, start_serv
     folder.mkdir()
     for img in images[:4]:
         (folder / img).write_bytes((raw / "test" / img).read_bytes())
-    assert cli.main(["predict", str(folder), "--models", str(demo_run), "--out", str(tmp_path / "out"),
-                     "--device", "cpu"]) == 0
+    assert (
+        cli.main(["predict", str(folder), "--models", str(demo_run), "--out", str(tmp_path / "out"), "--device", "cpu"])
+        == 0
+    )
     for img in images[:4]:
         mask = np.asarray(Image.open(tmp_path / "out" / f"{Path(img).stem}_mask.png")) == 255
         assert rle.encode(mask) == rows[img], img
@@ -74,10 +76,25 @@ def test_served_predicted_and_submitted_masks_are_identical(demo_run, start_serv
 @pytest.mark.real
 def test_served_masks_equal_the_submission_on_the_real_sample(real_sample, tmp_path):
     """The real photos (1918x1280, the sample's test cars), one tiny variant, edge refinement on."""
-    override = {"name": "serve_real", "data": {"source": "local", "path": str(real_sample), "partial": True},
-                "variants": [{"name": "unet_r18_a", "arch": "Unet", "encoder": "resnet18", "encoder_weights": None,
-                              "width": 64, "height": 64, "batch_size": 8, "epochs": 1, "lr": 5.0e-4}],
-                "predict": REAL_PREDICT, "pseudo_label": {"enabled": False}}
+    override = {
+        "name": "serve_real",
+        "data": {"source": "local", "path": str(real_sample), "partial": True},
+        "variants": [
+            {
+                "name": "unet_r18_a",
+                "arch": "Unet",
+                "encoder": "resnet18",
+                "encoder_weights": None,
+                "width": 64,
+                "height": 64,
+                "batch_size": 8,
+                "epochs": 1,
+                "lr": 5.0e-4,
+            }
+        ],
+        "predict": REAL_PREDICT,
+        "pseudo_label": {"enabled": False},
+    }
     results = run_reduced(tmp_path, override)
     service = Service(results, "cpu", "torch")
     assert service.info.edge_refine.method == "guided"

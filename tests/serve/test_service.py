@@ -61,8 +61,21 @@ def test_rotated_photo_gets_a_mask_of_its_displayed_shape(run_dir, tmp_path):
     rotated_jpeg(tmp_path / "phone.jpg")
     rgb, mask = Service(run_dir, "cpu", "torch").mask(tmp_path / "phone.jpg")
     assert rgb.shape[:2] == mask.shape == (120, 80)
-    assert cli.main(["predict", str(tmp_path / "phone.jpg"), "--models", str(run_dir), "--out", str(tmp_path / "o"),
-                     "--device", "cpu"]) == 0
+    assert (
+        cli.main(
+            [
+                "predict",
+                str(tmp_path / "phone.jpg"),
+                "--models",
+                str(run_dir),
+                "--out",
+                str(tmp_path / "o"),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     assert Image.open(tmp_path / "o" / "phone_mask.png").size == (80, 120)
     assert Image.open(tmp_path / "o" / "phone_cutout.png").size == (80, 120)
 

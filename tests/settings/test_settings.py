@@ -23,8 +23,12 @@ from carvana_seg.settings.build import build
 
 SCHEMA = yaml.safe_load(cfgmod.SCHEMA_PATH.read_text())
 SECTION_MODULES = sorted(m.name for m in pkgutil.iter_modules(settings_pkg.__path__) if m.name != "build")
-ALL_CLASSES = [obj for name in SECTION_MODULES for obj in vars(importlib.import_module(f"carvana_seg.settings.{name}"))
-               .values() if dataclasses.is_dataclass(obj) and obj.__module__ == f"carvana_seg.settings.{name}"]
+ALL_CLASSES = [
+    obj
+    for name in SECTION_MODULES
+    for obj in vars(importlib.import_module(f"carvana_seg.settings.{name}")).values()
+    if dataclasses.is_dataclass(obj) and obj.__module__ == f"carvana_seg.settings.{name}"
+]
 # one dataclass per section holds all its keys; a SUBSET class holds the keys one stage reads (PseudoSelection)
 CLASSES = [c for c in ALL_CLASSES if not getattr(c, "SUBSET", False)]
 SUBSETS = [c for c in ALL_CLASSES if getattr(c, "SUBSET", False)]
@@ -121,8 +125,15 @@ def test_the_check_fails_when_the_schema_and_a_dataclass_drift():
 
 
 def _resolved() -> dict:
-    return cfgmod.resolve({"name": "s", "data": {"source": "synthetic"}, "folds": {"use": [0, 2]},
-                           "pseudo_label": {"variants": ["v"]}, "variants": [{"name": "v", "width": 64, "height": 32}]})
+    return cfgmod.resolve(
+        {
+            "name": "s",
+            "data": {"source": "synthetic"},
+            "folds": {"use": [0, 2]},
+            "pseudo_label": {"variants": ["v"]},
+            "variants": [{"name": "v", "width": 64, "height": 32}],
+        }
+    )
 
 
 @pytest.mark.parametrize("cls", CLASSES, ids=lambda c: c.SECTION)
@@ -152,12 +163,24 @@ def test_build_refuses_a_section_with_missing_or_unknown_keys():
 
 # The stages whose outputs each rule's stage reads (workflow/rules/*.smk, round one): a change to a section one of
 # them reads reruns it, so the stage reruns anyway. report-figures takes the whole config as a param (plan=...).
-INPUTS = {"fetch": set(), "validate": {"fetch"}, "folds": {"validate"}, "resize": {"validate"},
-          "train": {"folds", "resize"}, "oof": {"train"}, "oof-table": {"oof"}, "threshold": {"oof"},
-          "ensemble": {"train", "validate"}, "outliers": {"ensemble", "threshold", "folds"},
-          "pseudo": {"ensemble", "threshold", "outliers"}, "submission": {"ensemble", "threshold", "outliers"},
-          "score": {"submission"}, "submit": {"submission"}, "pseudo-gain": {"threshold", "pseudo", "score"},
-          "report-figures": set(STAGES)}
+INPUTS = {
+    "fetch": set(),
+    "validate": {"fetch"},
+    "folds": {"validate"},
+    "resize": {"validate"},
+    "train": {"folds", "resize"},
+    "oof": {"train"},
+    "oof-table": {"oof"},
+    "threshold": {"oof"},
+    "ensemble": {"train", "validate"},
+    "outliers": {"ensemble", "threshold", "folds"},
+    "pseudo": {"ensemble", "threshold", "outliers"},
+    "submission": {"ensemble", "threshold", "outliers"},
+    "score": {"submission"},
+    "submit": {"submission"},
+    "pseudo-gain": {"threshold", "pseudo", "score"},
+    "report-figures": set(STAGES),
+}
 
 
 def _upstream(stage: str) -> set[str]:
@@ -187,6 +210,7 @@ def test_a_rule_imports_only_the_settings_of_sections_it_or_its_inputs_read(stag
     stage importing it: only stages that rerun anyway (they or a stage upstream read the section, so its slice
     changes) may import it. So a new training key never reruns fetch, validate, folds or resize."""
     allowed = _sections(stage).union(*(_sections(s) for s in _upstream(stage)))
-    imported = {m.rpartition(".")[2] for m in codedeps.stage_modules(stage)
-                if m.startswith("carvana_seg.settings.")} - {"build"}
+    imported = {
+        m.rpartition(".")[2] for m in codedeps.stage_modules(stage) if m.startswith("carvana_seg.settings.")
+    } - {"build"}
     assert imported <= allowed, f"{stage} imports the settings of {sorted(imported - allowed)}"

@@ -23,6 +23,7 @@ from tests.helpers import write_submission as write
 H, W = SUBMISSION_HW
 IDS, IMGS = SUBMISSION_IDS, SUBMISSION_IMGS
 
+
 @pytest.mark.parametrize("threads", [1, 2])
 def test_submission_order_empty_masks_and_gzip(tmp_path, threads):
     raw, manifest, threshold, probs = fabricate(tmp_path)
@@ -43,14 +44,17 @@ def _rows(**changes) -> list[list[str]]:
     return rows
 
 
-@pytest.mark.parametrize("rows, message", [
-    (_rows(r3=[IMGS[0], ""]), "more than once"),
-    (_rows()[:-1], "missing, first " + IMGS[-1]),
-    (_rows() + [["ffffffffffff_01.jpg", ""]], "not a test image"),
-    (_rows(r2=[IMGS[1], "1 5 4 2"]), "overlapping"),
-    (_rows(r2=[IMGS[1], f"{H * W - 2} 4"]), "past the end"),
-    ([["img", "mask"]] + _rows()[1:], "header"),
-])
+@pytest.mark.parametrize(
+    "rows, message",
+    [
+        (_rows(r3=[IMGS[0], ""]), "more than once"),
+        (_rows()[:-1], "missing, first " + IMGS[-1]),
+        (_rows() + [["ffffffffffff_01.jpg", ""]], "not a test image"),
+        (_rows(r2=[IMGS[1], "1 5 4 2"]), "overlapping"),
+        (_rows(r2=[IMGS[1], f"{H * W - 2} 4"]), "past the end"),
+        ([["img", "mask"]] + _rows()[1:], "header"),
+    ],
+)
 def test_validator_rejects(rows, message):
     with pytest.raises(DataError, match=message):
         validate_submission(rows, IMGS, (H, W))
@@ -92,15 +96,29 @@ def test_kaggle_submit_needs_credentials_and_sends_the_hash(tmp_path, monkeypatc
     _no_credentials(monkeypatch, tmp_path)
     cfg = {"name": "demo", "kaggle": {"message": "try"}}
     with pytest.raises(CredentialsError, match="KAGGLE_USERNAME and KAGGLE_KEY"):
-        kaggle_submit.submit(sub, "carvana-image-masking-challenge", kaggle_submit.message_for("try", "demo", "abc123"),
-                             raw)
+        kaggle_submit.submit(
+            sub, "carvana-image-masking-challenge", kaggle_submit.message_for("try", "demo", "abc123"), raw
+        )
     assert api.calls == []
 
     monkeypatch.setenv("KAGGLE_USERNAME", "someone")
     monkeypatch.setenv("KAGGLE_KEY", "s3cr3t-key-value")
     out = tmp_path / "kaggle_submit.json"
-    argv = ["submit", "--cfg", json.dumps(cfg), "--submission", str(sub), "--competition",
-            "carvana-image-masking-challenge", "--config-hash", "abc123", "--raw", str(raw), "--out", str(out)]
+    argv = [
+        "submit",
+        "--cfg",
+        json.dumps(cfg),
+        "--submission",
+        str(sub),
+        "--competition",
+        "carvana-image-masking-challenge",
+        "--config-hash",
+        "abc123",
+        "--raw",
+        str(raw),
+        "--out",
+        str(out),
+    ]
     with caplog.at_level(logging.DEBUG):
         assert cli.main(argv) == 0
     assert api.calls == [(str(sub), "try config=demo hash=abc123", "carvana-image-masking-challenge")]
@@ -133,8 +151,22 @@ def test_score_on_a_known_pair(tmp_path):
     assert result["n_images"] == 2 and result["mean_dice"] == pytest.approx((2 / 3 + 1) / 2)
     assert result["per_car"] == {IMGS[0][:12]: pytest.approx(2 / 3), IMGS[3][:12]: 1.0}
     out = tmp_path / "score.json"
-    assert cli.main(["score", "--submission", str(tmp_path / "sub.csv"), "--truth", str(tmp_path / "truth.csv"),
-                     "--size", f"{W}x{H}", "--out", str(out)]) == 0
+    assert (
+        cli.main(
+            [
+                "score",
+                "--submission",
+                str(tmp_path / "sub.csv"),
+                "--truth",
+                str(tmp_path / "truth.csv"),
+                "--size",
+                f"{W}x{H}",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert json.loads(out.read_text())["mean_dice"] == pytest.approx(result["mean_dice"])
     (tmp_path / "short.csv").write_text("img,rle_mask\n" + f"{imgs[0]},\n")
     with pytest.raises(DataError, match="differ in images"):

@@ -38,8 +38,15 @@ def _epochs(persistent: bool, epochs: range) -> list[torch.Tensor]:
     ds, gen = _Draws(), torch.Generator()
     if persistent:
         sampler = EpochSampler(len(ds), gen)
-        dl = DataLoader(EpochSeeded(ds), 4, sampler=sampler, num_workers=2, generator=gen, worker_init_fn=worker_init,
-                        persistent_workers=True)
+        dl = DataLoader(
+            EpochSeeded(ds),
+            4,
+            sampler=sampler,
+            num_workers=2,
+            generator=gen,
+            worker_init_fn=worker_init,
+            persistent_workers=True,
+        )
     else:
         sampler = None
         dl = DataLoader(ds, 4, shuffle=True, num_workers=2, generator=gen, worker_init_fn=worker_init)
@@ -59,8 +66,9 @@ def test_persistent_workers_draw_what_reforked_workers_drew():
     assert torch.equal(_epochs(True, range(3, 4))[0], persistent[2])  # a run resumed at epoch 3 draws the same
 
 
-def test_deferred_sync_trains_the_same_numbers_and_still_stops_on_nonfinite(tiny_cache: dict[str, Path],
-                                                                            tmp_path: Path, capsys) -> None:
+def test_deferred_sync_trains_the_same_numbers_and_still_stops_on_nonfinite(
+    tiny_cache: dict[str, Path], tmp_path: Path, capsys
+) -> None:
     def trained(**train: object) -> dict:
         out = tmp_path / str(len(list(tmp_path.iterdir())))
         cfg = cfgmod.stage_config(tiny_config(**train), "train", "tiny")
@@ -77,8 +85,9 @@ def test_deferred_sync_trains_the_same_numbers_and_still_stops_on_nonfinite(tiny
     assert not (tmp_path / "nan" / "best.pt").exists()
 
 
-def test_resume_state_is_written_every_n_epochs_and_after_the_last(tiny_cache: dict[str, Path], tmp_path: Path,
-                                                                   monkeypatch) -> None:
+def test_resume_state_is_written_every_n_epochs_and_after_the_last(
+    tiny_cache: dict[str, Path], tmp_path: Path, monkeypatch
+) -> None:
     from carvana_seg.training import state
 
     epochs: list[int] = []
@@ -97,8 +106,9 @@ def test_resume_state_is_written_every_n_epochs_and_after_the_last(tiny_cache: d
 @pytest.mark.parametrize("dtype", [torch.uint8, torch.float32])
 def test_masks_become_coverage_on_the_device(dtype):
     m = torch.arange(256, dtype=torch.uint8).reshape(1, 1, 16, 16)
-    _, y = loop._to_device(torch.zeros(1, 3, 2, 2), m if dtype == torch.uint8 else m.float() / 255.0,
-                           torch.device("cpu"), False)
+    _, y = loop._to_device(
+        torch.zeros(1, 3, 2, 2), m if dtype == torch.uint8 else m.float() / 255.0, torch.device("cpu"), False
+    )
     np.testing.assert_array_equal(y.numpy(), m.numpy().astype(np.float32) / 255.0)
 
 

@@ -34,7 +34,7 @@ def test_per_step_schedules_warm_up_to_the_peak_then_decay(kind: str) -> None:
     top = lrs.index(peak)
     assert 1 <= top <= 6  # the warm-up: 20 % of 20 steps
     assert lrs[0] <= peak / 4 + 1e-12  # starts low
-    assert all(a >= b - 1e-12 for a, b in zip(lrs[top:], lrs[top + 1:]))  # then never rises
+    assert all(a >= b - 1e-12 for a, b in zip(lrs[top:], lrs[top + 1 :]))  # then never rises
     assert lrs[-1] < peak / 20  # and ends near zero
 
 

@@ -88,8 +88,10 @@ def test_affine_moves_mask_with_image_and_keeps_coverage() -> None:
     mask = np.zeros((64, 96), np.uint8)
     mask[16:48, 24:72] = 255
     image = np.repeat(mask[..., None], 3, axis=2)  # the image *is* the mask: any misalignment shows
-    aug = augment.build_augment(settings(Augment, probability=1.0, hue_shift=0, sat_shift=0, val_shift=0, shift=0.1,
-                                         scale=0.2, hflip=0.5), seed=3)
+    aug = augment.build_augment(
+        settings(Augment, probability=1.0, hue_shift=0, sat_shift=0, val_shift=0, shift=0.1, scale=0.2, hflip=0.5),
+        seed=3,
+    )
     moved = 0
     for _ in range(8):
         img2, mask2 = augment.apply(aug, image, mask)
@@ -158,7 +160,16 @@ def test_train_resumes_after_a_kill_and_restarts_on_config_change(
     assert "resuming from epoch 2" in resumed and "epoch 1/2:" not in resumed and "epoch 2/2:" in resumed
     assert "--- earlier run(s) of this job" in earlier and "epoch 1/2:" in earlier
     metrics = pd.read_csv(out / "metrics.csv")
-    assert list(metrics.columns) == ["epoch", "train_loss", "val_loss", "val_dice", "lr", "seconds", "images_per_s", "data_share"]
+    assert list(metrics.columns) == [
+        "epoch",
+        "train_loss",
+        "val_loss",
+        "val_dice",
+        "lr",
+        "seconds",
+        "images_per_s",
+        "data_share",
+    ]
     assert metrics["epoch"].tolist() == [1, 2]
     assert metrics.loc[0, "seconds"] == pytest.approx(state["rows"][0]["seconds"])  # the first run's epoch
     assert metrics["val_dice"].between(0, 1).all() and np.isfinite(metrics["train_loss"]).all()
@@ -219,8 +230,7 @@ def test_a_checkpoint_carrying_a_pickled_object_is_refused(tmp_path: Path, capsy
     torch.save({"state_dict": state, "config": {"variant": variant}, "extra": _Payload()}, bad)
     with pytest.raises(DataError, match=r"best.pt: refused: the checkpoint holds Python objects"):
         load_checkpoint(bad)
-    torch.save({"state_dict": state, "config": {"variant": {k: variant[k] for k in ("name", "width", "height")}}},
-               good)
+    torch.save({"state_dict": state, "config": {"variant": {k: variant[k] for k in ("name", "width", "height")}}}, good)
     with pytest.raises(DataError, match=r"config.variant lacks \['arch', 'encoder', 'weight'\]"):
         load_model(good)
     torch.save(["not", "a", "checkpoint"], good)
@@ -229,6 +239,7 @@ def test_a_checkpoint_carrying_a_pickled_object_is_refused(tmp_path: Path, capsy
     # predict --models <any folder> goes through the same loader: one line, exit 2, nothing run
     photo = tmp_path / "car.jpg"
     from carvana_seg.core.images import write_jpeg
+
     write_jpeg(photo, np.zeros((32, 32, 3), np.uint8))
     assert cli.main(["predict", "--models", str(tmp_path / "evil"), "--out", str(tmp_path / "o"), str(photo)]) == 2
     err = capsys.readouterr().err

@@ -30,6 +30,7 @@ ROUNDS = list(range(1, LAST + 1))
 ENV_BASE = "../envs/base.yaml"
 ENV_TORCH = "../envs/torch.yaml"
 
+
 wildcard_constraints:
     variant="|".join(VARIANTS),
     fold=r"\d+",
@@ -157,8 +158,9 @@ def benchmark_files():
     files += [f"{BENCH}/resize_{size}.tsv" for size in sorted({size_of(v) for v in VARIANTS})]
     for r in ROUNDS:
         rd, trained = round_dir(r), cs_rounds.round_variants(config, r)
-        files += [f"{rd}/benchmarks/{stage}/{v}_fold{f}.tsv" for stage in ("train", "oof") for v in trained
-                  for f in FOLDS]
+        files += [
+            f"{rd}/benchmarks/{stage}/{v}_fold{f}.tsv" for stage in ("train", "oof") for v in trained for f in FOLDS
+        ]
         files += [f"{rd}/benchmarks/{stage}.tsv" for stage in ("threshold", "ensemble", "outliers")]
         files.append(f"{BENCH}/submission{cs_rounds.suffix(config, r)}.tsv")
         if r > 1:

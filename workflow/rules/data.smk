@@ -5,19 +5,19 @@
 
 rule fetch:
     output:
+        **truth_output(),
         manifest=f"{DATA}/fetch.json",
         raw=directory(RAW),
-        **truth_output(),
-    params:
-        code=code("fetch"),
-        cfg=cfg("fetch"),
-    conda:
-        ENV_BASE
     log:
         f"{LOGS}/fetch.log",
     benchmark:
         f"{BENCH}/fetch.tsv"
+    conda:
+        ENV_BASE
     threads: cs_resources.threads(config, "fetch")
+    params:
+        code=code("fetch"),
+        cfg=cfg("fetch"),
     shell:
         "python -m carvana_seg fetch --cfg {params.cfg:q} --out {output.raw} --manifest {output.manifest}"
         " --threads {threads} > {log} 2>&1"
@@ -29,16 +29,16 @@ rule validate_data:
         raw=RAW,
     output:
         summary=f"{RES}/data_validation.json",
-    params:
-        code=code("validate"),
-        cfg=cfg("validate"),
-    conda:
-        ENV_BASE
     log:
         f"{LOGS}/validate.log",
     benchmark:
         f"{BENCH}/validate.tsv"
+    conda:
+        ENV_BASE
     threads: cs_resources.threads(config, "validate_data")
+    params:
+        code=code("validate"),
+        cfg=cfg("validate"),
     shell:
         "python -m carvana_seg validate --cfg {params.cfg:q} --raw {input.raw} --out {output.summary}"
         " --threads {threads} > {log} 2>&1"
@@ -50,13 +50,13 @@ rule folds:
         raw=RAW,
     output:
         folds=f"{RES}/folds.csv",
+    log:
+        f"{LOGS}/folds.log",
+    conda:
+        ENV_BASE
     params:
         code=code("folds"),
         cfg=cfg("folds"),
-    conda:
-        ENV_BASE
-    log:
-        f"{LOGS}/folds.log",
     shell:
         "python -m carvana_seg folds --cfg {params.cfg:q} --raw {input.raw} --out {output.folds} > {log} 2>&1"
 
@@ -69,18 +69,18 @@ rule resize_cache:
         images=f"{DATA}/cache/{{size}}/images.npy",
         masks=f"{DATA}/cache/{{size}}/masks.npy",
         ids=f"{DATA}/cache/{{size}}/ids.txt",
-    params:
-        code=code("resize"),
-        cfg=cfg("resize"),
-    wildcard_constraints:
-        size=r"\d+x\d+",
-    conda:
-        ENV_BASE
     log:
         f"{LOGS}/resize_{{size}}.log",
     benchmark:
         f"{BENCH}/resize_{{size}}.tsv"
+    wildcard_constraints:
+        size=r"\d+x\d+",
+    conda:
+        ENV_BASE
     threads: cs_resources.threads(config, "resize_cache")
+    params:
+        code=code("resize"),
+        cfg=cfg("resize"),
     shell:
         "python -m carvana_seg resize --cfg {params.cfg:q} --raw {input.raw} --size {wildcards.size} --out $(dirname {output.images})"
         " --threads {threads} > {log} 2>&1"

@@ -19,19 +19,19 @@ rule outliers:
         scores="{rdir}/outlier_scores.csv",
         fixes="{rdir}/outlier_fixes.csv",
         sheets=directory("{rdir}/outliers"),  # contact_sheets.json and the contact-sheet PNGs it lists
-    params:
-        code=code("outliers"),
-        cfg=cfg("outliers"),
-        device="auto" if ZOOM else "cpu",
-    resources:
-        gpu=cs_resources.gpus(config, "outliers"),
-    conda:
-        ENV_TORCH
     log:
         "{rdir}/logs/outliers.log",
     benchmark:
         "{rdir}/benchmarks/outliers.tsv"
+    conda:
+        ENV_TORCH
     threads: cs_resources.threads(config, "outliers")
+    resources:
+        gpu=cs_resources.gpus(config, "outliers"),
+    params:
+        code=code("outliers"),
+        cfg=cfg("outliers"),
+        device="auto" if ZOOM else "cpu",
     shell:
         "python -m carvana_seg outliers --cfg {params.cfg:q} --manifest {input.manifest} --threshold {input.threshold}"
         " --folds {input.folds} --raw {input.raw} --models {input.models} --device {params.device}"

@@ -14,16 +14,16 @@ rule threshold:
         threshold="{rdir}/threshold.json",
         curve="{rdir}/threshold_curve.csv",
         images="{rdir}/oof_image_dice.csv",
-    params:
-        code=code("threshold"),
-        cfg=cfg("threshold"),
-    conda:
-        ENV_BASE
     log:
         "{rdir}/logs/threshold.log",
     benchmark:
         "{rdir}/benchmarks/threshold.tsv"
+    conda:
+        ENV_BASE
     threads: cs_resources.threads(config, "threshold")
+    params:
+        code=code("threshold"),
+        cfg=cfg("threshold"),
     shell:
         "python -m carvana_seg threshold --cfg {params.cfg:q} --oof {input.oof} --raw {input.raw} --out {output.threshold}"
         " --curve {output.curve} --out-images {output.images} --threads {threads} > {log} 2>&1"
@@ -37,18 +37,18 @@ rule ensemble:
     output:
         manifest="{rdir}/test_probs.json",
         shards=directory("{rdir}/test_probs"),
-    params:
-        code=code("ensemble"),
-        cfg=cfg("ensemble"),
-    resources:
-        gpu=cs_resources.gpus(config, "ensemble"),
-    conda:
-        ENV_TORCH
     log:
         "{rdir}/logs/ensemble.log",
     benchmark:
         "{rdir}/benchmarks/ensemble.tsv"
+    conda:
+        ENV_TORCH
     threads: cs_resources.threads(config, "ensemble")
+    resources:
+        gpu=cs_resources.gpus(config, "ensemble"),
+    params:
+        code=code("ensemble"),
+        cfg=cfg("ensemble"),
     shell:
         "python -m carvana_seg ensemble --cfg {params.cfg:q} --models {input.models} --raw {input.raw}"
         " --out-dir {output.shards} --resume-dir {output.shards}.resume --manifest {output.manifest}"
@@ -64,16 +64,16 @@ rule submission:
         raw=RAW,
     output:
         submission=f"{RES}/submission{{sfx}}.csv.gz",
-    params:
-        code=code("submission"),
-        cfg=cfg("submission"),
-    conda:
-        ENV_BASE
     log:
         f"{LOGS}/submission{{sfx}}.log",
     benchmark:
         f"{BENCH}/submission{{sfx}}.tsv"
+    conda:
+        ENV_BASE
     threads: cs_resources.threads(config, "submission")
+    params:
+        code=code("submission"),
+        cfg=cfg("submission"),
     shell:
         "python -m carvana_seg submission --cfg {params.cfg:q} --manifest {input.manifest} --threshold {input.threshold}"
         " --fixes {input.fixes} --sample-submission {input.raw}/sample_submission.csv --out {output.submission} --threads {threads}"
@@ -87,12 +87,12 @@ rule score:
         raw=RAW,
     output:
         score=f"{RES}/test_score{{sfx}}.json",
-    params:
-        code=code("score"),
-    conda:
-        ENV_BASE
     log:
         f"{LOGS}/score{{sfx}}.log",
+    conda:
+        ENV_BASE
+    params:
+        code=code("score"),
     shell:
         "python -m carvana_seg score --submission {input.submission} --truth {input.truth}/test_masks.csv"
         " --raw {input.raw}"
@@ -105,15 +105,15 @@ rule submit:
         raw=RAW,
     output:
         record=f"{RES}/kaggle_submit.json",
+    log:
+        f"{LOGS}/submit.log",
+    conda:
+        ENV_BASE
     params:
         code=code("submit"),
         cfg=cfg("submit"),
         competition=config["data"]["competition"],
         config_hash=cs_config.config_hash(config),
-    conda:
-        ENV_BASE
-    log:
-        f"{LOGS}/submit.log",
     shell:
         "python -m carvana_seg submit --cfg {params.cfg:q} --submission {input.submission} --competition {params.competition}"
         " --config-hash {params.config_hash} --raw {input.raw} --out {output.record} > {log} 2>&1"

@@ -23,16 +23,16 @@ rule pseudo_labels:
         masks=directory(f"{DATA}/pseudo/round{{round}}/train_masks"),
         table=f"{RES}/round{{round}}/pseudo_labels.csv",
         summary=f"{RES}/round{{round}}/pseudo_labels.json",
-    params:
-        code=code("pseudo"),
-        cfg=cs_config.to_json(cs_rounds.pseudo_slice(config)),
-    conda:
-        ENV_BASE
     log:
         f"{RES}/round{{round}}/logs/pseudo_labels.log",
     benchmark:
         f"{RES}/round{{round}}/benchmarks/pseudo_labels.tsv"
+    conda:
+        ENV_BASE
     threads: cs_resources.threads(config, "pseudo_labels")
+    params:
+        code=code("pseudo"),
+        cfg=cs_config.to_json(cs_rounds.pseudo_slice(config)),
     shell:
         "python -m carvana_seg pseudo --cfg {params.cfg:q} --manifest {input.manifest} --threshold {input.threshold}"
         " --outliers {input.outliers} --raw {input.raw} --out-dir $(dirname {output.masks_csv})"
@@ -45,6 +45,11 @@ rule pseudo_gain:
         unpack(gain_inputs),
     output:
         summary=f"{RES}/pseudo_gain.json",
+    log:
+        f"{LOGS}/pseudo_gain.log",
+    conda:
+        ENV_BASE
+    threads: cs_resources.threads(config, "pseudo_gain")
     params:
         code=code("pseudo-gain"),
         measure=lambda wc, input: (
@@ -53,11 +58,6 @@ rule pseudo_gain:
             if config["data"]["source"] == "synthetic"
             else ""
         ),
-    conda:
-        ENV_BASE
-    log:
-        f"{LOGS}/pseudo_gain.log",
-    threads: cs_resources.threads(config, "pseudo_gain")
     shell:
         "python -m carvana_seg pseudo-gain --thresholds {input.thresholds} --oof-tables {input.oof_tables}"
         " --pseudo-tables {input.pseudo_tables} --pseudo-masks {input.pseudo_masks} {params.measure}"

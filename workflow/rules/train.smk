@@ -17,6 +17,15 @@ rule train:
     output:
         model="{rdir}/models/{variant}/fold{fold}/best.pt",
         metrics="{rdir}/models/{variant}/fold{fold}/metrics.csv",
+    log:
+        "{rdir}/logs/train/{variant}_fold{fold}.log",
+    benchmark:
+        "{rdir}/benchmarks/train/{variant}_fold{fold}.tsv"
+    conda:
+        ENV_TORCH
+    threads: cs_resources.threads(config, "train")
+    resources:
+        gpu=cs_resources.gpus(config, "train"),
     params:
         code=code("train"),
         cfg=train_cfg,
@@ -24,15 +33,6 @@ rule train:
         extra=train_extra_args,  # paths from input.extra (the storage provider's local copies, where one is used)
         # live curves (make tensorboard), like the state not an output: a rerun resumes the run's event steps
         tb=lambda wc: f"{RES}/tensorboard/{wc.variant}_fold{wc.fold}_round{round_of(wc)}",
-    conda:
-        ENV_TORCH
-    log:
-        "{rdir}/logs/train/{variant}_fold{fold}.log",
-    benchmark:
-        "{rdir}/benchmarks/train/{variant}_fold{fold}.tsv"
-    threads: cs_resources.threads(config, "train")
-    resources:
-        gpu=cs_resources.gpus(config, "train"),
     shell:
         "python -m carvana_seg train --cfg {params.cfg:q} --variant {wildcards.variant} --fold {wildcards.fold}"
         " --folds {input.folds} --cache $(dirname {input.images}) --out-model {output.model} --out-metrics {output.metrics}"
@@ -51,18 +51,18 @@ rule oof:
     output:
         npz="{rdir}/oof/{variant}/fold{fold}.npz",
         dice="{rdir}/oof/{variant}/fold{fold}_dice.csv",
-    params:
-        code=code("oof"),
-        cfg=lambda wc: cfg("oof", wc.variant),
-    conda:
-        ENV_TORCH
     log:
         "{rdir}/logs/oof/{variant}_fold{fold}.log",
     benchmark:
         "{rdir}/benchmarks/oof/{variant}_fold{fold}.tsv"
+    conda:
+        ENV_TORCH
     threads: cs_resources.threads(config, "oof")
     resources:
         gpu=cs_resources.gpus(config, "oof"),
+    params:
+        code=code("oof"),
+        cfg=lambda wc: cfg("oof", wc.variant),
     shell:
         "python -m carvana_seg oof --cfg {params.cfg:q} --variant {wildcards.variant} --fold {wildcards.fold}"
         " --model {input.model} --folds {input.folds} --cache $(dirname {input.images}) --raw {input.raw}"
@@ -74,11 +74,11 @@ rule oof_table:
         dice=round_oof_tables,
     output:
         table="{rdir}/oof_dice.csv",
-    params:
-        code=code("oof-table"),
-    conda:
-        ENV_BASE
     log:
         "{rdir}/logs/oof_table.log",
+    conda:
+        ENV_BASE
+    params:
+        code=code("oof-table"),
     shell:
         "python -m carvana_seg oof-table --inputs {input.dice} --out {output.table} > {log} 2>&1"

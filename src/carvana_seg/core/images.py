@@ -24,8 +24,12 @@ cv2.setNumThreads(1)  # parallelism comes from our own workers, never nested ins
 
 
 # cv2.imdecode flags for decoding at 1/1, 1/2, 1/4 or 1/8 of the size (JPEG: in the DCT domain, ~4x faster at 1/8)
-REDUCED_FLAGS = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4,
-                 8: cv2.IMREAD_REDUCED_COLOR_8}
+REDUCED_FLAGS = {
+    1: cv2.IMREAD_COLOR,
+    2: cv2.IMREAD_REDUCED_COLOR_2,
+    4: cv2.IMREAD_REDUCED_COLOR_4,
+    8: cv2.IMREAD_REDUCED_COLOR_8,
+}
 
 
 def read_image(path: str | os.PathLike, reduce: int = 1) -> np.ndarray:

@@ -15,7 +15,11 @@ import numpy as np
 
 def encode(mask: np.ndarray) -> str:
     """Encode a 2-D mask (nonzero = car) as ``"start length start length ..."``; an empty mask gives ``""``."""
-    flat = np.ascontiguousarray(mask).reshape(-1).view(np.uint8) if mask.dtype == np.bool_ else np.ascontiguousarray(mask).reshape(-1)
+    flat = (
+        np.ascontiguousarray(mask).reshape(-1).view(np.uint8)
+        if mask.dtype == np.bool_
+        else np.ascontiguousarray(mask).reshape(-1)
+    )
     on = flat != 0
     if on.size == 0:
         return ""

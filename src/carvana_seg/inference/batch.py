@@ -23,8 +23,13 @@ class HasModels(Protocol):
     models: list[torch.nn.Module]
 
 
-def device_probs(variants: Sequence[HasModels], slot: Sequence[int], stacks: Sequence[torch.Tensor],
-                 device: torch.device, tta_hflip: bool) -> list[torch.Tensor]:
+def device_probs(
+    variants: Sequence[HasModels],
+    slot: Sequence[int],
+    stacks: Sequence[torch.Tensor],
+    device: torch.device,
+    tta_hflip: bool,
+) -> list[torch.Tensor]:
     """Each variant's mean probability (N, h, w) float32 over its folds (and flips), still on ``device``.
 
     ``stacks[k]`` is an (N, H, W, 3) uint8 tensor at one network size; variant ``i`` reads ``stacks[slot[i]]``.
@@ -34,7 +39,12 @@ def device_probs(variants: Sequence[HasModels], slot: Sequence[int], stacks: Seq
     return [runtime.predict_probs(v.models, xs[k], tta_hflip).float() for v, k in zip(variants, slot)]
 
 
-def variant_probs(variants: Sequence[HasModels], slot: Sequence[int], stacks: Sequence[torch.Tensor],
-                  device: torch.device, tta_hflip: bool) -> list[np.ndarray]:
+def variant_probs(
+    variants: Sequence[HasModels],
+    slot: Sequence[int],
+    stacks: Sequence[torch.Tensor],
+    device: torch.device,
+    tta_hflip: bool,
+) -> list[np.ndarray]:
     """``device_probs`` as numpy arrays on the CPU (what ``finalize`` takes)."""
     return [p.cpu().numpy() for p in device_probs(variants, slot, stacks, device, tta_hflip)]

@@ -65,14 +65,20 @@ def shard_name(k: int) -> str:
 class LoadedVariant:
     """One ensemble member as loaded for prediction: its fold models, network size (W, H) and ensemble weight
     (``settings.variants.Variant`` is the member's configuration)."""
+
     name: str
     size: tuple[int, int]
     weight: float
     models: list[torch.nn.Module]
 
 
-def load_variants(paths: list[Path], config: Sequence[Variant] | None, compile_models: bool,
-                  device: torch.device, weights: Mapping[str, float] | None = None) -> list[LoadedVariant]:
+def load_variants(
+    paths: list[Path],
+    config: Sequence[Variant] | None,
+    compile_models: bool,
+    device: torch.device,
+    weights: Mapping[str, float] | None = None,
+) -> list[LoadedVariant]:
     """Load every checkpoint and group them by the variant recorded in it: the one grouping of checkpoints that
     the test ensemble, the zoom re-prediction, ``predict`` and ``serve`` share.
 
@@ -91,8 +97,10 @@ def load_variants(paths: list[Path], config: Sequence[Variant] | None, compile_m
             if want is None:
                 raise ConfigError(f"{path}: variant '{v['name']}' is not in config key 'variants'")
             if size != (want.width, want.height):
-                raise ConfigError(f"{path}: trained at {size[0]}x{size[1]} but config variant '{v['name']}' "
-                                  f"says {want.width}x{want.height}")
+                raise ConfigError(
+                    f"{path}: trained at {size[0]}x{size[1]} but config variant '{v['name']}' "
+                    f"says {want.width}x{want.height}"
+                )
         weight = float((weights or {}).get(v["name"], v.get("weight", 1.0)))
         have = loaded.setdefault(v["name"], LoadedVariant(v["name"], size, weight, []))
         if have.size != size:
@@ -108,15 +116,17 @@ def load_variants(paths: list[Path], config: Sequence[Variant] | None, compile_m
     return [LoadedVariant(c.name, loaded[c.name].size, float(c.weight), loaded[c.name].models) for c in config]
 
 
-def run_hash(paths: list[Path], predict: Predict, variants: Sequence[Variant], folds: Folds,
-             ids: list[str]) -> str:
+def run_hash(paths: list[Path], predict: Predict, variants: Sequence[Variant], folds: Folds, ids: list[str]) -> str:
     """Hash of what determines the shards: model file contents, TTA, edge refinement, variants, folds, shard size,
     test ids. The settings enter as the JSON of their validated sections (``asdict``), as they always have."""
     h = hashlib.sha256()
     for digest in sorted(_file_sha(p) for p in paths):
         h.update(digest.encode())  # contents, not names or mtimes: a retrained model always invalidates
-    h.update(to_json({"tta": predict.tta_hflip, "n": predict.shard_size, "v": [asdict(v) for v in variants],
-                      "f": asdict(folds)}).encode())
+    h.update(
+        to_json(
+            {"tta": predict.tta_hflip, "n": predict.shard_size, "v": [asdict(v) for v in variants], "f": asdict(folds)}
+        ).encode()
+    )
     if refine.enabled(predict.edge_refine):  # only when on: shards of runs without it keep their hash
         h.update(to_json({"edge_refine": asdict(predict.edge_refine)}).encode())
     h.update("\n".join(ids).encode())
@@ -149,8 +159,13 @@ def _collate(items: list) -> tuple[list[int], list[tuple[int, int]], list[torch.
     return [it[0] for it in items], [it[1] for it in items], stacks, [it[3] for it in items]
 
 
-def finalize(shape: tuple[int, int], probs: list[np.ndarray], weights: list[float], guide: np.ndarray | None = None,
-             refine_cfg: EdgeRefine | None = None) -> np.ndarray:
+def finalize(
+    shape: tuple[int, int],
+    probs: list[np.ndarray],
+    weights: list[float],
+    guide: np.ndarray | None = None,
+    refine_cfg: EdgeRefine | None = None,
+) -> np.ndarray:
     """Per-variant probabilities at network size -> weighted mean at ``shape`` (H, W) as uint8 round(p*255);
     with ``refine_cfg`` (``predict.edge_refine``) the mean is refined with the grey photo ``guide`` first."""
     h, w = shape
@@ -166,8 +181,9 @@ def finalize(shape: tuple[int, int], probs: list[np.ndarray], weights: list[floa
     return cv2.convertScaleAbs(np.maximum(acc, 0.0, out=acc))  # convertScaleAbs would mirror a negative value
 
 
-def device_maps(shapes: list[tuple[int, int]], probs: list[torch.Tensor], weights: list[float]
-                ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+def device_maps(
+    shapes: list[tuple[int, int]], probs: list[torch.Tensor], weights: list[float]
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """``finalize`` and the variant masks' resize on the models' device (CUDA), so only uint8 crosses the bus.
 
     ``probs``: per variant, (N, h, w) float32 at its network size. Returns per image the (H, W) uint8 mean map
@@ -179,7 +195,7 @@ def device_maps(shapes: list[tuple[int, int]], probs: list[torch.Tensor], weight
     total = weight_total(weights)
     maps, smalls = [], []
     for j, (h, w) in enumerate(shapes):
-        own = [p[j:j + 1, None] for p in probs]  # (1, 1, h, w) each
+        own = [p[j : j + 1, None] for p in probs]  # (1, 1, h, w) each
         acc = torch.zeros((1, 1, h, w), dtype=torch.float32, device=own[0].device)
         for p, wt in zip(own, weights):
             full = p if p.shape[-2:] == (h, w) else F.interpolate(p, size=(h, w), mode="bilinear", align_corners=False)
@@ -191,8 +207,15 @@ def device_maps(shapes: list[tuple[int, int]], probs: list[torch.Tensor], weight
     return maps, smalls
 
 
-def _cpu_side(shape: tuple[int, int], own: list[np.ndarray] | None, weights: list[float], guide: np.ndarray | None,
-              pcfg: Predict, with_variants: bool, ready: tuple[np.ndarray, np.ndarray] | None = None) -> tuple:
+def _cpu_side(
+    shape: tuple[int, int],
+    own: list[np.ndarray] | None,
+    weights: list[float],
+    guide: np.ndarray | None,
+    pcfg: Predict,
+    with_variants: bool,
+    ready: tuple[np.ndarray, np.ndarray] | None = None,
+) -> tuple:
     """One image's CPU work, run in the finishing threads: ``finalize`` and ``variant_masks.pack`` of the network
     size maps ``own`` (CPU path), or only the bit packing of the device's uint8 results ``ready`` (CUDA path)."""
     if ready is not None:
@@ -233,8 +256,14 @@ class _Inline:
         pass
 
 
-def iter_probs(variants: list[LoadedVariant], raw: Path, ids: list[str], pcfg: Predict, device: torch.device,
-               with_variants: bool = False) -> Iterator[tuple]:
+def iter_probs(
+    variants: list[LoadedVariant],
+    raw: Path,
+    ids: list[str],
+    pcfg: Predict,
+    device: torch.device,
+    with_variants: bool = False,
+) -> Iterator[tuple]:
     """Yield ``(id, uint8 probability map)`` for ``ids`` in order; at most a few batches are ever in flight.
     ``with_variants`` adds a third item, the packed per-variant masks (``variant_masks.pack``).
 
@@ -248,8 +277,12 @@ def iter_probs(variants: list[LoadedVariant], raw: Path, ids: list[str], pcfg: P
     cuda = device.type == "cuda"
     on_device = cuda and not refine.enabled(pcfg.edge_refine)  # the refinement needs the float mean on the CPU
     loader = torch.utils.data.DataLoader(
-        _TestImages(raw, ids, sizes, refine.enabled(pcfg.edge_refine)), batch_size=pcfg.batch_size,
-        num_workers=pcfg.workers, collate_fn=_collate, pin_memory=cuda)
+        _TestImages(raw, ids, sizes, refine.enabled(pcfg.edge_refine)),
+        batch_size=pcfg.batch_size,
+        num_workers=pcfg.workers,
+        collate_fn=_collate,
+        pin_memory=cuda,
+    )
     batches = iter(loader)  # workers fork here, in the calling thread, before the producer thread exists
     out: queue.Queue = queue.Queue(maxsize=2)
     stop = threading.Event()
@@ -295,8 +328,21 @@ def iter_probs(variants: list[LoadedVariant], raw: Path, ids: list[str], pcfg: P
             idx, shapes, probs, guides, ready = item
             for j, i in enumerate(idx):
                 own = None if probs is None else [p[j] for p in probs]
-                pending.append((i, pool.submit(_cpu_side, shapes[j], own, weights, guides[j], pcfg, with_variants,
-                                               None if ready is None else ready[j])))
+                pending.append(
+                    (
+                        i,
+                        pool.submit(
+                            _cpu_side,
+                            shapes[j],
+                            own,
+                            weights,
+                            guides[j],
+                            pcfg,
+                            with_variants,
+                            None if ready is None else ready[j],
+                        ),
+                    )
+                )
             while len(pending) > in_flight:  # in order; at most about two batches of images in flight
                 i, fut = pending.popleft()
                 yield (ids[i], *fut.result())
@@ -307,7 +353,7 @@ def iter_probs(variants: list[LoadedVariant], raw: Path, ids: list[str], pcfg: P
         stop.set()
         pool.shutdown(wait=True, cancel_futures=True)
         worker.join()
-        del batches
+        batches = None  # drop the loader iterator now: its workers shut down (not `del`: produce() reads the name)
 
 
 def shard_complete(path: Path, ids: list[str]) -> bool:
@@ -333,21 +379,30 @@ def prepare_dir(out_dir: Path, digest: str) -> None:
         meta.write_text(json.dumps({"hash": digest}) + "\n")
 
 
-def write_shards(variants: list[LoadedVariant], raw: Path, ids: list[str], out_dir: Path, pcfg: Predict,
-                 device: torch.device) -> dict:
+def write_shards(
+    variants: list[LoadedVariant], raw: Path, ids: list[str], out_dir: Path, pcfg: Predict, device: torch.device
+) -> dict:
     """Compute every missing shard in order; return per-shard records and how many images were computed."""
     size = pcfg.shard_size
-    plan = [(k, ids[s:s + size]) for k, s in enumerate(range(0, len(ids), size))]
-    todo = [(k, chunk) for k, chunk in plan if not (shard_complete(out_dir / shard_name(k), chunk)
-                                                    and shard_complete(out_dir / variant_masks.file_name(k), chunk))]
+    plan = [(k, ids[s : s + size]) for k, s in enumerate(range(0, len(ids), size))]
+    todo = [
+        (k, chunk)
+        for k, chunk in plan
+        if not (
+            shard_complete(out_dir / shard_name(k), chunk)
+            and shard_complete(out_dir / variant_masks.file_name(k), chunk)
+        )
+    ]
     log.info("%d test images in %d shards; %d to compute", len(ids), len(plan), len(todo))
     pending = [i for _k, chunk in todo for i in chunk]
     stream = iter_probs(variants, raw, pending, pcfg, device, with_variants=True)
     start, done = time.perf_counter(), 0
     try:
         for k, chunk in todo:
-            writers = [staging.NpzWriter(out_dir / variant_masks.file_name(k)),
-                       staging.NpzWriter(out_dir / shard_name(k))]
+            writers = [
+                staging.NpzWriter(out_dir / variant_masks.file_name(k)),
+                staging.NpzWriter(out_dir / shard_name(k)),
+            ]
             try:
                 for want in chunk:
                     got, prob, packed = next(stream)
@@ -362,12 +417,18 @@ def write_shards(variants: list[LoadedVariant], raw: Path, ids: list[str], out_d
             for w in writers:  # variant masks first: the shard's rename marks the pair complete
                 w.close()
             done += len(chunk)
-            log.info("%s: %d images (%.2f images/s so far)", shard_name(k), len(chunk),
-                     done / max(time.perf_counter() - start, 1e-9))
+            log.info(
+                "%s: %d images (%.2f images/s so far)",
+                shard_name(k),
+                len(chunk),
+                done / max(time.perf_counter() - start, 1e-9),
+            )
     finally:
         stream.close()  # stops the producer thread and the loader workers
-    shards = [{"file": shard_name(k), "n_images": len(chunk), "bytes": (out_dir / shard_name(k)).stat().st_size}
-              for k, chunk in plan]
+    shards = [
+        {"file": shard_name(k), "n_images": len(chunk), "bytes": (out_dir / shard_name(k)).stat().st_size}
+        for k, chunk in plan
+    ]
     return {"shards": shards, "n_computed": len(pending)}
 
 
@@ -376,12 +437,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--raw", required=True, help="raw Kaggle layout with test/ and sample_submission.csv")
     parser.add_argument("--out-dir", required=True, help="shard directory (results/<name>/test_probs)")
     parser.add_argument("--manifest", required=True, help="manifest JSON to write (results/<name>/test_probs.json)")
-    parser.add_argument("--resume-dir", default=None,
-                        help="write the shards here and rename this directory to --out-dir once all are done: a "
-                             "killed run keeps its finished shards here while --out-dir (a Snakemake output, "
-                             "removed when a job fails) never holds a partial set; default: --out-dir itself")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="the job's CPU threads: torch gets what the decode workers (predict.workers) leave")
+    parser.add_argument(
+        "--resume-dir",
+        default=None,
+        help="write the shards here and rename this directory to --out-dir once all are done: a "
+        "killed run keeps its finished shards here while --out-dir (a Snakemake output, "
+        "removed when a job fails) never holds a partial set; default: --out-dir itself",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="the job's CPU threads: torch gets what the decode workers (predict.workers) leave",
+    )
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
 
 
@@ -395,11 +463,17 @@ def run(args: argparse.Namespace, cfg: dict) -> None:
     raw, out_dir, manifest = Path(args.raw), Path(args.out_dir), Path(args.manifest)
     ids, n_listed = layout.test_ids(raw)
     if not ids:
-        raise DataError(f"{raw / layout.SAMPLE_SUBMISSION_CSV}: none of the {n_listed} listed test images is in "
-                        f"{raw / layout.TEST_DIR}")
+        raise DataError(
+            f"{raw / layout.SAMPLE_SUBMISSION_CSV}: none of the {n_listed} listed test images is in "
+            f"{raw / layout.TEST_DIR}"
+        )
     if len(ids) < n_listed:
-        log.warning("partial test set: %d of the %d test images listed in sample_submission.csv are present; "
-                    "predicting those (the submission will not be uploadable)", len(ids), n_listed)
+        log.warning(
+            "partial test set: %d of the %d test images listed in sample_submission.csv are present; "
+            "predicting those (the submission will not be uploadable)",
+            len(ids),
+            n_listed,
+        )
     variants = load_variants(paths := [Path(p) for p in args.models], config_variants, predict.compile, device)
     work = Path(args.resume_dir) if args.resume_dir else out_dir
     prepare_dir(work, digest := run_hash(paths, predict, config_variants, folds, ids))
@@ -409,19 +483,39 @@ def run(args: argparse.Namespace, cfg: dict) -> None:
     seconds = time.perf_counter() - t0
     total = sum(s["bytes"] for s in result["shards"])
     record = {
-        "shard_dir": str(out_dir), "shard_dir_rel": os.path.relpath(out_dir.resolve(), manifest.resolve().parent),
-        "shards": result["shards"], "n_images": len(ids), "n_listed": n_listed, "partial": len(ids) < n_listed, "n_computed": result["n_computed"],
-        "n_reused": len(ids) - result["n_computed"], "seconds": round(seconds, 3),
-        "images_per_s": round(result["n_computed"] / seconds, 3), "bytes_total": total,
-        "bytes_per_image": round(total / len(ids), 1), "hash": digest, "config_hash": config_hash(cfg),
-        "models": [str(p) for p in paths], "tta_hflip": predict.tta_hflip,
+        "shard_dir": str(out_dir),
+        "shard_dir_rel": os.path.relpath(out_dir.resolve(), manifest.resolve().parent),
+        "shards": result["shards"],
+        "n_images": len(ids),
+        "n_listed": n_listed,
+        "partial": len(ids) < n_listed,
+        "n_computed": result["n_computed"],
+        "n_reused": len(ids) - result["n_computed"],
+        "seconds": round(seconds, 3),
+        "images_per_s": round(result["n_computed"] / seconds, 3),
+        "bytes_total": total,
+        "bytes_per_image": round(total / len(ids), 1),
+        "hash": digest,
+        "config_hash": config_hash(cfg),
+        "models": [str(p) for p in paths],
+        "tta_hflip": predict.tta_hflip,
         # what the served ensemble (inference.service) must apply to give this run's masks
-        "edge_refine": asdict(predict.edge_refine), "weights": {v.name: v.weight for v in variants},
+        "edge_refine": asdict(predict.edge_refine),
+        "weights": {v.name: v.weight for v in variants},
         "device": f"cuda ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else str(device),
-        "variant_masks": {"files": [variant_masks.file_name(k) for k in range(len(result["shards"]))],
-                          "variants": [v.name for v in variants], "scale": variant_masks.SCALE,
-                          "threshold": variant_masks.THRESHOLD},
+        "variant_masks": {
+            "files": [variant_masks.file_name(k) for k in range(len(result["shards"]))],
+            "variants": [v.name for v in variants],
+            "scale": variant_masks.SCALE,
+            "threshold": variant_masks.THRESHOLD,
+        },
     }
     staging.write_text(manifest, json.dumps(record, indent=2) + "\n")
-    log.info("ensemble: %d images (%d computed) in %.1f s, %.2f images/s, %.0f bytes/image",
-             len(ids), result["n_computed"], seconds, record["images_per_s"], record["bytes_per_image"])
+    log.info(
+        "ensemble: %d images (%d computed) in %.1f s, %.2f images/s, %.0f bytes/image",
+        len(ids),
+        result["n_computed"],
+        seconds,
+        record["images_per_s"],
+        record["bytes_per_image"],
+    )

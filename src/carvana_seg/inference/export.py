@@ -61,8 +61,14 @@ def export(checkpoint: Path, out: Path, opset: int = OPSET) -> dict:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 torch.onnx.export(
-                    wrapped, (sample,), str(tmp), dynamo=True, opset_version=opset, verbose=False,
-                    input_names=["image"], output_names=["probability"],
+                    wrapped,
+                    (sample,),
+                    str(tmp),
+                    dynamo=True,
+                    opset_version=opset,
+                    verbose=False,
+                    input_names=["image"],
+                    output_names=["probability"],
                     dynamic_shapes={"x": {0: Dim.DYNAMIC, 2: Dim.DYNAMIC, 3: Dim.DYNAMIC}},
                 )
             proto = onnx.load(str(tmp))
@@ -72,8 +78,11 @@ def export(checkpoint: Path, out: Path, opset: int = OPSET) -> dict:
             first = (str(exc).splitlines() or [""])[0][:200]
             msg = f"{checkpoint}: ONNX export at opset {opset} failed ({type(exc).__name__}: {first})"
             raise CarvanaSegError(msg) from exc
-        meta = {"carvana_seg.variant": json.dumps(variant, sort_keys=True),
-                "carvana_seg.input": "float32 RGB 0..255, NCHW", "carvana_seg.output": "sigmoid probability"}
+        meta = {
+            "carvana_seg.variant": json.dumps(variant, sort_keys=True),
+            "carvana_seg.input": "float32 RGB 0..255, NCHW",
+            "carvana_seg.output": "sigmoid probability",
+        }
         for key, value in meta.items():
             entry = proto.metadata_props.add()
             entry.key, entry.value = key, value
@@ -128,12 +137,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, cfg: dict) -> None:  # noqa: ARG001 - export reads no config slice
     checkpoint, out = Path(args.model), Path(args.out)
     variant = export(checkpoint, out, args.opset)
-    log.info("wrote %s: variant %s (trained at %dx%d), input (batch, 3, height, width) float32 0..255, opset %d, "
-             "%.1f MB", out, variant["name"], variant["width"], variant["height"], args.opset, out.stat().st_size / 1e6)
+    log.info(
+        "wrote %s: variant %s (trained at %dx%d), input (batch, 3, height, width) float32 0..255, opset %d, %.1f MB",
+        out,
+        variant["name"],
+        variant["width"],
+        variant["height"],
+        args.opset,
+        out.stat().st_size / 1e6,
+    )
     if args.check:
         for (n, h, w), diff in check(checkpoint, out).items():
-            print(f"batch {n} at {w}x{h}: max abs diff of probabilities (onnxruntime vs PyTorch) {diff:.3g} "
-                  f"(tolerance {TOLERANCE:g})")
+            print(
+                f"batch {n} at {w}x{h}: max abs diff of probabilities (onnxruntime vs PyTorch) {diff:.3g} "
+                f"(tolerance {TOLERANCE:g})"
+            )
             if not diff < TOLERANCE:
-                raise CarvanaSegError(f"{out}: ONNX and PyTorch probabilities differ by {diff:.3g} at {w}x{h} "
-                                      f"(>= {TOLERANCE:g})")
+                raise CarvanaSegError(
+                    f"{out}: ONNX and PyTorch probabilities differ by {diff:.3g} at {w}x{h} (>= {TOLERANCE:g})"
+                )

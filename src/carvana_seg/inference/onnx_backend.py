@@ -61,8 +61,7 @@ class OnnxEnsemble:
             by_variant[variant["name"]].append(session)
         self.sessions = [by_variant[v.name] for v in variants]
 
-    def variant_probs(self, slot: Sequence[int], stacks: Sequence[torch.Tensor], tta_hflip: bool
-                      ) -> list[np.ndarray]:
+    def variant_probs(self, slot: Sequence[int], stacks: Sequence[torch.Tensor], tta_hflip: bool) -> list[np.ndarray]:
         """Like ``batch.variant_probs``: each variant's mean probability (N, h, w) float32."""
         xs = [np.ascontiguousarray(s.numpy().transpose(0, 3, 1, 2), dtype=np.float32) for s in stacks]
         out = []

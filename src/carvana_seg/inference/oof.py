@@ -38,6 +38,7 @@ from carvana_seg.training.dataset import read_folds, split_ids
 
 log = logging.getLogger(__name__)
 
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--variant", required=True, help="variant name")
     parser.add_argument("--fold", type=int, required=True, help="fold whose validation images are predicted")
@@ -51,15 +52,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def predict_rows(
-    models: list[nn.Module], images: np.ndarray, rows: list[int], device: torch.device, batch_size: int,
-    tta_hflip: bool = True, channels_last: bool = False,
+    models: list[nn.Module],
+    images: np.ndarray,
+    rows: list[int],
+    device: torch.device,
+    batch_size: int,
+    tta_hflip: bool = True,
+    channels_last: bool = False,
 ) -> Iterator[tuple[int, np.ndarray]]:
     """(row, probability (H, W) float32) for each cached image ``rows``, in order, at network resolution.
 
     On CUDA each batch goes from the memmap into pinned memory, up and back down without blocking, and a batch's
     results are handed out only once the next batch is queued (one CUDA event per batch, no device-wide sync), so
     the GPU never idles while the CPU resizes and scores; on a CPU it is the plain loop."""
-    chunks = [rows[start:start + batch_size] for start in range(0, len(rows), batch_size)]
+    chunks = [rows[start : start + batch_size] for start in range(0, len(rows), batch_size)]
     if device.type != "cuda":
         for chunk in chunks:
             x = runtime.to_tensor(images[np.asarray(chunk)], device, channels_last=channels_last)
@@ -83,8 +89,12 @@ def predict_rows(
         yield from _ready(*pending)
 
 
-def _ready(chunk: list[int], out: torch.Tensor, done, host: torch.Tensor,  # noqa: ARG001 - kept alive until here
-           ) -> Iterator[tuple[int, np.ndarray]]:
+def _ready(
+    chunk: list[int],
+    out: torch.Tensor,
+    done,
+    host: torch.Tensor,  # noqa: ARG001 - kept alive until here
+) -> Iterator[tuple[int, np.ndarray]]:
     done.synchronize()
     yield from zip(chunk, out.numpy())
 
@@ -135,8 +145,10 @@ def run(args: argparse.Namespace, cfg: dict) -> None:
         raise DataError(f"{args.cache}: {len(missing)} validation ids not cached, e.g. {missing[:3]}")
     v = mcfg["variant"]
     if (images.shape[2], images.shape[1]) != (v["width"], v["height"]):
-        raise DataError(f"{args.cache}: cache is {images.shape[2]}x{images.shape[1]}, model {args.model} was "
-                        f"trained at {v['width']}x{v['height']}")
+        raise DataError(
+            f"{args.cache}: cache is {images.shape[2]}x{images.shape[1]}, model {args.model} was "
+            f"trained at {v['width']}x{v['height']}"
+        )
     rows = [index[i] for i in val_ids]
     raw = Path(args.raw)
     cars = dict(zip(folds["img"], folds["car"]))
@@ -151,12 +163,20 @@ def run(args: argparse.Namespace, cfg: dict) -> None:
                     npz.add(image_id, full)
                     scores.append(d)
                 batch = []
-    table = pd.DataFrame({"img": val_ids, "car": [cars[i] for i in val_ids], "fold": args.fold,
-                          "variant": args.variant, "dice": scores}, columns=DICE_COLUMNS)
+    table = pd.DataFrame(
+        {"img": val_ids, "car": [cars[i] for i in val_ids], "fold": args.fold, "variant": args.variant, "dice": scores},
+        columns=DICE_COLUMNS,
+    )
     staging.write_text(Path(args.out_dice), table.to_csv(index=False))
-    log.info("variant %s fold %d: %d OOF images (tta_hflip=%s, edge_refine=%s), mean Dice %.5f at original size",
-             args.variant, args.fold, len(table), pc.tta_hflip, pc.edge_refine.method,
-             table["dice"].mean())
+    log.info(
+        "variant %s fold %d: %d OOF images (tta_hflip=%s, edge_refine=%s), mean Dice %.5f at original size",
+        args.variant,
+        args.fold,
+        len(table),
+        pc.tta_hflip,
+        pc.edge_refine.method,
+        table["dice"].mean(),
+    )
 
 
 def _load(path: str, device: torch.device, variant: str) -> tuple[nn.Module, dict]:

@@ -41,8 +41,10 @@ def aggregate(dice_csvs: list[Path], out: Path) -> pd.DataFrame:
     table = pd.concat(frames, ignore_index=True).sort_values(["variant", "fold", "img"], ignore_index=True)
     dup = table.duplicated(["variant", "img"])
     if dup.any():
-        raise DataError(f"oof-table: {int(dup.sum())} images appear twice for one variant, e.g. "
-                        f"{table.loc[dup, ['variant', 'img']].iloc[0].tolist()}")
+        raise DataError(
+            f"oof-table: {int(dup.sum())} images appear twice for one variant, e.g. "
+            f"{table.loc[dup, ['variant', 'img']].iloc[0].tolist()}"
+        )
     staging.write_text(Path(out), table.to_csv(index=False))
     return table
 
@@ -59,5 +61,6 @@ def summary(table: pd.DataFrame) -> pd.DataFrame:
 def run(args: argparse.Namespace, cfg: dict) -> None:  # noqa: ARG001 (no config slice)
     table = aggregate([Path(p) for p in args.inputs], Path(args.out))
     with pd.option_context("display.float_format", "{:.5f}".format, "display.width", 160):
-        log.info("OOF mean Dice per variant and fold (%d rows -> %s):\n%s", len(table), args.out,
-                 summary(table).to_string())
+        log.info(
+            "OOF mean Dice per variant and fold (%d rows -> %s):\n%s", len(table), args.out, summary(table).to_string()
+        )

@@ -99,25 +99,41 @@ def run_state(service: Service, opts: compose.Options, bg_image: Path | None) ->
         h.update(f"{m.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode())
     if bg_image is not None:
         h.update(bg_image.read_bytes())
-    return {"models": h.hexdigest()[:16], "threshold": info.threshold, "tta_hflip": info.tta_hflip,
-            "edge_refine": info.edge_refine.method, "backend": service.backend, "options": opts.__dict__,
-            "bg_image": str(bg_image) if bg_image else None}
+    return {
+        "models": h.hexdigest()[:16],
+        "threshold": info.threshold,
+        "tta_hflip": info.tta_hflip,
+        "edge_refine": info.edge_refine.method,
+        "backend": service.backend,
+        "options": opts.__dict__,
+        "bg_image": str(bg_image) if bg_image else None,
+    }
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("images", nargs="+", metavar="PHOTO_OR_DIR", help="photos (JPEG, PNG, ...) or folders of them")
-    parser.add_argument("--models", required=True,
-                        help="results directory results/<name>/: its final round's ensemble and threshold")
+    parser.add_argument(
+        "--models", required=True, help="results directory results/<name>/: its final round's ensemble and threshold"
+    )
     parser.add_argument("--out", required=True, help="output directory for <stem>_mask.png and <stem>_cutout.*")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    parser.add_argument("--backend", default="torch", choices=["auto", "torch", "onnx"],
-                        help="torch (default: the submission's exact masks), onnx (ONNX Runtime, within one uint8 "
-                             "level, faster on a CPU) or auto (onnx on a CPU, torch on CUDA)")
-    parser.add_argument("--threshold", type=float, default=None,
-                        help="binarisation threshold (default: the run's threshold.json)")
+    parser.add_argument(
+        "--backend",
+        default="torch",
+        choices=["auto", "torch", "onnx"],
+        help="torch (default: the submission's exact masks), onnx (ONNX Runtime, within one uint8 "
+        "level, faster on a CPU) or auto (onnx on a CPU, torch on CUDA)",
+    )
+    parser.add_argument(
+        "--threshold", type=float, default=None, help="binarisation threshold (default: the run's threshold.json)"
+    )
     parser.add_argument("--no-tta", dest="tta", action="store_false", help="skip the horizontal-flip TTA")
-    parser.add_argument("--format", default="png", choices=list(compose.FORMATS),
-                        help="cut-out file: png (RGBA or on the background), jpg, zip (jpg + alpha png), json (RLE)")
+    parser.add_argument(
+        "--format",
+        default="png",
+        choices=list(compose.FORMATS),
+        help="cut-out file: png (RGBA or on the background), jpg, zip (jpg + alpha png), json (RLE)",
+    )
     parser.add_argument("--channels", default="rgba", choices=list(compose.CHANNELS))
     parser.add_argument("--bg-color", default=None, help="background colour: hex (81d4fa, #fff) or a name")
     parser.add_argument("--bg-image", default=None, help="background picture, scaled to cover each photo")
@@ -133,8 +149,9 @@ def run(args: argparse.Namespace, cfg: dict) -> None:
     dupes = sorted({s for s in stems if stems.count(s) > 1})
     if dupes:
         raise CarvanaSegError(f"several photos share the file stem(s) {dupes}; their outputs would collide")
-    opts = compose.Options(format=args.format, channels=args.channels, bg_color=args.bg_color, crop=args.crop,
-                           crop_margin=args.crop_margin)
+    opts = compose.Options(
+        format=args.format, channels=args.channels, bg_color=args.bg_color, crop=args.crop, crop_margin=args.crop_margin
+    )
     try:
         opts.validate()
     except compose.OptionError as exc:
@@ -153,8 +170,9 @@ def run(args: argparse.Namespace, cfg: dict) -> None:
     out.mkdir(parents=True, exist_ok=True)
     todo = [p for p in photos if not (reuse and all(f.is_file() for f in outputs(out, p, opts.format)))]
     if len(todo) < len(photos):
-        log.info("%d of %d photos already done (same models and options): skipped", len(photos) - len(todo),
-                 len(photos))
+        log.info(
+            "%d of %d photos already done (same models and options): skipped", len(photos) - len(todo), len(photos)
+        )
     elif old is not None and old != state and not args.overwrite:
         log.info("%s records other models or options: recomputing every photo", state_file)
     staging.write_text(state_file, json.dumps(state, indent=2) + "\n")
@@ -169,5 +187,11 @@ def run(args: argparse.Namespace, cfg: dict) -> None:
         car.append(float(mask.mean()))
     seconds = time.perf_counter() - t0
     if todo:
-        log.info("%d photos in %.1f s (%.2f photos/s), car %.1f%% of the pixels on average; outputs in %s",
-                 len(todo), seconds, len(todo) / max(seconds, 1e-9), 100 * float(np.mean(car)), out)
+        log.info(
+            "%d photos in %.1f s (%.2f photos/s), car %.1f%% of the pixels on average; outputs in %s",
+            len(todo),
+            seconds,
+            len(todo) / max(seconds, 1e-9),
+            100 * float(np.mean(car)),
+            out,
+        )

@@ -28,8 +28,9 @@ def _box(x: np.ndarray, r: int) -> np.ndarray:
     return cv2.boxFilter(x, cv2.CV_32F, (2 * r + 1, 2 * r + 1), normalize=True, borderType=cv2.BORDER_REFLECT)
 
 
-def guided_filter(guide: np.ndarray, prob: np.ndarray, radius: int = 8, eps: float = 1e-3,
-                  scale: int = 4) -> np.ndarray:
+def guided_filter(
+    guide: np.ndarray, prob: np.ndarray, radius: int = 8, eps: float = 1e-3, scale: int = 4
+) -> np.ndarray:
     """Refine ``prob`` (any size, float 0..1) with the grey photo ``guide`` (H, W) uint8 or float 0..1.
 
     Returns float32 (H, W) probabilities clipped to 0..1 at the guide's size. ``radius`` is in guide pixels;
@@ -42,8 +43,11 @@ def guided_filter(guide: np.ndarray, prob: np.ndarray, radius: int = 8, eps: flo
     lw, lh = max(1, round(w / s)), max(1, round(h / s))
     g_low = cv2.resize(g, (lw, lh), interpolation=cv2.INTER_AREA) if s > 1 else g
     p = prob.astype(np.float32, copy=False)
-    p_low = p if p.shape == (lh, lw) else cv2.resize(
-        p, (lw, lh), interpolation=cv2.INTER_AREA if p.shape[0] > lh else cv2.INTER_LINEAR)
+    p_low = (
+        p
+        if p.shape == (lh, lw)
+        else cv2.resize(p, (lw, lh), interpolation=cv2.INTER_AREA if p.shape[0] > lh else cv2.INTER_LINEAR)
+    )
     r = max(1, int(round(radius / s)))
     mean_i, mean_p = _box(g_low, r), _box(p_low, r)
     var_i = _box(g_low * g_low, r) - mean_i * mean_i
@@ -79,7 +83,11 @@ def refine(prob: np.ndarray, guide: np.ndarray | None, cfg: EdgeRefine) -> np.nd
     band = float(cfg.band)
     if band > 0:  # only pixels the network was unsure of change; a confident pixel keeps its upsampled value
         h, w = guide.shape[:2]
-        up = prob if prob.shape == (h, w) else cv2.resize(prob.astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
+        up = (
+            prob
+            if prob.shape == (h, w)
+            else cv2.resize(prob.astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
+        )
         sure = (up <= band) | (up >= 1.0 - band)
         q[sure] = up[sure]
     return q

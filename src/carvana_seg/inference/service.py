@@ -50,6 +50,7 @@ NO_REFINE = {"method": "none", "radius": 8, "eps": 1e-3, "scale": 4, "band": 0.0
 @dataclass
 class RunInfo:
     """What the final ensemble of a run is made of (``GET /v1/model``)."""
+
     name: str
     results: Path
     round_dir: Path
@@ -87,8 +88,10 @@ def find_checkpoints(results: Path) -> list[Path]:
 
 def last_threshold(results: Path) -> tuple[float, float | None]:
     """The last round's ``threshold.json`` (threshold, OOF mean Dice), else 0.5 with a warning."""
-    path = next((d / "threshold.json" for d in last_first(results) if (d / "threshold.json").is_file()),
-                Path(results) / "threshold.json")
+    path = next(
+        (d / "threshold.json" for d in last_first(results) if (d / "threshold.json").is_file()),
+        Path(results) / "threshold.json",
+    )
     if not path.is_file():
         log.warning("%s not found; binarising at %.2f (pass --threshold to choose)", path, DEFAULT_THRESHOLD)
         return DEFAULT_THRESHOLD, None
@@ -104,7 +107,7 @@ def _locate(model: str, results: Path) -> Path:
         return path
     parts = path.parts
     if results.name in parts:
-        moved = results.joinpath(*parts[len(parts) - parts[::-1].index(results.name):])
+        moved = results.joinpath(*parts[len(parts) - parts[::-1].index(results.name) :])
         if moved.is_file():
             return moved
     raise DataError(f"{results / MANIFEST}: model {model} not found (nor below {results})")
@@ -119,12 +122,25 @@ def read_run(results: str | os.PathLike) -> RunInfo:
     if rdir is None:  # models trained, no test ensemble yet: the last round's models and threshold, no refinement
         models = find_checkpoints(results)
         threshold, dice = last_threshold(results)
-        log.warning("%s has no %s: serving its last round's checkpoints without the run's edge_refine setting",
-                    results, MANIFEST)
+        log.warning(
+            "%s has no %s: serving its last round's checkpoints without the run's edge_refine setting",
+            results,
+            MANIFEST,
+        )
         last = next(d for d in last_first(results) if any(m.parents[3] == d for m in models))
-        return RunInfo(name=results.name, results=results, round_dir=last, models=models, threshold=threshold,
-                       oof_dice=dice, tta_hflip=True, edge_refine=build(EdgeRefine, NO_REFINE), weights={},
-                       config_hash=None, folds=_folds(models))
+        return RunInfo(
+            name=results.name,
+            results=results,
+            round_dir=last,
+            models=models,
+            threshold=threshold,
+            oof_dice=dice,
+            tta_hflip=True,
+            edge_refine=build(EdgeRefine, NO_REFINE),
+            weights={},
+            config_hash=None,
+            folds=_folds(models),
+        )
     try:
         manifest = json.loads((rdir / MANIFEST).read_text())
         record = read_threshold(rdir / "threshold.json")
@@ -136,11 +152,19 @@ def read_run(results: str | os.PathLike) -> RunInfo:
     if "edge_refine" not in manifest:
         log.warning("%s predates the recorded edge_refine: serving without edge refinement", rdir / MANIFEST)
     models = [_locate(m, results) for m in manifest["models"]]
-    return RunInfo(name=results.name, results=results, round_dir=rdir, models=models, threshold=threshold,
-                   oof_dice=record.get("mean_dice"), tta_hflip=bool(manifest.get("tta_hflip", True)),
-                   edge_refine=build(EdgeRefine, manifest.get("edge_refine", NO_REFINE)),
-                   weights={k: float(v) for k, v in manifest.get("weights", {}).items()},
-                   config_hash=manifest.get("config_hash"), folds=_folds(models))
+    return RunInfo(
+        name=results.name,
+        results=results,
+        round_dir=rdir,
+        models=models,
+        threshold=threshold,
+        oof_dice=record.get("mean_dice"),
+        tta_hflip=bool(manifest.get("tta_hflip", True)),
+        edge_refine=build(EdgeRefine, manifest.get("edge_refine", NO_REFINE)),
+        weights={k: float(v) for k, v in manifest.get("weights", {}).items()},
+        config_hash=manifest.get("config_hash"),
+        folds=_folds(models),
+    )
 
 
 def _folds(models: list[Path]) -> dict[str, list[str]]:
@@ -153,8 +177,14 @@ def _folds(models: list[Path]) -> dict[str, list[str]]:
 class Service:
     """The loaded final ensemble of a run. ``prob``/``mask`` are thread-safe; callers bound the concurrency."""
 
-    def __init__(self, results: str | os.PathLike, device: str = "auto", backend: str = "auto",
-                 threshold: float | None = None, tta_hflip: bool | None = None) -> None:
+    def __init__(
+        self,
+        results: str | os.PathLike,
+        device: str = "auto",
+        backend: str = "auto",
+        threshold: float | None = None,
+        tta_hflip: bool | None = None,
+    ) -> None:
         if backend not in BACKENDS:
             raise DataError(f"backend must be one of {BACKENDS}, got {backend!r}")
         self.info = read_run(results)
@@ -178,10 +208,16 @@ class Service:
             self._onnx = OnnxEnsemble(self.info, self.variants)
             for v in self.variants:  # the sessions hold the weights now: free the PyTorch copies
                 v.models = []
-        log.info("serving %s (%s): %s; threshold %.4f; edge_refine %s; %s on %s", self.info.name,
-                 self.info.round_dir, ", ".join(f"{v.name} {v.size[0]}x{v.size[1]} x{len(v.models)} w={v.weight:g}"
-                                                for v in self.variants), self.info.threshold,
-                 self.info.edge_refine.method, backend, self.device)
+        log.info(
+            "serving %s (%s): %s; threshold %.4f; edge_refine %s; %s on %s",
+            self.info.name,
+            self.info.round_dir,
+            ", ".join(f"{v.name} {v.size[0]}x{v.size[1]} x{len(v.models)} w={v.weight:g}" for v in self.variants),
+            self.info.threshold,
+            self.info.edge_refine.method,
+            backend,
+            self.device,
+        )
 
     def prob(self, data: bytes | str | os.PathLike, where: str = "image") -> tuple[np.ndarray, np.ndarray]:
         """(RGB photo (H, W, 3), uint8 ensemble probability (H, W)) of a photo given as bytes or a path."""
@@ -208,9 +244,24 @@ class Service:
     def describe(self) -> dict:
         """The ensemble as JSON (``GET /v1/model``)."""
         i = self.info
-        return {"run": i.name, "round": i.round_dir.name if i.round_dir != i.results else "round1",
-                "config_hash": i.config_hash, "threshold": i.threshold, "oof_dice": i.oof_dice,
-                "tta_hflip": i.tta_hflip, "edge_refine": i.edge_refine.method, "backend": self.backend,
-                "device": str(self.device),
-                "variants": [{"name": v.name, "width": v.size[0], "height": v.size[1], "weight": v.weight,
-                              "folds": i.folds.get(v.name, [])} for v in self.variants]}
+        return {
+            "run": i.name,
+            "round": i.round_dir.name if i.round_dir != i.results else "round1",
+            "config_hash": i.config_hash,
+            "threshold": i.threshold,
+            "oof_dice": i.oof_dice,
+            "tta_hflip": i.tta_hflip,
+            "edge_refine": i.edge_refine.method,
+            "backend": self.backend,
+            "device": str(self.device),
+            "variants": [
+                {
+                    "name": v.name,
+                    "width": v.size[0],
+                    "height": v.size[1],
+                    "weight": v.weight,
+                    "folds": i.folds.get(v.name, []),
+                }
+                for v in self.variants
+            ],
+        }

@@ -35,7 +35,6 @@ log = logging.getLogger(__name__)
 LEVELS = 256
 
 
-
 def weight_total(weights: Sequence[float]) -> float:
     """The sum of the ensemble weights, which every weighted mean divides by (the OOF threshold search here, the
     test ensemble on the CPU and on the device); one clear error when it is not positive."""
@@ -55,7 +54,7 @@ def read_threshold(path: str | Path) -> dict:
     except FileNotFoundError as exc:
         raise DataError(f"{path}: threshold file not found") from exc
     except (ValueError, KeyError, TypeError) as exc:
-        raise DataError(f"{path}: not a threshold file (expected {{\"threshold\": <float>}})") from exc
+        raise DataError(f'{path}: not a threshold file (expected {{"threshold": <float>}})') from exc
     if not 0.0 <= record["threshold"] <= 1.0:
         raise DataError(f"{path}: threshold {record['threshold']} is outside [0, 1]")
     return record
@@ -141,8 +140,9 @@ def _image_job(job: tuple[str, list[tuple[str, str]], dict[str, float], str]) ->
     return dice_curve(image_histograms(prob, truth))
 
 
-def oof_image_curves(paths: list[Path], raw: Path, weights: dict[str, float], folds: list[int],
-                     workers: int = 1) -> tuple[list[str], np.ndarray]:
+def oof_image_curves(
+    paths: list[Path], raw: Path, weights: dict[str, float], folds: list[int], workers: int = 1
+) -> tuple[list[str], np.ndarray]:
     """(image ids, (n, 256) Dice of each image's OOF ensemble at every level); 2 KB per image. ``weights``: every
     variant's ensemble weight by name, in config order; ``folds``: the trained folds."""
     by_variant = _oof_files([Path(p) for p in paths], list(weights), folds)
@@ -155,8 +155,9 @@ def oof_image_curves(paths: list[Path], raw: Path, weights: dict[str, float], fo
     return [j[0] for j in jobs], np.stack(curves)
 
 
-def oof_curve(paths: list[Path], raw: Path, weights: dict[str, float], folds: list[int],
-              workers: int = 1) -> tuple[np.ndarray, int]:
+def oof_curve(
+    paths: list[Path], raw: Path, weights: dict[str, float], folds: list[int], workers: int = 1
+) -> tuple[np.ndarray, int]:
     """Exact mean Dice of the OOF ensemble at every level 0..255, and the number of images."""
     _ids, curves = oof_image_curves(paths, raw, weights, folds, workers)
     return curves.mean(axis=0), len(curves)
@@ -168,27 +169,41 @@ def choose(curve: np.ndarray, n_images: int, settings: Threshold) -> dict:
         t, source = float(settings.value), "config"
     else:
         t, source = search(curve, float(settings.coarse_step)) / 255.0, "search"
-    return {"threshold": t, "level": level(t), "mean_dice": float(curve[level(t)]), "source": source,
-            "n_images": n_images}
+    return {
+        "threshold": t,
+        "level": level(t),
+        "mean_dice": float(curve[level(t)]),
+        "source": source,
+        "n_images": n_images,
+    }
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--oof", nargs="+", required=True,
-                        help="every OOF npz (results/<name>/oof/<variant>/fold<k>.npz)")
+    parser.add_argument(
+        "--oof", nargs="+", required=True, help="every OOF npz (results/<name>/oof/<variant>/fold<k>.npz)"
+    )
     parser.add_argument("--raw", required=True, help="raw Kaggle layout with train_masks/")
     parser.add_argument("--out", required=True, help="threshold JSON to write")
     parser.add_argument("--curve", required=True, help="CSV of (threshold, mean_dice) at every uint8 level")
     parser.add_argument("--threads", type=int, default=1, help="worker processes")
-    parser.add_argument("--out-images", default=None,
-                        help="CSV (img, dice): each image's OOF ensemble Dice at the chosen threshold (report)")
+    parser.add_argument(
+        "--out-images",
+        default=None,
+        help="CSV (img, dice): each image's OOF ensemble Dice at the chosen threshold (report)",
+    )
 
 
 def run(args: argparse.Namespace, cfg: dict) -> None:
     variants = [build(Variant, v) for v in cfg["variants"]]
     folds = build(Folds, cfg["folds"])
     weights = {v.name: float(v.weight) for v in variants}
-    ids, curves = oof_image_curves([Path(p) for p in args.oof], Path(args.raw), weights,
-                                   trained_folds(folds.k, folds.use), workers=max(1, args.threads))
+    ids, curves = oof_image_curves(
+        [Path(p) for p in args.oof],
+        Path(args.raw),
+        weights,
+        trained_folds(folds.k, folds.use),
+        workers=max(1, args.threads),
+    )
     curve, n = curves.mean(axis=0), len(ids)
     result = choose(curve, n, build(Threshold, cfg["threshold"]))
     if args.out_images:
@@ -197,5 +212,11 @@ def run(args: argparse.Namespace, cfg: dict) -> None:
     rows = "".join(f"{lv / 255.0:.6f},{d:.6f}\n" for lv, d in enumerate(curve))
     staging.write_text(Path(args.curve), "threshold,mean_dice\n" + rows)
     staging.write_text(Path(args.out), json.dumps(result, indent=2) + "\n")
-    log.info("threshold %.4f (level %d, %s): OOF mean Dice %.5f on %d images",
-             result["threshold"], result["level"], result["source"], result["mean_dice"], n)
+    log.info(
+        "threshold %.4f (level %d, %s): OOF mean Dice %.5f on %d images",
+        result["threshold"],
+        result["level"],
+        result["source"],
+        result["mean_dice"],
+        n,
+    )

@@ -32,8 +32,10 @@ def small_shape(shape: tuple[int, int], scale: int = SCALE) -> tuple[int, int]:
 def pack(shape: tuple[int, int], probs: list[np.ndarray]) -> np.ndarray:
     """Each variant's probability map (any size) -> (n_variants, h, ceil(w/8)) packed bits at the reduced size."""
     hs, ws = small_shape(shape)
-    masks = [cv2.resize(np.asarray(p, dtype=np.float32), (ws, hs), interpolation=cv2.INTER_LINEAR) >= THRESHOLD
-             for p in probs]
+    masks = [
+        cv2.resize(np.asarray(p, dtype=np.float32), (ws, hs), interpolation=cv2.INTER_LINEAR) >= THRESHOLD
+        for p in probs
+    ]
     return np.packbits(np.stack(masks), axis=-1)
 
 

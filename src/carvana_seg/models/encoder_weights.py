@@ -48,8 +48,10 @@ def hub_repo(encoder: str, setting: str, key: str = "encoder_weights") -> tuple[
 
     settings = smp.encoders.encoders.get(encoder, {}).get("pretrained_settings", {})
     if setting not in settings:
-        raise ConfigError(f"config key '{key}': encoder '{encoder}' has no pretrained setting '{setting}' "
-                          f"(available: {sorted(settings)}, or a path to a weights file)")
+        raise ConfigError(
+            f"config key '{key}': encoder '{encoder}' has no pretrained setting '{setting}' "
+            f"(available: {sorted(settings)}, or a path to a weights file)"
+        )
     return settings[setting]["repo_id"], settings[setting]["revision"]
 
 
@@ -104,14 +106,22 @@ def preprocessing(encoder: str, weights: str | None) -> dict:
     try:
         return smp.encoders.get_preprocessing_params(encoder, pretrained=weights)
     except Exception as exc:  # offline and not cached (e.g. a local file without config.json)
-        log.warning("no preprocessing parameters for %s/%s (%s); using the ImageNet statistics", encoder, weights,
-                    type(exc).__name__)
+        log.warning(
+            "no preprocessing parameters for %s/%s (%s); using the ImageNet statistics",
+            encoder,
+            weights,
+            type(exc).__name__,
+        )
         return dict(IMAGENET)
 
 
 def _format(settings: dict) -> dict:
-    return {"input_space": settings.get("input_space", "RGB"), "input_range": list(settings.get("input_range", [0, 1])),
-            "mean": list(settings["mean"]), "std": list(settings["std"])}
+    return {
+        "input_space": settings.get("input_space", "RGB"),
+        "input_range": list(settings.get("input_range", [0, 1])),
+        "mean": list(settings["mean"]),
+        "std": list(settings["std"]),
+    }
 
 
 def load_local(path: str | Path, encoder: nn.Module, key: str = "encoder_weights") -> None:
@@ -136,5 +146,7 @@ def load_local(path: str | Path, encoder: nn.Module, key: str = "encoder_weights
     try:
         encoder.load_state_dict(state)
     except RuntimeError as exc:
-        raise ConfigError(f"config key '{key}': {path} does not fit the encoder "
-                          f"({str(exc).splitlines()[1].strip() if len(str(exc).splitlines()) > 1 else exc})") from exc
+        raise ConfigError(
+            f"config key '{key}': {path} does not fit the encoder "
+            f"({str(exc).splitlines()[1].strip() if len(str(exc).splitlines()) > 1 else exc})"
+        ) from exc

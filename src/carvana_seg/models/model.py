@@ -55,8 +55,9 @@ def build_model(arch: str, encoder: str, weights: str | None, name: str) -> Norm
     key = f"variants.{name}"
     local = encoder_weights.is_path(weights)
     try:
-        net = smp.create_model(arch, encoder_name=encoder, encoder_weights=None if local else weights, in_channels=3,
-                               classes=1)
+        net = smp.create_model(
+            arch, encoder_name=encoder, encoder_weights=None if local else weights, in_channels=3, classes=1
+        )
     except KeyError as exc:
         raise ConfigError(f"config key '{key}.encoder': unknown encoder '{encoder}'") from exc
     except Exception as exc:
@@ -104,13 +105,21 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        raise DataError(f"{path}: refused: the checkpoint holds Python objects besides tensors and plain data "
-                        f"(loading it could run code); only checkpoints holding plain data are loaded") from exc
+        raise DataError(
+            f"{path}: refused: the checkpoint holds Python objects besides tensors and plain data "
+            f"(loading it could run code); only checkpoints holding plain data are loaded"
+        ) from exc
     except Exception as exc:
-        raise DataError(f"{path}: not a readable checkpoint ({type(exc).__name__}: "
-                        f"{str(exc).splitlines()[0][:160] if str(exc) else ''})") from exc
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or not isinstance(ckpt.get("config"), dict) \
-            or not isinstance(ckpt["config"].get("variant"), dict):
+        raise DataError(
+            f"{path}: not a readable checkpoint ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0][:160] if str(exc) else ''})"
+        ) from exc
+    if (
+        not isinstance(ckpt, dict)
+        or "state_dict" not in ckpt
+        or not isinstance(ckpt.get("config"), dict)
+        or not isinstance(ckpt["config"].get("variant"), dict)
+    ):
         raise DataError(f"{path}: not a carvana-seg checkpoint (no state_dict and config.variant)")
     # Every checkpoint the train stage wrote holds the whole validated variant (these keys have been in the schema
     # since its first version); one made elsewhere must hold at least what loading and ensembling it reads.

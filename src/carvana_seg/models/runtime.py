@@ -36,8 +36,13 @@ def pick_device(spec: str = "auto") -> torch.device:
 def nvidia_smi() -> tuple[list[str], str | None]:
     """(GPU names, driver version) from ``nvidia-smi``; ``([], None)`` where it is absent or fails."""
     try:
-        res = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=30, check=False)
+        res = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
     except (OSError, subprocess.SubprocessError):
         return [], None
     rows = [[f.strip() for f in line.split(",")] for line in res.stdout.splitlines() if line.strip()]
@@ -61,14 +66,23 @@ def gpu_expected() -> bool:
 def gpu_mismatch(spec: str) -> str:
     """The one-line reason why torch sees no GPU although one was asked for (``spec``) or expected."""
     names, driver = nvidia_smi()
-    wheel = f"torch {torch.__version__} " + (f"built for CUDA {torch.version.cuda}" if torch.version.cuda
-                                             else "is a CPU-only build")
-    seen = (f"nvidia-smi lists {len(names)} GPU(s) ({names[0]}) with driver {driver}" if names
-            else "nvidia-smi lists no GPU (no NVIDIA driver?)")
-    asked = (f"device {spec!r} requested" if spec != "auto"
-             else "a GPU is expected (--resources gpu=N, CUDA_VISIBLE_DEVICES or nvidia-smi)")
-    return (f"{asked} but torch sees no CUDA device: {wheel}; {seen}. Install a torch wheel whose CUDA the driver "
-            f"supports (docs/gpu.md), or set device: cpu to run on the CPU on purpose")
+    wheel = f"torch {torch.__version__} " + (
+        f"built for CUDA {torch.version.cuda}" if torch.version.cuda else "is a CPU-only build"
+    )
+    seen = (
+        f"nvidia-smi lists {len(names)} GPU(s) ({names[0]}) with driver {driver}"
+        if names
+        else "nvidia-smi lists no GPU (no NVIDIA driver?)"
+    )
+    asked = (
+        f"device {spec!r} requested"
+        if spec != "auto"
+        else "a GPU is expected (--resources gpu=N, CUDA_VISIBLE_DEVICES or nvidia-smi)"
+    )
+    return (
+        f"{asked} but torch sees no CUDA device: {wheel}; {seen}. Install a torch wheel whose CUDA the driver "
+        f"supports (docs/gpu.md), or set device: cpu to run on the CPU on purpose"
+    )
 
 
 def cpu_has_native_bf16() -> bool:

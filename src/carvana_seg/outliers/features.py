@@ -93,8 +93,12 @@ def hole_share(small: np.ndarray, min_radius: float = 0.0) -> float:
 def border_pixels(mask: np.ndarray) -> dict[str, int]:
     """Mask pixels on each edge row/column of the photo."""
     m = np.asarray(mask) != 0
-    return {"top": int(m[0].sum()), "bottom": int(m[-1].sum()), "left": int(m[:, 0].sum()),
-            "right": int(m[:, -1].sum())}
+    return {
+        "top": int(m[0].sum()),
+        "bottom": int(m[-1].sum()),
+        "left": int(m[:, 0].sum()),
+        "right": int(m[:, -1].sum()),
+    }
 
 
 def min_pair_dice(masks: np.ndarray) -> float:
@@ -103,8 +107,16 @@ def min_pair_dice(masks: np.ndarray) -> float:
     return min(pairs) if pairs else math.nan
 
 
-def image_features(prob_u8: np.ndarray, threshold: float, lo: float, hi: float, scale: int, hole_radius: float,
-                   packed: np.ndarray | None = None, variants: list[str] | None = None) -> dict[str, float]:
+def image_features(
+    prob_u8: np.ndarray,
+    threshold: float,
+    lo: float,
+    hi: float,
+    scale: int,
+    hole_radius: float,
+    packed: np.ndarray | None = None,
+    variants: list[str] | None = None,
+) -> dict[str, float]:
     """Every feature of one image from its uint8 ensemble probability and (optionally) packed variant masks;
     ``hole_radius`` in pixels of the full-size photo."""
     mask = prob_u8 >= level(threshold)
@@ -114,8 +126,12 @@ def image_features(prob_u8: np.ndarray, threshold: float, lo: float, hi: float, 
     lo_u8, hi_u8 = level(lo), level(hi)  # uncertain: lo < p < hi on the stored levels
     uncertain = int(np.count_nonzero((prob_u8 > lo_u8) & (prob_u8 < hi_u8)))
     out: dict[str, float] = {
-        "height": prob_u8.shape[0], "width": prob_u8.shape[1], "area": n_car / mask.size,
-        "n_components": n_comp, "extra_share": extra, "hole_share": hole_share(small, hole_radius / scale),
+        "height": prob_u8.shape[0],
+        "width": prob_u8.shape[1],
+        "area": n_car / mask.size,
+        "n_components": n_comp,
+        "extra_share": extra,
+        "hole_share": hole_share(small, hole_radius / scale),
         "uncertain_per_mask_px": uncertain / max(n_car, 1),
         **{f"border_{s}": v for s, v in border_pixels(mask).items()},
         "variant_dice": math.nan,

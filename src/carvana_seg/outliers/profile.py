@@ -30,14 +30,19 @@ from carvana_seg.pipeline.errors import DataError
 from carvana_seg.settings.outliers import Outliers
 
 MAD_K = 1.4826  # MAD -> standard deviation for normal data
-TEST_FEATURES = {"components": "extra_share", "holes": "hole_share", "uncertain": "uncertain_per_mask_px",
-                 "disagreement": "disagreement"}
+TEST_FEATURES = {
+    "components": "extra_share",
+    "holes": "hole_share",
+    "uncertain": "uncertain_per_mask_px",
+    "disagreement": "disagreement",
+}
 SOFT = {"uncertain", "disagreement"}  # difficulty more than failure: judged against z_max_soft
 
 
 @dataclass
 class Profile:
     """The training cars' area profile over the 16 views, and edge-contact rates per (view, side)."""
+
     mu: dict[int, float]
     sigma: dict[int, float]
     sigma_view: dict[int, float]
@@ -92,9 +97,12 @@ def border_counts(rle_mask: str, shape: tuple[int, int]) -> dict[str, int]:
     s = v[0::2] - 1
     e = s + v[1::2]  # runs [s, e), 0-indexed, row-major
     ceil = lambda a: -(-a // w)  # noqa: E731
-    return {"top": int(np.clip(np.minimum(e, w) - s, 0, None).sum()),
-            "bottom": int(np.clip(e - np.maximum(s, (h - 1) * w), 0, None).sum()),
-            "left": int((ceil(e) - ceil(s)).sum()), "right": int((ceil(e + 1) - ceil(s + 1)).sum())}
+    return {
+        "top": int(np.clip(np.minimum(e, w) - s, 0, None).sum()),
+        "bottom": int(np.clip(e - np.maximum(s, (h - 1) * w), 0, None).sum()),
+        "left": int((ceil(e) - ceil(s)).sum()),
+        "right": int((ceil(e + 1) - ceil(s + 1)).sum()),
+    }
 
 
 def learn_profile(folds_csv: Path, raw: Path, floor: float, border_min_px: int) -> Profile:
@@ -136,15 +144,26 @@ def score(features: pd.DataFrame, profile: Profile, cfg: Outliers) -> pd.DataFra
     df["disagreement"] = 1.0 - df["variant_dice"]
     for name, column in TEST_FEATURES.items():
         df[f"z_{name}"] = robust_z(df[column].to_numpy(), getattr(floors, name))
-    touched = pd.DataFrame({s: (df[f"border_{s}"] >= cfg.border_min_px) & (df["view"].map(
-        lambda v, s=s: profile.border_rate.get((int(v), s), 0.0)) < cfg.border_rate_min) for s in SIDES})
+    touched = pd.DataFrame(
+        {
+            s: (df[f"border_{s}"] >= cfg.border_min_px)
+            & (df["view"].map(lambda v, s=s: profile.border_rate.get((int(v), s), 0.0)) < cfg.border_rate_min)
+            for s in SIDES
+        }
+    )
     df["border"] = [";".join(s for s in SIDES if row[s]) for row in touched.to_dict("records")]
-    checks = {"area_train": df["z_train"].abs(), "area_view": df["z_view"].abs(), "car_area": df["z_car"].abs(),
-              **{name: df[f"z_{name}"] for name in TEST_FEATURES}}
+    checks = {
+        "area_train": df["z_train"].abs(),
+        "area_view": df["z_view"].abs(),
+        "car_area": df["z_car"].abs(),
+        **{name: df[f"z_{name}"] for name in TEST_FEATURES},
+    }
     limit = {name: float(cfg.z_max_soft) if name in SOFT else z_max for name in checks}
     hits = pd.DataFrame({name: z > limit[name] for name, z in checks.items()})
-    df["reasons"] = [";".join([n for n in checks if row[n]] + [f"border:{s}" for s in b.split(";") if s])
-                     for row, b in zip(hits.to_dict("records"), df["border"])]
+    df["reasons"] = [
+        ";".join([n for n in checks if row[n]] + [f"border:{s}" for s in b.split(";") if s])
+        for row, b in zip(hits.to_dict("records"), df["border"])
+    ]
     ratio = pd.concat([z / limit[name] for name, z in checks.items()], axis=1).max(axis=1, skipna=True).fillna(0.0)
     df["score"] = np.where(df["border"] != "", np.maximum(ratio, 1.0), ratio)  # > 1: flagged
     return df

@@ -61,8 +61,9 @@ def _text(img: np.ndarray, text: str, org: tuple[int, int], scale: float, width:
     cv2.putText(img, text, (x + 3, y), font, scale, (255, 255, 255), 1, cv2.LINE_AA)
 
 
-def contact_sheet(tiles: list[np.ndarray | None], labels: list[str], title: str, shape: tuple[int, int],
-                  tile_width: int) -> np.ndarray:
+def contact_sheet(
+    tiles: list[np.ndarray | None], labels: list[str], title: str, shape: tuple[int, int], tile_width: int
+) -> np.ndarray:
     """The RGB sheet: ``title`` over a 4x4 grid of ``tiles`` (views 1..16 in order; None = missing view)."""
     tw, th = tile_size(shape, tile_width)
     sheet = np.full((*sheet_size(shape, tile_width), 3), 30, np.uint8)
@@ -70,7 +71,7 @@ def contact_sheet(tiles: list[np.ndarray | None], labels: list[str], title: str,
     for k in range(GRID * GRID):
         y, x = TITLE_H + (k // GRID) * th, (k % GRID) * tw
         tile = tiles[k] if k < len(tiles) and tiles[k] is not None else np.full((th, tw, 3), GREY, np.uint8)
-        sheet[y:y + th, x:x + tw] = tile
+        sheet[y : y + th, x : x + tw] = tile
         cv2.rectangle(sheet, (x, y), (x + tw - 1, y + th - 1), (0, 0, 0), 1)
         _text(sheet, labels[k] if k < len(labels) else f"{k + 1:02d}", (x + 2, y + 16), 0.4, tw)
     return sheet

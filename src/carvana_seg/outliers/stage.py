@@ -34,6 +34,7 @@ from carvana_seg.core.images import write_png
 from carvana_seg.core.masks import level
 from carvana_seg.inference import variant_masks
 from carvana_seg.inference.shards import shard_paths
+from carvana_seg.inference.threshold import read_threshold
 from carvana_seg.outliers import sheets
 from carvana_seg.outliers.features import fix_mask, image_features
 from carvana_seg.outliers.profile import choose_variant, learn_profile, score
@@ -44,30 +45,60 @@ from carvana_seg.settings.build import build
 from carvana_seg.settings.outliers import Outliers
 from carvana_seg.settings.predict import Predict
 from carvana_seg.settings.variants import Variant
-from carvana_seg.inference.threshold import read_threshold
 
 log = logging.getLogger(__name__)
-COLUMNS = ["img", "car", "view", "reasons", "action", "fix", "changed_px", "score", "area", "z_train", "z_view",
-           "z_car", "n_components", "extra_share", "z_components", "hole_share", "z_holes", "uncertain_per_mask_px",
-           "z_uncertain", "variant_dice", "z_disagreement", "border"]
+COLUMNS = [
+    "img",
+    "car",
+    "view",
+    "reasons",
+    "action",
+    "fix",
+    "changed_px",
+    "score",
+    "area",
+    "z_train",
+    "z_view",
+    "z_car",
+    "n_components",
+    "extra_share",
+    "z_components",
+    "hole_share",
+    "z_holes",
+    "uncertain_per_mask_px",
+    "z_uncertain",
+    "variant_dice",
+    "z_disagreement",
+    "border",
+]
 
 
 def _shard_features(job: tuple[str, str | None, list[str], float, Outliers]) -> list[dict]:
     """Features of every image of one shard (runs in a worker process)."""
     path, vpath, names, threshold, cfg = job
     rows = []
-    with np.load(path) as npz, (np.load(vpath) if vpath else nullcontext()) as vnpz:
+    with np.load(path) as npz, np.load(vpath) if vpath else nullcontext() as vnpz:
         for image_id in npz.files:
             packed = vnpz[image_id] if vnpz is not None else None
-            feats = image_features(npz[image_id], threshold, cfg.uncertain_lo, cfg.uncertain_hi, cfg.scale,
-                                   cfg.hole_radius, packed, names)
-            rows.append({"img": image_id, "car": layout.car_id(image_id), "view": layout.view(image_id),
-                         "shard": path, "variants_file": vpath, **feats})
+            feats = image_features(
+                npz[image_id], threshold, cfg.uncertain_lo, cfg.uncertain_hi, cfg.scale, cfg.hole_radius, packed, names
+            )
+            rows.append(
+                {
+                    "img": image_id,
+                    "car": layout.car_id(image_id),
+                    "view": layout.view(image_id),
+                    "shard": path,
+                    "variants_file": vpath,
+                    **feats,
+                }
+            )
     return rows
 
 
-def compute_features(manifest: Path, threshold: float, cfg: Outliers, workers: int = 1
-                     ) -> tuple[pd.DataFrame, list[str]]:
+def compute_features(
+    manifest: Path, threshold: float, cfg: Outliers, workers: int = 1
+) -> tuple[pd.DataFrame, list[str]]:
     """Per-image features of every test image in the ensemble's shards, and the variant names."""
     shards = shard_paths(manifest)
     vm = json.loads(Path(manifest).read_text()).get("variant_masks")
@@ -83,6 +114,7 @@ def compute_features(manifest: Path, threshold: float, cfg: Outliers, workers: i
 
 class View(NamedTuple):
     """One image of a car job: where its maps are, which variant's mask or zoomed map to start from, fix or not."""
+
     img: str
     shard: str
     variants_file: str | None
@@ -95,6 +127,7 @@ class View(NamedTuple):
 @dataclass
 class CarJob:
     """What to do with one car: its views, the zoomed maps (npz) if any, and its contact sheet."""
+
     car: str
     views: list[View]
     threshold: float
@@ -144,8 +177,9 @@ def _car_job(job: CarJob) -> list[tuple[str, str | None, int]]:
     return out
 
 
-def plan(df: pd.DataFrame, names: list[str], profile, cfg: Outliers, threshold: float, raw: Path,
-         sheet_dir: Path) -> list[CarJob]:
+def plan(
+    df: pd.DataFrame, names: list[str], profile, cfg: Outliers, threshold: float, raw: Path, sheet_dir: Path
+) -> list[CarJob]:
     """One job per flagged car (worst first); sheets for the first ``sheets_max``; chosen variants in ``df``."""
     flagged = df[df["reasons"] != ""]
     order = flagged.groupby("car")["score"].max().sort_values(ascending=False).index
@@ -157,10 +191,22 @@ def plan(df: pd.DataFrame, names: list[str], profile, cfg: Outliers, threshold: 
             zoom = fix and cfg.repredict == "zoom" and r["z_car"] < -cfg.z_max  # far smaller than training cars
             pick = fix and not zoom and cfg.fix_variant
             variant = choose_variant(r, names, profile, cfg.z_max) if pick else None
-            df.loc[i, "fix"] = "" if not fix else ("zoom+" if zoom else f"variant:{variant}+" if variant else "") + \
-                "largest_component+fill_holes"
-            views.append(View(r["img"], r["shard"], r["variants_file"], names.index(variant) if variant else None,
-                              zoom, fix, r["reasons"]))
+            df.loc[i, "fix"] = (
+                ""
+                if not fix
+                else ("zoom+" if zoom else f"variant:{variant}+" if variant else "") + "largest_component+fill_holes"
+            )
+            views.append(
+                View(
+                    r["img"],
+                    r["shard"],
+                    r["variants_file"],
+                    names.index(variant) if variant else None,
+                    zoom,
+                    fix,
+                    r["reasons"],
+                )
+            )
         reasons = sorted({x for rs in flagged.loc[flagged["car"] == car, "reasons"] for x in rs.split(";")})
         title = f"car {car} ({cfg.action}): {', '.join(reasons)}"
         sheet = str(sheet_dir / f"{car}.png") if rank < cfg.sheets_max else None
@@ -171,6 +217,7 @@ def plan(df: pd.DataFrame, names: list[str], profile, cfg: Outliers, threshold: 
 @dataclass(frozen=True)
 class Repredict:
     """What the zoom re-prediction needs besides the views: the models and photos, and the settings it reads."""
+
     models: list[Path]
     raw: Path
     device: str
@@ -189,8 +236,20 @@ def zoom(jobs: list[CarJob], df: pd.DataFrame, rp: Repredict, threshold: float, 
         raise ConfigError("config key 'outliers.repredict': 'zoom' needs the model checkpoints (--models)")
     from carvana_seg.outliers.zoom import zoom_images  # torch: imported only when a car needs it
 
-    done = set(zoom_images([(v.img, v.shard) for v in views], rp.raw, rp.models, rp.variants, rp.predict, rp.margin,
-                           rp.min_share, threshold, tmp_dir / "zoom.npz", rp.device))
+    done = set(
+        zoom_images(
+            [(v.img, v.shard) for v in views],
+            rp.raw,
+            rp.models,
+            rp.variants,
+            rp.predict,
+            rp.margin,
+            rp.min_share,
+            threshold,
+            tmp_dir / "zoom.npz",
+            rp.device,
+        )
+    )
     for j in jobs:
         j.zoom_file = str(tmp_dir / "zoom.npz")
         j.views = [v._replace(zoom=v.zoom and v.img in done) for v in j.views]
@@ -221,9 +280,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, cfg: dict) -> None:
     ocfg, workers = build(Outliers, cfg["outliers"]), max(1, args.threads)
-    rp = Repredict([Path(m) for m in args.models], Path(args.raw), args.device,
-                   [build(Variant, v) for v in cfg["variants"]], build(Predict, cfg["predict"]), ocfg.zoom_margin,
-                   ocfg.zoom_min_share)
+    rp = Repredict(
+        [Path(m) for m in args.models],
+        Path(args.raw),
+        args.device,
+        [build(Variant, v) for v in cfg["variants"]],
+        build(Predict, cfg["predict"]),
+        ocfg.zoom_margin,
+        ocfg.zoom_min_share,
+    )
     if ocfg.uncertain_lo >= ocfg.uncertain_hi:
         raise ConfigError("config key 'outliers.uncertain_lo': must be below outliers.uncertain_hi")
     threshold = read_threshold(args.threshold)["threshold"]
@@ -251,11 +316,25 @@ def run(args: argparse.Namespace, cfg: dict) -> None:
     _write_csv(Path(args.fixes), ["img", "rle_mask"], fixes)
     extra = [c for c in df.columns if c.startswith("area_")]
     scores = Path(args.scores)
-    staging.write_text(scores, df.assign(img=df["img"].map(layout.image_file))[COLUMNS + extra].round(5)
-                       .to_csv(index=False))
-    record = {"action": ocfg.action, "n_images": len(df), "n_flagged_images": len(flagged),
-              "n_flagged_cars": len(jobs), "n_fixed_images": len(fixes), "variants": names,
-              "sheets": [{"car": j.car, "file": Path(j.sheet).name, "title": j.title} for j in jobs if j.sheet]}
+    staging.write_text(
+        scores, df.assign(img=df["img"].map(layout.image_file))[COLUMNS + extra].round(5).to_csv(index=False)
+    )
+    record = {
+        "action": ocfg.action,
+        "n_images": len(df),
+        "n_flagged_images": len(flagged),
+        "n_flagged_cars": len(jobs),
+        "n_fixed_images": len(fixes),
+        "variants": names,
+        "sheets": [{"car": j.car, "file": Path(j.sheet).name, "title": j.title} for j in jobs if j.sheet],
+    }
     staging.write_text(sheet_manifest, json.dumps(record, indent=2) + "\n")
-    log.info("outliers: %d of %d images flagged in %d cars (%s); %d masks changed; %d contact sheets",
-             len(flagged), len(df), len(jobs), ocfg.action, len(fixes), len(record["sheets"]))
+    log.info(
+        "outliers: %d of %d images flagged in %d cars (%s); %d masks changed; %d contact sheets",
+        len(flagged),
+        len(df),
+        len(jobs),
+        ocfg.action,
+        len(fixes),
+        len(record["sheets"]),
+    )

@@ -49,8 +49,14 @@ def crop_box(mask: np.ndarray, margin: float, min_share: float) -> Box | None:
     return x0, y0, x0 + cw, y0 + ch
 
 
-def zoom_prob(photo: np.ndarray, prob_u8: np.ndarray, threshold: float, margin: float, min_share: float,
-              predict: Callable[[np.ndarray], np.ndarray]) -> np.ndarray | None:
+def zoom_prob(
+    photo: np.ndarray,
+    prob_u8: np.ndarray,
+    threshold: float,
+    margin: float,
+    min_share: float,
+    predict: Callable[[np.ndarray], np.ndarray],
+) -> np.ndarray | None:
     """The uint8 probability of a photo re-predicted on the crop around its current mask (``predict``: RGB crop ->
     uint8 probability of the crop's shape); None when there is nothing to zoom."""
     box = crop_box(prob_u8 >= level(threshold), margin, min_share)
@@ -62,9 +68,11 @@ def zoom_prob(photo: np.ndarray, prob_u8: np.ndarray, threshold: float, margin: 
     return out
 
 
-def ensemble_predictor(variants: list[LoadedVariant], tta_hflip: bool, device: torch.device
-                       ) -> Callable[[np.ndarray], np.ndarray]:
+def ensemble_predictor(
+    variants: list[LoadedVariant], tta_hflip: bool, device: torch.device
+) -> Callable[[np.ndarray], np.ndarray]:
     """RGB crop -> uint8 weighted-mean probability of every variant (flip-TTA), at the crop's size."""
+
     def predict(crop: np.ndarray) -> np.ndarray:
         probs = []
         for v in variants:
@@ -72,12 +80,22 @@ def ensemble_predictor(variants: list[LoadedVariant], tta_hflip: bool, device: t
             p = runtime.predict_probs(v.models, x.to(device), tta_hflip)
             probs.append(p.float().cpu().numpy()[0])
         return finalize(crop.shape[:2], probs, [v.weight for v in variants])
+
     return predict
 
 
-def zoom_images(images: list[tuple[str, str]], raw: Path, models: list[Path], config: list[Variant],
-                pcfg: Predict, margin: float, min_share: float, threshold: float, out: Path,
-                device: str = "auto") -> list[str]:
+def zoom_images(
+    images: list[tuple[str, str]],
+    raw: Path,
+    models: list[Path],
+    config: list[Variant],
+    pcfg: Predict,
+    margin: float,
+    min_share: float,
+    threshold: float,
+    out: Path,
+    device: str = "auto",
+) -> list[str]:
     """Re-predict ``images`` ((id, shard holding its ensemble map) pairs) zoomed, one at a time, with the ensemble of
     ``models`` (variants ``config``, ``predict`` settings ``pcfg``) on crops of ``margin`` and ``min_share``
     (``outliers.zoom_margin``, ``zoom_min_share``); stream the new uint8 maps into the npz ``out``; return the ids

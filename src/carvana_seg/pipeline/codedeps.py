@@ -24,8 +24,9 @@ from pathlib import Path
 
 PACKAGE = "carvana_seg"
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
-ROUTING = frozenset({f"{PACKAGE}.__main__", f"{PACKAGE}.pipeline.cli", f"{PACKAGE}.pipeline.codedeps",
-                     f"{PACKAGE}.pipeline.stages"})
+ROUTING = frozenset(
+    {f"{PACKAGE}.__main__", f"{PACKAGE}.pipeline.cli", f"{PACKAGE}.pipeline.codedeps", f"{PACKAGE}.pipeline.stages"}
+)
 
 
 def module_file(module: str, root: Path = PACKAGE_DIR) -> Path | None:
@@ -109,8 +110,12 @@ def _strip_docstrings(tree: ast.AST) -> ast.AST:
     for node in ast.walk(tree):
         if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
             body = node.body
-            if body and isinstance(body[0], ast.Expr) and isinstance(getattr(body[0], "value", None), ast.Constant) \
-                    and isinstance(body[0].value.value, str):
+            if (
+                body
+                and isinstance(body[0], ast.Expr)
+                and isinstance(getattr(body[0], "value", None), ast.Constant)
+                and isinstance(body[0].value.value, str)
+            ):
                 node.body = body[1:] or [ast.Pass()]
     return tree
 

@@ -104,7 +104,9 @@ def variant(config: dict, name: str) -> dict:
     for v in config["variants"]:
         if v["name"] == name:
             return v
-    raise ConfigError(f"config key 'variants': no variant named '{name}' (have {[v['name'] for v in config['variants']]})")
+    raise ConfigError(
+        f"config key 'variants': no variant named '{name}' (have {[v['name'] for v in config['variants']]})"
+    )
 
 
 def fold_ids(config: dict) -> list[int]:
@@ -139,8 +141,10 @@ def _slice_schema(stage: str, with_variant: bool) -> dict:
     if with_variant:
         props["variant"] = full["properties"]["variants"]["items"]
     if stage == "train":  # pseudo-label rounds >= 2 (rounds.train_slice)
-        props["pseudo"] = {"type": "object", "properties": {"round": {"type": "integer", "minimum": 2},
-                                                            "init": {"type": ["string", "null"]}}}
+        props["pseudo"] = {
+            "type": "object",
+            "properties": {"round": {"type": "integer", "minimum": 2}, "init": {"type": ["string", "null"]}},
+        }
     required = [k for k in full.get("required", []) if k in props] + (["variant"] if with_variant else [])
     return {"type": "object", "properties": props, "required": required, "additionalProperties": False}
 

@@ -118,7 +118,8 @@ def claim_device(
 
     Returns the claimed device index (its position in the visible set for a ``GPU-<uuid>`` entry), or None when
     nothing was claimed (a scheduler already gave the job one device, or there is no GPU). Waits while every
-    device is held by another job and raises ``CarvanaSegError`` after ``timeout`` seconds. Calling it again in the same process returns the same device.
+    device is held by another job and raises ``CarvanaSegError`` after ``timeout`` seconds. Calling it again in the
+    same process returns the same device.
     """
     if "device" in _HELD:
         return _HELD["device"]
@@ -148,8 +149,9 @@ def claim_device(
                 index = int(dev) if dev.isdigit() else pos
                 _HELD.update(device=index, fd=fd)
                 os.environ["CUDA_VISIBLE_DEVICES"] = dev
-                _say(f"claimed GPU {dev} of {source} (lock {lock_dir / f'gpu{dev}.lock'}, held until this process "
-                     "exits)")
+                _say(
+                    f"claimed GPU {dev} of {source} (lock {lock_dir / f'gpu{dev}.lock'}, held until this process exits)"
+                )
                 return index
         waited = time.monotonic() - start
         if waited >= timeout:

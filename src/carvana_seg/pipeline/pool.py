@@ -23,8 +23,9 @@ class Serial:
 
 
 @contextmanager
-def worker_pool(workers: int, n_jobs: int | None = None, min_jobs: int = 2,
-                context: str | None = None) -> Iterator[Any]:
+def worker_pool(
+    workers: int, n_jobs: int | None = None, min_jobs: int = 2, context: str | None = None
+) -> Iterator[Any]:
     """``min(workers, n_jobs)`` processes, or :class:`Serial` when that is one or there are fewer than ``min_jobs``
     jobs. Use as ``with worker_pool(w, len(jobs)) as pool: pool.map(fn, jobs)``. ``context`` is a
     ``multiprocessing`` start method (``"spawn"`` where forking a process with threads is unsafe; None: the

@@ -28,8 +28,9 @@ def rule_threads(config: dict) -> dict[str, int]:
     data, pred = config["resize"]["workers"], max(1, config["predict"]["workers"])
     out = {rule: data for rule in ("fetch", "validate_data", "resize_cache")}
     out.update({rule: pred for rule in ("threshold", "submission", "pseudo_labels", "pseudo_gain")})
-    out.update(train=config["train"]["num_workers"] + 1, ensemble=pred + 1, oof=2,
-               outliers=pred + 1 if zoom(config) else pred)
+    out.update(
+        train=config["train"]["num_workers"] + 1, ensemble=pred + 1, oof=2, outliers=pred + 1 if zoom(config) else pred
+    )
     return out
 
 

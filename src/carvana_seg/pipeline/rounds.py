@@ -93,9 +93,9 @@ def round_of_dir(res: str, path: str) -> int:
     if path == res:
         return 1
     prefix = f"{res}/round"
-    if not path.startswith(prefix) or not path[len(prefix):].isdigit():
+    if not path.startswith(prefix) or not path[len(prefix) :].isdigit():
         raise ConfigError(f"{path}: not a round directory of {res}")
-    return int(path[len(prefix):])
+    return int(path[len(prefix) :])
 
 
 def suffix(config: dict, r: int) -> str:
@@ -122,7 +122,10 @@ def round_dirs(results: str | Path, files: Iterable[str | Path] | None = None) -
         dirs = [d for d in results.glob("round*") if d.is_dir()]
     else:
         root = os.path.normpath(results) + os.sep
-        dirs = [results / os.path.normpath(f)[len(root):].split(os.sep)[0] for f in files
-                if os.path.normpath(f).startswith(root)]
+        dirs = [
+            results / os.path.normpath(f)[len(root) :].split(os.sep)[0]
+            for f in files
+            if os.path.normpath(f).startswith(root)
+        ]
     found = {(int(m[1]), d) for d in dirs if (m := ROUND_RE.match(d.name))}
     return [(1, results)] + sorted(r for r in found if r[0] != 1)

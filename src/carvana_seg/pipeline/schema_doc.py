@@ -79,9 +79,29 @@ def rows(node: dict[str, Any], prefix: str = "", required: bool = False) -> Iter
         yield from rows(child, f"{prefix}.{key}" if prefix else key, key in needed)
 
 
-KEYWORDS = {"$schema", "description", "type", "additionalProperties", "required", "properties", "default", "enum",
-            "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf", "pattern", "items", "minItems",
-            "maxItems", "const", "format", "title", "examples"}
+KEYWORDS = {
+    "$schema",
+    "description",
+    "type",
+    "additionalProperties",
+    "required",
+    "properties",
+    "default",
+    "enum",
+    "minimum",
+    "maximum",
+    "exclusiveMinimum",
+    "exclusiveMaximum",
+    "multipleOf",
+    "pattern",
+    "items",
+    "minItems",
+    "maxItems",
+    "const",
+    "format",
+    "title",
+    "examples",
+}
 
 
 def stray_keys(node: Any, path: str = "") -> list[str]:
@@ -121,15 +141,21 @@ def write_readme(readme: Path, schema_path: Path = SCHEMA_PATH) -> bool:
     """Replace the table between the markers; return whether the README changed."""
     text = Path(readme).read_text()
     readme_section(text)  # the markers must exist
-    new = re.sub(re.escape(START) + r".*?" + re.escape(END),
-                 lambda _: f"{START}\n{markdown_table(schema_path)}\n{END}", text, flags=re.S)
+    new = re.sub(
+        re.escape(START) + r".*?" + re.escape(END),
+        lambda _: f"{START}\n{markdown_table(schema_path)}\n{END}",
+        text,
+        flags=re.S,
+    )
     if new != text:
         Path(readme).write_text(new)
     return new != text
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m carvana_seg.pipeline.schema_doc", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m carvana_seg.pipeline.schema_doc", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--write", metavar="README", help="replace the table between the markers in this file")
     args = parser.parse_args(argv)
     if args.write:

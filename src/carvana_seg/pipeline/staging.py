@@ -256,8 +256,9 @@ class NpzWriter:
         with self._guard():
             self.path.parent.mkdir(parents=True, exist_ok=True)
             sweep(self.path)
-            self._zip = zipfile.ZipFile(self.tmp, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=compresslevel,
-                                        allowZip64=True)
+            self._zip = zipfile.ZipFile(
+                self.tmp, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=compresslevel, allowZip64=True
+            )
 
     @contextmanager
     def _guard(self) -> Iterator[None]:

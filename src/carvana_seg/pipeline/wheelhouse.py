@@ -70,8 +70,12 @@ def _installed(name: str) -> metadata.Distribution | None:
         return None
 
 
-def plan(reqs: list[Requirement], freeze: dict[str, Version] | None = None,
-         exclude: tuple[str, ...] = DEFAULT_EXCLUDE, python_version: str | None = None) -> dict[str, str]:
+def plan(
+    reqs: list[Requirement],
+    freeze: dict[str, Version] | None = None,
+    exclude: tuple[str, ...] = DEFAULT_EXCLUDE,
+    python_version: str | None = None,
+) -> dict[str, str]:
     """{canonical name: version to download} for what a target with ``freeze`` (None: an unknown target, which
     has only ``exclude``) lacks. Markers are evaluated for ``python_version`` on Linux; versions come from this
     environment, which must hold every package walked (``make env`` builds it)."""
@@ -97,8 +101,10 @@ def plan(reqs: list[Requirement], freeze: dict[str, Version] | None = None,
         seen.add(name)
         dist = _installed(name)
         if dist is None:
-            raise ConfigError(f"{req.name} (required by {why}) is not installed in {sys.prefix}: run `make env` "
-                              "first, the wheelhouse takes its versions from there")
+            raise ConfigError(
+                f"{req.name} (required by {why}) is not installed in {sys.prefix}: run `make env` "
+                "first, the wheelhouse takes its versions from there"
+            )
         out[name] = dist.version
         for line in dist.requires or []:
             try:
@@ -116,8 +122,13 @@ def build_requirements(pyproject: Path) -> list[Requirement]:
     return [Requirement(r) for r in data.get("build-system", {}).get("requires", [])]
 
 
-def wanted(pyproject: Path, freeze: dict[str, Version] | None, extras: tuple[str, ...] = DEFAULT_EXTRAS,
-           exclude: tuple[str, ...] = DEFAULT_EXCLUDE, python_version: str | None = None) -> dict[str, str]:
+def wanted(
+    pyproject: Path,
+    freeze: dict[str, Version] | None,
+    extras: tuple[str, ...] = DEFAULT_EXTRAS,
+    exclude: tuple[str, ...] = DEFAULT_EXCLUDE,
+    python_version: str | None = None,
+) -> dict[str, str]:
     """The wheelhouse's contents: ``plan`` of the project's requirements for the target, plus its build
     requirements whatever the target has (pip builds the editable install in an isolated environment, which
     takes setuptools from the wheelhouse, not from the target)."""
@@ -133,17 +144,27 @@ def download(wanted: dict[str, str], dest: Path, python_version: str, platforms:
     import subprocess
 
     dest.mkdir(parents=True, exist_ok=True)
-    target = ["--python-version", python_version, "--implementation", "cp",
-              *(a for p in platforms for a in ("--platform", p))]
+    target = [
+        "--python-version",
+        python_version,
+        "--implementation",
+        "cp",
+        *(a for p in platforms for a in ("--platform", p)),
+    ]
     failed = []
     for name, version in wanted.items():
         spec = f"{name}=={version}"
         pip = [sys.executable, "-m", "pip", "-q"]
-        got = subprocess.run([*pip, "download", "--no-deps", "--only-binary=:all:", *target, "-d", str(dest), spec],
-                             check=False, capture_output=True, text=True)
+        got = subprocess.run(
+            [*pip, "download", "--no-deps", "--only-binary=:all:", *target, "-d", str(dest), spec],
+            check=False,
+            capture_output=True,
+            text=True,
+        )
         if got.returncode != 0:  # sdist only (pure Python, as a rule): a wheel built here installs anywhere
-            got = subprocess.run([*pip, "wheel", "--no-deps", "-w", str(dest), spec], check=False,
-                                 capture_output=True, text=True)
+            got = subprocess.run(
+                [*pip, "wheel", "--no-deps", "-w", str(dest), spec], check=False, capture_output=True, text=True
+            )
         if got.returncode != 0:
             print(f"wheelhouse: {spec}: {got.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
             failed.append(spec)
@@ -158,10 +179,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--extras", nargs="*", default=list(DEFAULT_EXTRAS))
     parser.add_argument("--exclude", nargs="*", default=list(DEFAULT_EXCLUDE))
     parser.add_argument("--python-version", default=None, help="the target's Python (PYVER), for markers")
-    parser.add_argument("--download", type=Path, default=None, metavar="DIR",
-                        help="download the wheels into DIR (the wheelhouse) instead of printing the list")
-    parser.add_argument("--platform", nargs="+", default=["manylinux2014_x86_64"],
-                        help="wheel platform tags the target accepts (PLATFORM)")
+    parser.add_argument(
+        "--download",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="download the wheels into DIR (the wheelhouse) instead of printing the list",
+    )
+    parser.add_argument(
+        "--platform",
+        nargs="+",
+        default=["manylinux2014_x86_64"],
+        help="wheel platform tags the target accepts (PLATFORM)",
+    )
     args = parser.parse_args(argv)
     try:
         freeze = read_freeze(args.freeze) if args.freeze else None

@@ -52,27 +52,42 @@ def make_plan(config: dict, gpu: str) -> dict:
     """The plan of a resolved config on device ``gpu``: stages, totals, peak disk (bytes), the device row."""
     dev, data = tp.device(gpu), data_size(config)
     stages = plan_stages(config, data, dev)
-    gpu_hours = {kind: sum(s.hours for s in stages if s.rule in rules)
-                 for kind, rules in (("train", {"train"}), ("predict", {"oof", "ensemble", "outliers"}))}
-    return {"config": config["name"], "device": vars(dev), "data": vars(data), "stages": [vars(s) for s in stages],
-            "jobs": {s.rule: s.jobs for s in stages if s.jobs}, "peak_disk": peak_disk(stages, data),
-            "hours": gpu_hours, "reference": REFERENCE}
+    gpu_hours = {
+        kind: sum(s.hours for s in stages if s.rule in rules)
+        for kind, rules in (("train", {"train"}), ("predict", {"oof", "ensemble", "outliers"}))
+    }
+    return {
+        "config": config["name"],
+        "device": vars(dev),
+        "data": vars(data),
+        "stages": [vars(s) for s in stages],
+        "jobs": {s.rule: s.jobs for s in stages if s.jobs},
+        "peak_disk": peak_disk(stages, data),
+        "hours": gpu_hours,
+        "reference": REFERENCE,
+    }
 
 
 def format_plan(plan: dict) -> str:
     """The printed table."""
     dev, d = plan["device"], plan["data"]
-    lines = [f"plan of '{plan['config']}': {d['n_train']:,} training and {d['n_test']:,} test photos of "
-             f"{d['width']}x{d['height']} ({d['source']}); device {dev['name']}: {dev['source']}",
-             f"{'stage':15} {'jobs':>5} {'images':>13} {'disk GB':>9} {'TFLOP':>12} {'hours':>9}  notes"]
+    lines = [
+        f"plan of '{plan['config']}': {d['n_train']:,} training and {d['n_test']:,} test photos of "
+        f"{d['width']}x{d['height']} ({d['source']}); device {dev['name']}: {dev['source']}",
+        f"{'stage':15} {'jobs':>5} {'images':>13} {'disk GB':>9} {'TFLOP':>12} {'hours':>9}  notes",
+    ]
     for s in (Stage(**row) for row in plan["stages"]):
         hours = f"{s.hours:9.2f}" if s.gpu else f"{'(cpu)':>9}"
-        lines.append(f"{s.rule:15} {s.jobs:5d} {s.images:13,.0f} {s.disk / 1e9:9.2f} {s.flops / 1e12:12,.0f} {hours}"
-                     f"  {'; '.join(s.notes)}")
+        lines.append(
+            f"{s.rule:15} {s.jobs:5d} {s.images:13,.0f} {s.disk / 1e9:9.2f} {s.flops / 1e12:12,.0f} {hours}"
+            f"  {'; '.join(s.notes)}"
+        )
     h = plan["hours"]
-    lines += [f"total: {sum(plan['jobs'].values())} jobs; {dev['name']} hours: training {h['train']:,.1f}, "
-              f"predicting {h['predict']:,.1f} (reference: {plan['reference']})",
-              f"peak disk under data/ and results/: {plan['peak_disk'] / 1e9:.1f} GB"]
+    lines += [
+        f"total: {sum(plan['jobs'].values())} jobs; {dev['name']} hours: training {h['train']:,.1f}, "
+        f"predicting {h['predict']:,.1f} (reference: {plan['reference']})",
+        f"peak disk under data/ and results/: {plan['peak_disk'] / 1e9:.1f} GB",
+    ]
     return "\n".join(lines)
 
 

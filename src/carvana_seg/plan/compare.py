@@ -35,9 +35,14 @@ def compare(plan: dict, measured: list[pd.DataFrame]) -> pd.DataFrame:
         if s["rule"] == "all":
             continue
         m = got.loc[s["rule"]] if s["rule"] in got.index else None
-        rows.append({"stage": s["rule"], "planned_jobs": s["jobs"],
-                     "measured_jobs": int(m["jobs"]) if m is not None else None,
-                     "planned_hours": round(s["hours"], 4) if s["gpu"] else None,
-                     "measured_hours": round(float(m["s"]) / 3600, 4) if m is not None else None,
-                     "planned_disk_gb": round(s["disk"] / 1e9, 3)})
+        rows.append(
+            {
+                "stage": s["rule"],
+                "planned_jobs": s["jobs"],
+                "measured_jobs": int(m["jobs"]) if m is not None else None,
+                "planned_hours": round(s["hours"], 4) if s["gpu"] else None,
+                "measured_hours": round(float(m["s"]) / 3600, 4) if m is not None else None,
+                "planned_disk_gb": round(s["disk"] / 1e9, 3),
+            }
+        )
     return pd.DataFrame(rows, columns=COLUMNS)

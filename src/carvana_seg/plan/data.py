@@ -37,8 +37,11 @@ class DataSize:
     @property
     def raw_bytes(self) -> float:
         """The extracted Kaggle layout: photos, masks and the csvs."""
-        return (self.n_train * (self.train_jpeg + self.mask_gif + self.rle_row) + self.n_test * self.test_jpeg
-                + self.n_test * 40)  # sample_submission.csv: id and a placeholder per test image
+        return (
+            self.n_train * (self.train_jpeg + self.mask_gif + self.rle_row)
+            + self.n_test * self.test_jpeg
+            + self.n_test * 40
+        )  # sample_submission.csv: id and a placeholder per test image
 
     @property
     def archive_bytes(self) -> float:
@@ -67,8 +70,17 @@ def data_size(config: dict) -> DataSize:
         syn = data["synthetic"]
         w, h = syn["width"], syn["height"]
         n_train, n_test = 16 * syn["n_train_cars"], 16 * syn["n_test_cars"]  # outlier cars are test cars
-        return DataSize(n_train, n_test, w, h, _scaled("train_jpeg", w * h), _scaled("test_jpeg", w * h),
-                        _scaled("mask_gif", w * h), _scaled("rle_csv_row", w * h), source)
+        return DataSize(
+            n_train,
+            n_test,
+            w,
+            h,
+            _scaled("train_jpeg", w * h),
+            _scaled("test_jpeg", w * h),
+            _scaled("mask_gif", w * h),
+            _scaled("rle_csv_row", w * h),
+            source,
+        )
     full = COMPETITION if data["include_test"] else dict(COMPETITION, n_test=0)
     w, h = layout.ORIG_W, layout.ORIG_H
     sizes = {k: _scaled(k, w * h, hq) for k in SAMPLE_BYTES}
@@ -77,11 +89,29 @@ def data_size(config: dict) -> DataSize:
         train = sorted((root / (layout.TRAIN_DIR + ("_hq" if hq else ""))).glob("*.jpg"))
         test = sorted((root / (layout.TEST_DIR + ("_hq" if hq else ""))).glob("*.jpg"))
         masks = sorted((root / layout.MASK_DIR).glob("*.gif"))[:200]
-        return DataSize(len(train), len(test), w, h, _mean_size(train[:200], sizes["train_jpeg"]),
-                        _mean_size(test[:200], sizes["test_jpeg"]), _mean_size(masks, sizes["mask_gif"]),
-                        sizes["rle_csv_row"], source, linked=True)
-    return DataSize(full["n_train"], full["n_test"], w, h, sizes["train_jpeg"], sizes["test_jpeg"], sizes["mask_gif"],
-                    sizes["rle_csv_row"], source)
+        return DataSize(
+            len(train),
+            len(test),
+            w,
+            h,
+            _mean_size(train[:200], sizes["train_jpeg"]),
+            _mean_size(test[:200], sizes["test_jpeg"]),
+            _mean_size(masks, sizes["mask_gif"]),
+            sizes["rle_csv_row"],
+            source,
+            linked=True,
+        )
+    return DataSize(
+        full["n_train"],
+        full["n_test"],
+        w,
+        h,
+        sizes["train_jpeg"],
+        sizes["test_jpeg"],
+        sizes["mask_gif"],
+        sizes["rle_csv_row"],
+        source,
+    )
 
 
 def fold_sizes(n_train: int, k: int) -> tuple[float, float]:

@@ -34,8 +34,7 @@ def _count(arch: str, encoder: str, width: int, height: int) -> ModelCost:
             model(x)
         with FlopCounterMode(display=False) as both:
             model(x).sum().backward()
-    return ModelCost(sum(p.numel() for p in model.parameters()), fwd.get_total_flops() / 2,
-                     both.get_total_flops() / 2)
+    return ModelCost(sum(p.numel() for p in model.parameters()), fwd.get_total_flops() / 2, both.get_total_flops() / 2)
 
 
 def model_cost(variant: dict) -> ModelCost:

@@ -76,9 +76,11 @@ def train_stages(config: dict, data: DataSize, dev: tp.Device) -> tuple[Stage, S
             ckpt = cost.params * BYTES_PER_PARAM
             train.disk += len(folds) * 4 * ckpt  # best.pt + resume state (weights, best weights, RMSprop state)
             if workers and load_s / workers > model_s:
-                train.notes.append(f"round {r} {name}: loader-bound ({workers} workers feed "
-                                   f"{per_epoch * epochs * len(folds) / load_s * workers:.0f} img/s, the model "
-                                   f"takes {per_epoch * epochs * len(folds) / model_s:.0f})")
+                train.notes.append(
+                    f"round {r} {name}: loader-bound ({workers} workers feed "
+                    f"{per_epoch * epochs * len(folds) / load_s * workers:.0f} img/s, the model "
+                    f"takes {per_epoch * epochs * len(folds) / model_s:.0f})"
+                )
             oof.jobs += len(folds)
             oof.images += len(folds) * n_val * 2
             oof.flops += len(folds) * n_val * 2 * cost.forward
@@ -141,8 +143,15 @@ def plan_stages(config: dict, data: DataSize, dev: tp.Device) -> list[Stage]:
     """Every stage of the DAG in run order, ``all`` last (as in the job table)."""
     train, oof = train_stages(config, data, dev)
     predict = predict_stages(config, data, dev)
-    return [*data_stages(config, data), train, oof, *predict, *pseudo_stages(config, data),
-            Stage("report_figures", 1), Stage("all", 1)]
+    return [
+        *data_stages(config, data),
+        train,
+        oof,
+        *predict,
+        *pseudo_stages(config, data),
+        Stage("report_figures", 1),
+        Stage("all", 1),
+    ]
 
 
 def peak_disk(stages: list[Stage], data: DataSize) -> float:

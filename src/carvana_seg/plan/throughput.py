@@ -33,23 +33,36 @@ class Device:
 
 
 def _gpu(name: str, peak_tflops: float, source: str) -> Device:
-    return Device(name, peak_tflops * 1e12 * TRAIN_UTIL, peak_tflops * 1e12 * INFER_UTIL, False,
-                  f"assumed: {peak_tflops:g} TFLOP/s dense ({source}) x {TRAIN_UTIL:.0%} train / {INFER_UTIL:.0%} "
-                  "predict utilisation")
+    return Device(
+        name,
+        peak_tflops * 1e12 * TRAIN_UTIL,
+        peak_tflops * 1e12 * INFER_UTIL,
+        False,
+        f"assumed: {peak_tflops:g} TFLOP/s dense ({source}) x {TRAIN_UTIL:.0%} train / {INFER_UTIL:.0%} "
+        "predict utilisation",
+    )
 
 
-DEVICES: dict[str, Device] = {d.name: d for d in (
-    Device("cpu", 0.031e12, 0.039e12, True,
-           "measured per core on the dev machine (1 thread, 2 shared cores; benchmarks/plan_throughput.py)"),
-    _gpu("h100", 989, "H100 SXM bf16, NVIDIA datasheet"),
-    _gpu("h200", 989, "H200 SXM bf16, NVIDIA datasheet"),
-    _gpu("a100", 312, "A100 bf16, NVIDIA datasheet"),
-    _gpu("l40s", 362, "L40S bf16, NVIDIA datasheet"),
-    _gpu("l4", 121, "L4 bf16, NVIDIA datasheet"),
-    _gpu("a10", 125, "A10 bf16, NVIDIA datasheet"),
-    _gpu("v100", 125, "V100 fp16, NVIDIA datasheet"),
-    _gpu("t4", 65, "T4 fp16, NVIDIA datasheet"),
-)}
+DEVICES: dict[str, Device] = {
+    d.name: d
+    for d in (
+        Device(
+            "cpu",
+            0.031e12,
+            0.039e12,
+            True,
+            "measured per core on the dev machine (1 thread, 2 shared cores; benchmarks/plan_throughput.py)",
+        ),
+        _gpu("h100", 989, "H100 SXM bf16, NVIDIA datasheet"),
+        _gpu("h200", 989, "H200 SXM bf16, NVIDIA datasheet"),
+        _gpu("a100", 312, "A100 bf16, NVIDIA datasheet"),
+        _gpu("l40s", 362, "L40S bf16, NVIDIA datasheet"),
+        _gpu("l4", 121, "L4 bf16, NVIDIA datasheet"),
+        _gpu("a10", 125, "A10 bf16, NVIDIA datasheet"),
+        _gpu("v100", 125, "V100 fp16, NVIDIA datasheet"),
+        _gpu("t4", 65, "T4 fp16, NVIDIA datasheet"),
+    )
+}
 
 # ms of one worker per training sample = per_mpx x network megapixels (+ per_photo_mpx x photo megapixels where
 # the sample is decoded from its JPEG): the memmapped cache (7.1-10.6 ms item + 19-25 ms transfer at 1.0-1.6 Mpx)

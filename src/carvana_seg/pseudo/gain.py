@@ -24,11 +24,11 @@ import pandas as pd
 from carvana_seg.core import layout, rle
 from carvana_seg.core.images import image_size
 from carvana_seg.core.metrics import dice
+from carvana_seg.inference.threshold import read_threshold
 from carvana_seg.pipeline import staging
 from carvana_seg.pipeline.errors import DataError
 from carvana_seg.pipeline.pool import worker_pool
 from carvana_seg.submission.score import read_rle_csv
-from carvana_seg.inference.threshold import read_threshold
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +54,14 @@ def _stats(values) -> dict:
     v = np.asarray(list(values), dtype=float)
     if v.size == 0:
         return {"n": 0}
-    return {"n": int(v.size), "mean": float(v.mean()), "min": float(v.min()), "p10": float(np.quantile(v, 0.1)),
-            "median": float(np.median(v)), "max": float(v.max())}
+    return {
+        "n": int(v.size),
+        "mean": float(v.mean()),
+        "min": float(v.min()),
+        "p10": float(np.quantile(v, 0.1)),
+        "median": float(np.median(v)),
+        "max": float(v.max()),
+    }
 
 
 def oof_by_variant(table: str | os.PathLike) -> dict[str, float]:
@@ -64,22 +70,35 @@ def oof_by_variant(table: str | os.PathLike) -> dict[str, float]:
     return {str(k): float(v) for k, v in df.groupby("variant")["dice"].mean().items()}
 
 
-def pseudo_record(table: str | os.PathLike, masks_csv: str | os.PathLike, truth: dict | None, prev_dice: dict | None,
-                  raw: Path, workers: int) -> dict:
+def pseudo_record(
+    table: str | os.PathLike,
+    masks_csv: str | os.PathLike,
+    truth: dict | None,
+    prev_dice: dict | None,
+    raw: Path,
+    workers: int,
+) -> dict:
     """Selection counts and uncertainty of one round's pseudo-labels; with the truth, their Dice and ranking."""
     df = pd.read_csv(table, dtype={"img": str, "car": str})
     sel = df[df["selected"] == 1]
-    rec = {"n_test_images": len(df), "n_selected": len(sel), "n_selected_cars": int(sel["car"].nunique()),
-           "n_flagged_car_images": int(df["flagged_car"].sum()),
-           "uncertain_of_candidates_selected": _stats(sel["uncertain_of_candidates"])}
+    rec = {
+        "n_test_images": len(df),
+        "n_selected": len(sel),
+        "n_selected_cars": int(sel["car"].nunique()),
+        "n_flagged_car_images": int(df["flagged_car"].sum()),
+        "uncertain_of_candidates_selected": _stats(sel["uncertain_of_candidates"]),
+    }
     if truth is None:
         return rec
     masks = read_rle_csv(masks_csv)
     rec["pseudo_mask_dice"] = _stats(per_image_dice(masks, truth, raw, workers).values())
     if prev_dice:
         d = df["img"].map(prev_dice)
-        groups = {"selected": df["selected"] == 1, "passed_over": (df["selected"] == 0) & (df["flagged_car"] == 0),
-                  "flagged_cars": df["flagged_car"] == 1}
+        groups = {
+            "selected": df["selected"] == 1,
+            "passed_over": (df["selected"] == 0) & (df["flagged_car"] == 0),
+            "flagged_cars": df["flagged_car"] == 1,
+        }
         rec["previous_round_test_dice"] = {k: _stats(d[m].dropna()) for k, m in groups.items()}
         ok = d.notna()
         rho = df.loc[ok, "confidence"].corr(d[ok], method="spearman") if ok.sum() > 2 else float("nan")
@@ -103,8 +122,17 @@ class GainInputs:
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> GainInputs:
-        return cls(tuple(args.thresholds), tuple(args.oof_tables), tuple(args.pseudo_tables), tuple(args.pseudo_masks),
-                   args.raw, args.truth, tuple(args.scores), tuple(args.submissions), args.threads)
+        return cls(
+            tuple(args.thresholds),
+            tuple(args.oof_tables),
+            tuple(args.pseudo_tables),
+            tuple(args.pseudo_masks),
+            args.raw,
+            args.truth,
+            tuple(args.scores),
+            tuple(args.submissions),
+            args.threads,
+        )
 
 
 def summarize(args: GainInputs) -> dict:
@@ -117,11 +145,16 @@ def summarize(args: GainInputs) -> dict:
     workers = max(1, args.threads)
     for k in range(n):
         thr = read_threshold(args.thresholds[k])
-        rec = {"round": k + 1, "threshold": thr["threshold"], "oof_ensemble_dice": thr.get("mean_dice"),
-               "oof_dice_by_variant": oof_by_variant(args.oof_tables[k])}
+        rec = {
+            "round": k + 1,
+            "threshold": thr["threshold"],
+            "oof_ensemble_dice": thr.get("mean_dice"),
+            "oof_dice_by_variant": oof_by_variant(args.oof_tables[k]),
+        }
         if k > 0:
-            rec["pseudo_labels"] = pseudo_record(args.pseudo_tables[k - 1], args.pseudo_masks[k - 1], truth, prev_dice,
-                                                 Path(args.raw), workers)
+            rec["pseudo_labels"] = pseudo_record(
+                args.pseudo_tables[k - 1], args.pseudo_masks[k - 1], truth, prev_dice, Path(args.raw), workers
+            )
         if truth is not None:
             score = json.loads(Path(args.scores[k]).read_text())
             rec["test_dice"] = score["mean_dice"]
@@ -130,28 +163,39 @@ def summarize(args: GainInputs) -> dict:
         rounds.append(rec)
     first, last = rounds[0], rounds[-1]
     retrained = sorted(set(last["oof_dice_by_variant"]) & set(first["oof_dice_by_variant"]))
-    gain = {"oof_dice_by_variant": {v: last["oof_dice_by_variant"][v] - first["oof_dice_by_variant"][v]
-                                    for v in retrained}}
+    gain = {
+        "oof_dice_by_variant": {v: last["oof_dice_by_variant"][v] - first["oof_dice_by_variant"][v] for v in retrained}
+    }
     if first.get("oof_ensemble_dice") is not None and last.get("oof_ensemble_dice") is not None:
         gain["oof_ensemble_dice"] = last["oof_ensemble_dice"] - first["oof_ensemble_dice"]
-    caveats = ["OOF Dice of rounds >= 2 is slightly optimistic: the pseudo-labels came from an ensemble whose other "
-               "folds' models were trained on each fold's validation cars."]
+    caveats = [
+        "OOF Dice of rounds >= 2 is slightly optimistic: the pseudo-labels came from an ensemble whose other "
+        "folds' models were trained on each fold's validation cars."
+    ]
     if truth is not None:
         gain["test_dice"] = last["test_dice"] - first["test_dice"]
         cars = sorted(set(first["test_dice_by_car"]) & set(last["test_dice_by_car"]))
         diffs = [last["test_dice_by_car"][c] - first["test_dice_by_car"][c] for c in cars]
         gain["test_cars_improved"] = int(sum(d > 0 for d in diffs))
         gain["test_cars_worse"] = int(sum(d < 0 for d in diffs))
-        verdict = (f"round {n} {'improves' if gain['test_dice'] > 0 else 'does NOT improve'} the end-to-end test Dice "
-                   f"over round 1: {first['test_dice']:.5f} -> {last['test_dice']:.5f} ({gain['test_dice']:+.5f}; "
-                   f"{gain['test_cars_improved']} of {len(cars)} test cars better)")
-        caveats.append(f"{len(prev_dice)} test images, {len(cars)} cars, one seed per round, and round r also trains "
-                       "longer: a difference of a few 1e-4 may be seed-to-seed variation or the extra epochs, not the "
-                       "pseudo-labels (a control retrains with select_count: 0).")
+        verdict = (
+            f"round {n} {'improves' if gain['test_dice'] > 0 else 'does NOT improve'} the end-to-end test Dice "
+            f"over round 1: {first['test_dice']:.5f} -> {last['test_dice']:.5f} ({gain['test_dice']:+.5f}; "
+            f"{gain['test_cars_improved']} of {len(cars)} test cars better)"
+        )
+        caveats.append(
+            f"{len(prev_dice)} test images, {len(cars)} cars, one seed per round, and round r also trains "
+            "longer: a difference of a few 1e-4 may be seed-to-seed variation or the extra epochs, not the "
+            "pseudo-labels (a control retrains with select_count: 0)."
+        )
     else:
         oof = gain.get("oof_ensemble_dice")
-        verdict = (f"no test truth (real data): round {n} OOF ensemble Dice {oof:+.5f} vs round 1 (see caveats); "
-                   "compare the two submissions on the leaderboard" if oof is not None else "no test truth")
+        verdict = (
+            f"no test truth (real data): round {n} OOF ensemble Dice {oof:+.5f} vs round 1 (see caveats); "
+            "compare the two submissions on the leaderboard"
+            if oof is not None
+            else "no test truth"
+        )
     return {"rounds": rounds, "gain": gain, "verdict": verdict, "caveats": caveats}
 
 
@@ -175,7 +219,12 @@ def run(args: argparse.Namespace, cfg: dict) -> None:  # noqa: ARG001 - no confi
     staging.write_text(Path(args.out), json.dumps(record, indent=2) + "\n")
     for rec in record["rounds"]:
         pl = rec.get("pseudo_labels", {})
-        log.info("round %d: OOF ensemble Dice %s, test Dice %s, %s pseudo-labels (their Dice %s)", rec["round"],
-                 rec.get("oof_ensemble_dice"), rec.get("test_dice"), pl.get("n_selected", "-"),
-                 pl.get("pseudo_mask_dice", {}).get("mean", "-"))
+        log.info(
+            "round %d: OOF ensemble Dice %s, test Dice %s, %s pseudo-labels (their Dice %s)",
+            rec["round"],
+            rec.get("oof_ensemble_dice"),
+            rec.get("test_dice"),
+            pl.get("n_selected", "-"),
+            pl.get("pseudo_mask_dice", {}).get("mean", "-"),
+        )
     log.info("%s", record["verdict"])

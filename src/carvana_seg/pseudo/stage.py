@@ -35,11 +35,11 @@ from carvana_seg.core import layout, rle
 from carvana_seg.core.images import write_mask_gif
 from carvana_seg.core.masks import binarize, level
 from carvana_seg.inference.shards import shard_paths
+from carvana_seg.inference.threshold import read_threshold
 from carvana_seg.pipeline import staging
 from carvana_seg.pipeline.errors import ConfigError, DataError
 from carvana_seg.pipeline.pool import worker_pool
 from carvana_seg.settings.pseudo_label import PseudoSelection
-from carvana_seg.inference.threshold import read_threshold
 
 log = logging.getLogger(__name__)
 COLUMNS = ["img", "car", "view", "uncertain_of_candidates", "confidence", "area", "flagged_car", "selected", "rank"]
@@ -63,8 +63,14 @@ def _score_shard(job: tuple[str, float, float, float]) -> list[dict]:
     with np.load(path) as npz:
         for image_id in npz.files:
             prob = npz[image_id]
-            rows.append({"id": image_id, "shard": path, "uncertain_of_candidates": uncertain_of_candidates(prob, lo, hi),
-                         "area": float(np.count_nonzero(binarize(prob, threshold))) / prob.size})
+            rows.append(
+                {
+                    "id": image_id,
+                    "shard": path,
+                    "uncertain_of_candidates": uncertain_of_candidates(prob, lo, hi),
+                    "area": float(np.count_nonzero(binarize(prob, threshold))) / prob.size,
+                }
+            )
     return rows
 
 
@@ -74,8 +80,7 @@ def score_images(shards: list[Path], lo: float, hi: float, threshold: float, wor
     jobs = [(str(p), lo, hi, threshold) for p in shards]
     with worker_pool(workers, len(jobs)) as pool:
         parts = pool.map(_score_shard, jobs, chunksize=1)
-    df = pd.DataFrame([r for part in parts for r in part],
-                      columns=["id", "shard", "uncertain_of_candidates", "area"])
+    df = pd.DataFrame([r for part in parts for r in part], columns=["id", "shard", "uncertain_of_candidates", "area"])
     df["car"] = df["id"].map(layout.car_id)
     df["view"] = df["id"].map(layout.view)
     df["confidence"] = 1.0 - df["uncertain_of_candidates"]
@@ -114,8 +119,12 @@ def select(df: pd.DataFrame, flagged: set[str], share: float | None, count: int 
     want = n_to_select(len(out), share, count)
     out["selected"] = (out["rank"] >= 1) & (out["rank"] <= want)
     if want > len(eligible):
-        log.warning("asked for %d pseudo-labels, only %d images are eligible (%d of flagged cars)", want,
-                    len(eligible), int(out["flagged_car"].sum()))
+        log.warning(
+            "asked for %d pseudo-labels, only %d images are eligible (%d of flagged cars)",
+            want,
+            len(eligible),
+            int(out["flagged_car"].sum()),
+        )
     return out
 
 
@@ -144,8 +153,10 @@ def write_layout(df: pd.DataFrame, threshold: float, raw: Path, out_dir: Path, w
     with staging.staged_dir(Path(out_dir)) as tmp:
         for sub in (layout.TRAIN_DIR, layout.MASK_DIR):
             (tmp / sub).mkdir()
-        jobs = [(shard, list(g["id"]), threshold, str(tmp), os.path.abspath(Path(raw) / layout.TEST_DIR), link_base)
-                for shard, g in chosen.groupby("shard", sort=True)]
+        jobs = [
+            (shard, list(g["id"]), threshold, str(tmp), os.path.abspath(Path(raw) / layout.TEST_DIR), link_base)
+            for shard, g in chosen.groupby("shard", sort=True)
+        ]
         with worker_pool(workers, len(jobs)) as pool:
             parts = pool.map(_write_shard, jobs, chunksize=1)
         rows = sorted(r for part in parts for r in part)
@@ -157,8 +168,14 @@ def _quantiles(values: pd.Series) -> dict:
     if values.empty:
         return {}
     q = values.quantile([0.0, 0.1, 0.5, 0.9, 1.0])
-    return {"min": float(q[0.0]), "p10": float(q[0.1]), "median": float(q[0.5]), "p90": float(q[0.9]),
-            "max": float(q[1.0]), "mean": float(values.mean())}
+    return {
+        "min": float(q[0.0]),
+        "p10": float(q[0.1]),
+        "median": float(q[0.5]),
+        "p90": float(q[0.9]),
+        "max": float(q[1.0]),
+        "mean": float(values.mean()),
+    }
 
 
 def summarize(df: pd.DataFrame, selection: PseudoSelection, threshold: float, round_: int | None) -> dict:
@@ -167,13 +184,20 @@ def summarize(df: pd.DataFrame, selection: PseudoSelection, threshold: float, ro
     sel, flagged = df[df["selected"]], df[df["flagged_car"]]
     rejected = df[~df["selected"] & ~df["flagged_car"]]
     return {
-        "round": round_, "threshold": threshold, "settings": dataclasses.asdict(selection),
-        "n_test_images": len(df), "n_flagged_cars": int(flagged["car"].nunique()),
-        "n_flagged_car_images": len(flagged), "n_eligible": int(len(df) - len(flagged)),
-        "n_selected": len(sel), "n_selected_cars": int(sel["car"].nunique()),
-        "uncertain_of_candidates": {"selected": _quantiles(sel["uncertain_of_candidates"]),
-                            "eligible_not_selected": _quantiles(rejected["uncertain_of_candidates"]),
-                            "flagged_cars": _quantiles(flagged["uncertain_of_candidates"])},
+        "round": round_,
+        "threshold": threshold,
+        "settings": dataclasses.asdict(selection),
+        "n_test_images": len(df),
+        "n_flagged_cars": int(flagged["car"].nunique()),
+        "n_flagged_car_images": len(flagged),
+        "n_eligible": int(len(df) - len(flagged)),
+        "n_selected": len(sel),
+        "n_selected_cars": int(sel["car"].nunique()),
+        "uncertain_of_candidates": {
+            "selected": _quantiles(sel["uncertain_of_candidates"]),
+            "eligible_not_selected": _quantiles(rejected["uncertain_of_candidates"]),
+            "flagged_cars": _quantiles(flagged["uncertain_of_candidates"]),
+        },
         "area": {"selected": _quantiles(sel["area"]), "all": _quantiles(df["area"])},
     }
 
@@ -208,12 +232,24 @@ def run(args: argparse.Namespace, cfg: dict) -> None:
     summary = summarize(df, pc, threshold, args.round)
     staging.write_text(Path(args.summary), json.dumps(summary, indent=2) + "\n")
     u = summary["uncertain_of_candidates"]["selected"]
-    log.info("pseudo-labels: %d of %d test images selected (%d cars; %d images of %d flagged cars excluded) at "
-             "threshold %.4f -> %s", n, len(df), summary["n_selected_cars"], summary["n_flagged_car_images"],
-             summary["n_flagged_cars"], threshold, args.out_dir)
+    log.info(
+        "pseudo-labels: %d of %d test images selected (%d cars; %d images of %d flagged cars excluded) at "
+        "threshold %.4f -> %s",
+        n,
+        len(df),
+        summary["n_selected_cars"],
+        summary["n_flagged_car_images"],
+        summary["n_flagged_cars"],
+        threshold,
+        args.out_dir,
+    )
     if u:
-        log.info("uncertain share of the selected: min %.4f, median %.4f, max %.4f (rejected median %.4f)",
-                 u["min"], u["median"], u["max"],
-                 summary["uncertain_of_candidates"]["eligible_not_selected"].get("median", float("nan")))
+        log.info(
+            "uncertain share of the selected: min %.4f, median %.4f, max %.4f (rejected median %.4f)",
+            u["min"],
+            u["median"],
+            u["max"],
+            summary["uncertain_of_candidates"]["eligible_not_selected"].get("median", float("nan")),
+        )
     if n == 0:
         log.warning("no image pseudo-labelled: the next round trains on the training cars only")

@@ -41,9 +41,16 @@ def per_image(image_dice_csv: Path, folds_csv: Path) -> pd.DataFrame:
 def car_table(images: pd.DataFrame, test_per_car: dict[str, float] | None = None) -> pd.DataFrame:
     """One row per car (OOF cars, then test cars with a known Dice), worst first by its lowest Dice."""
     g = images.groupby("car")
-    cars = pd.DataFrame({"set": "oof", "fold": g["fold"].first(), "images": g.size(),
-                         "mean_dice": g["dice"].mean(), "min_dice": g["dice"].min(),
-                         "worst_view": images.loc[g["dice"].idxmin()].set_index("car")["view"]}).reset_index()
+    cars = pd.DataFrame(
+        {
+            "set": "oof",
+            "fold": g["fold"].first(),
+            "images": g.size(),
+            "mean_dice": g["dice"].mean(),
+            "min_dice": g["dice"].min(),
+            "worst_view": images.loc[g["dice"].idxmin()].set_index("car")["view"],
+        }
+    ).reset_index()
     if test_per_car:
         test = pd.DataFrame({"car": list(test_per_car), "set": "test", "mean_dice": list(test_per_car.values())})
         cars = pd.concat([cars, test], ignore_index=True)
@@ -54,8 +61,14 @@ def view_table(images: pd.DataFrame) -> pd.DataFrame:
     """One row per view: mean and worst Dice over the cars and how many cars fail it, worst view first."""
     cut = float(images["dice"].median()) - FAIL_MARGIN
     g = images.groupby("view")["dice"]
-    out = pd.DataFrame({"mean_dice": g.mean(), "min_dice": g.min(), "cars_failing": g.apply(lambda d: int((d < cut).sum())),
-                        "cars": g.size()}).reset_index()
+    out = pd.DataFrame(
+        {
+            "mean_dice": g.mean(),
+            "min_dice": g.min(),
+            "cars_failing": g.apply(lambda d: int((d < cut).sum())),
+            "cars": g.size(),
+        }
+    ).reset_index()
     return out.sort_values(["mean_dice", "view"], ignore_index=True)
 
 
@@ -72,8 +85,14 @@ def outline_tile(photo: np.ndarray, pred: np.ndarray, truth: np.ndarray | None) 
     return out
 
 
-def car_sheet(car: str, images: pd.DataFrame, oof: dict[int, list[tuple[Path, float]]], threshold: float,
-              raw: Path, tile_width: int = 240) -> np.ndarray:
+def car_sheet(
+    car: str,
+    images: pd.DataFrame,
+    oof: dict[int, list[tuple[Path, float]]],
+    threshold: float,
+    raw: Path,
+    tile_width: int = 240,
+) -> np.ndarray:
     """The contact sheet of one training car: its 16 views with predicted (red) and true (green) outlines.
 
     ``oof``: per fold, the (npz, weight) of every variant, whose weighted mean is the OOF ensemble map."""
@@ -91,13 +110,17 @@ def car_sheet(car: str, images: pd.DataFrame, oof: dict[int, list[tuple[Path, fl
         shape = prob.shape
         mask_path = raw / layout.MASK_DIR / layout.mask_file(r.img)
         truth = read_mask(mask_path) if mask_path.is_file() else None  # no mask: the predicted outline only
-        photo = read_small(raw / layout.TRAIN_DIR / layout.image_file(r.img), (tile_width, round(tile_width * shape[0] / shape[1])))
+        photo = read_small(
+            raw / layout.TRAIN_DIR / layout.image_file(r.img), (tile_width, round(tile_width * shape[0] / shape[1]))
+        )
         k = int(r.view) - 1
         if 0 <= k < 16:
             tiles[k] = outline_tile(photo, binarize(prob, threshold), None if truth is None else truth != 0)
             labels[k] = f"{int(r.view):02d}  Dice {r.dice:.4f}"
-    title = f"car {car} (fold {int(rows['fold'].iloc[0])}): OOF Dice mean {rows['dice'].mean():.4f}, " \
-            f"worst {rows['dice'].min():.4f}; red = predicted outline, green = true outline"
+    title = (
+        f"car {car} (fold {int(rows['fold'].iloc[0])}): OOF Dice mean {rows['dice'].mean():.4f}, "
+        f"worst {rows['dice'].min():.4f}; red = predicted outline, green = true outline"
+    )
     return contact_sheet(tiles, labels, title, shape, tile_width)
 
 
@@ -118,22 +141,36 @@ def _data_uri(rgb: np.ndarray) -> str:
     return "data:image/jpeg;base64," + base64.b64encode(buf.tobytes()).decode()
 
 
-def write_page(out: Path, images: pd.DataFrame, oof: dict[int, list[tuple[Path, float]]], threshold: float,
-               raw: Path, worst: int = 6, test_score: Path | None = None) -> pd.DataFrame:
+def write_page(
+    out: Path,
+    images: pd.DataFrame,
+    oof: dict[int, list[tuple[Path, float]]],
+    threshold: float,
+    raw: Path,
+    worst: int = 6,
+    test_score: Path | None = None,
+) -> pd.DataFrame:
     """Write ``cars.html`` (and ``cars.csv`` beside it): the car and view tables and the worst cars' sheets."""
     per_car = json.loads(Path(test_score).read_text()).get("per_car") if test_score else None
     cars = car_table(images, per_car)
     views = view_table(images)
     cars.to_csv(out.with_suffix(".csv"), index=False)
     oof_cars = cars[cars["set"] == "oof"]
-    figures = [f"<figure><img alt='{html.escape(c)}' src='{_data_uri(car_sheet(c, images, oof, threshold, raw))}' "
-               f"style='max-width:100%'></figure>" for c in oof_cars["car"].head(worst)]
-    head = (f"OOF ensemble Dice at threshold {threshold:.4f}: mean {images['dice'].mean():.5f} over "
-            f"{len(images)} images of {images['car'].nunique()} cars; worst car {oof_cars['mean_dice'].min():.5f}."
-            + ("" if per_car else " Test Dice per car: unknown (no test masks)."))
-    body = (f"<p>{html.escape(head)}</p><h3>Cars, worst first</h3>{cars.round(5).to_html(index=False, border=0)}"
-            f"<h3>Views, worst first</h3><p>A view fails on a car when its Dice is below the median image Dice "
-            f"minus {FAIL_MARGIN}.</p>{views.round(5).to_html(index=False, border=0)}"
-            f"<h3>The {len(figures)} worst cars</h3>" + "\n".join(figures))
+    figures = [
+        f"<figure><img alt='{html.escape(c)}' src='{_data_uri(car_sheet(c, images, oof, threshold, raw))}' "
+        f"style='max-width:100%'></figure>"
+        for c in oof_cars["car"].head(worst)
+    ]
+    head = (
+        f"OOF ensemble Dice at threshold {threshold:.4f}: mean {images['dice'].mean():.5f} over "
+        f"{len(images)} images of {images['car'].nunique()} cars; worst car {oof_cars['mean_dice'].min():.5f}."
+        + ("" if per_car else " Test Dice per car: unknown (no test masks).")
+    )
+    body = (
+        f"<p>{html.escape(head)}</p><h3>Cars, worst first</h3>{cars.round(5).to_html(index=False, border=0)}"
+        f"<h3>Views, worst first</h3><p>A view fails on a car when its Dice is below the median image Dice "
+        f"minus {FAIL_MARGIN}.</p>{views.round(5).to_html(index=False, border=0)}"
+        f"<h3>The {len(figures)} worst cars</h3>" + "\n".join(figures)
+    )
     out.write_text(html_page("Worst cars first", body))
     return cars

@@ -29,10 +29,10 @@ from typing import Any
 
 import pandas as pd
 
+from carvana_seg.inference.threshold import read_threshold
 from carvana_seg.pipeline.errors import DataError
 from carvana_seg.report import landing
 from carvana_seg.report.tables import dice_by_round, html_page, pseudo_rounds, round_dirs, stage_times
-from carvana_seg.inference.threshold import read_threshold
 
 log = logging.getLogger(__name__)
 GALLERY_MAX = 50  # contact sheets embedded in outlier_gallery.html (about 0.1 MB each as JPEG)
@@ -47,14 +47,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--outliers", required=True, help="outliers.csv (one row per flagged image)")
     parser.add_argument("--sheets", required=True, help="contact_sheets.json; its PNGs lie beside it")
     parser.add_argument("--test-probs", required=True, help="test_probs.json of the ensemble (throughput)")
-    parser.add_argument("--results", required=True,
-                        help="results/<name>: its benchmarks/ (and round<r>/benchmarks/) and pseudo-label files")
-    parser.add_argument("--inputs", nargs="*", default=None,
-                        help="the files under --results to read (benchmark TSVs, pseudo_labels.csv, pseudo_gain.json: "
-                             "the rule's declared inputs); nothing else there is read. Default: look in --results")
+    parser.add_argument(
+        "--results",
+        required=True,
+        help="results/<name>: its benchmarks/ (and round<r>/benchmarks/) and pseudo-label files",
+    )
+    parser.add_argument(
+        "--inputs",
+        nargs="*",
+        default=None,
+        help="the files under --results to read (benchmark TSVs, pseudo_labels.csv, pseudo_gain.json: "
+        "the rule's declared inputs); nothing else there is read. Default: look in --results",
+    )
     parser.add_argument("--out-dir", required=True, help="where the figures and tables go")
-    parser.add_argument("--plan-config", default=None,
-                        help="the run's resolved config as JSON: adds planned next to measured (carvana_seg.plan)")
+    parser.add_argument(
+        "--plan-config",
+        default=None,
+        help="the run's resolved config as JSON: adds planned next to measured (carvana_seg.plan)",
+    )
     parser.add_argument("--oof-images", default=None, help="oof_image_dice.csv of the threshold stage (cars.html)")
     parser.add_argument("--folds", default=None, help="folds.csv (cars.html)")
     parser.add_argument("--oof-npz", nargs="*", default=[], help="the final round's OOF npz files (cars.html)")
@@ -119,8 +129,10 @@ def training_curve(metrics_csv: Path, title: str, out: Path) -> None:
     lr_ax = ax2.twinx()
     lr_ax.plot(df["epoch"], df["lr"], "--", color="tab:purple", label="lr")
     lr_ax.set_yscale("log"), lr_ax.set_ylabel("learning rate")
-    fig.suptitle(f"{title}: best val Dice {best['val_dice']:.4f} at epoch {int(best['epoch'])}, "
-                 f"{df['images_per_s'].mean():.1f} train images/s{_data_wait(df)}, {df['seconds'].sum():.0f} s")
+    fig.suptitle(
+        f"{title}: best val Dice {best['val_dice']:.4f} at epoch {int(best['epoch'])}, "
+        f"{df['images_per_s'].mean():.1f} train images/s{_data_wait(df)}, {df['seconds'].sum():.0f} s"
+    )
     _save(fig, out)
 
 
@@ -140,8 +152,9 @@ def oof_dice(table_csv: Path, out: Path) -> pd.DataFrame:
     means = df.pivot_table(index="variant", columns="fold", values="dice", aggfunc="mean").loc[variants]
     fig, (ax1, ax2) = _plt().subplots(1, 2, figsize=(11, 3.8))
     ax1.boxplot([df.loc[df["variant"] == v, "dice"] for v in variants], showmeans=True)
-    ax1.set_xticks(range(1, len(variants) + 1), [f"{v}\nmean {df.loc[df['variant'] == v, 'dice'].mean():.4f}"
-                                                  for v in variants])
+    ax1.set_xticks(
+        range(1, len(variants) + 1), [f"{v}\nmean {df.loc[df['variant'] == v, 'dice'].mean():.4f}" for v in variants]
+    )
     ax1.set_ylabel("OOF Dice per image"), ax1.set_title("per image (triangle: mean)")
     width = 0.8 / len(variants)
     for i, v in enumerate(variants):
@@ -169,7 +182,9 @@ def threshold_curve(curve_csv: Path, threshold_json: Path, out: Path) -> None:
     ax2.set_xlim(max(0.0, t - 0.1), min(1.0, t + 0.1))
     if not near.empty:
         span = float(near["mean_dice"].max() - near["mean_dice"].min())
-        ax2.set_ylim(float(near["mean_dice"].min()) - 0.05 * span - 1e-6, float(near["mean_dice"].max()) + 0.05 * span + 1e-6)
+        ax2.set_ylim(
+            float(near["mean_dice"].min()) - 0.05 * span - 1e-6, float(near["mean_dice"].max()) + 0.05 * span + 1e-6
+        )
     ax2.set_title("zoom: threshold +- 0.1")
     _save(fig, out)
 
@@ -179,12 +194,18 @@ def pseudo_labels(results: Path, out: Path, files: list[str] | None = None) -> N
     files under ``results`` that may be read (``report_tables``)."""
     rounds, dice = pseudo_rounds(results, files), dice_by_round(results, files)
     if not rounds and dice.empty:
-        return _note(out, "Pseudo-labels", "No pseudo-labelling in this run (no pseudo_labels.csv, no pseudo_gain.json).")
+        return _note(
+            out, "Pseudo-labels", "No pseudo-labelling in this run (no pseudo_labels.csv, no pseudo_gain.json)."
+        )
     fig, (ax1, ax2) = _plt().subplots(1, 2, figsize=(10, 3.4))
     shown = [r for r in rounds if r["confidence"] is not None and len(r["confidence"])]
     for r in shown:
-        ax1.hist(r["confidence"], bins=30, histtype="step",
-                 label=f"round {r['round']}: {r['n_selected']} of {r['n_images']} selected")
+        ax1.hist(
+            r["confidence"],
+            bins=30,
+            histtype="step",
+            label=f"round {r['round']}: {r['n_selected']} of {r['n_images']} selected",
+        )
     ax1.set_xlabel("confidence"), ax1.set_ylabel("test images"), ax1.set_title("pseudo-label confidence")
     if shown:
         ax1.legend(fontsize=8)
@@ -213,9 +234,11 @@ def outlier_gallery(outliers_csv: Path, sheets_json: Path, out_table: Path, out_
     table = pd.read_csv(outliers_csv, keep_default_na=False)
     record = json.loads(Path(sheets_json).read_text())
     sheets = record.get("sheets", [])
-    head = (f"{record.get('n_flagged_images', len(table))} of {record.get('n_images', '?')} test images flagged in "
-            f"{record.get('n_flagged_cars', '?')} cars, action <b>{html.escape(str(record.get('action', '?')))}</b>, "
-            f"{record.get('n_fixed_images', '?')} masks changed, {len(sheets)} contact sheets")
+    head = (
+        f"{record.get('n_flagged_images', len(table))} of {record.get('n_images', '?')} test images flagged in "
+        f"{record.get('n_flagged_cars', '?')} cars, action <b>{html.escape(str(record.get('action', '?')))}</b>, "
+        f"{record.get('n_fixed_images', '?')} masks changed, {len(sheets)} contact sheets"
+    )
     body = table.to_html(index=False, border=0) if len(table) else "<p>No test image was flagged.</p>"
     out_table.write_text(html_page("Outliers", f"<p>{head}</p>{body}"))
     figures = []
@@ -223,9 +246,11 @@ def outlier_gallery(outliers_csv: Path, sheets_json: Path, out_table: Path, out_
         src = Path(sheets_json).parent / s["file"]
         if not src.is_file():
             raise DataError(f"{src}: contact sheet listed in {sheets_json} not found")
-        figures.append(f"<figure id='car-{html.escape(s['car'])}'><img alt='{html.escape(s['car'])}' "
-                       f"src='{_jpeg_data_uri(src)}' style='max-width:100%'><figcaption>"
-                       f"{html.escape(s.get('title', s['car']))}</figcaption></figure>")
+        figures.append(
+            f"<figure id='car-{html.escape(s['car'])}'><img alt='{html.escape(s['car'])}' "
+            f"src='{_jpeg_data_uri(src)}' style='max-width:100%'><figcaption>"
+            f"{html.escape(s.get('title', s['car']))}</figcaption></figure>"
+        )
     more = len(sheets) - len(figures)
     note = f"<p>{more} more contact sheets in {html.escape(str(Path(sheets_json).parent))}/</p>" if more > 0 else ""
     body = "\n".join(figures) if figures else "<p>No test car was flagged: no contact sheets.</p>"
@@ -241,36 +266,50 @@ def planned(config: dict | None, device: str, measured: list[pd.DataFrame]) -> s
     from carvana_seg.plan.compare import compare, device_row
 
     plan = make_plan(config, device_row(device))
-    return (f"<h2>Planned ({plan['device']['name']}: {html.escape(plan['device']['source'])}) next to measured</h2>"
-            f"<p>planned peak disk {plan['peak_disk'] / 1e9:.2f} GB; planned hours are device-hours of the model "
-            "stages</p>" + compare(plan, measured).to_html(index=False, border=0, na_rep="-"))
+    return (
+        f"<h2>Planned ({plan['device']['name']}: {html.escape(plan['device']['source'])}) next to measured</h2>"
+        f"<p>planned peak disk {plan['peak_disk'] / 1e9:.2f} GB; planned hours are device-hours of the model "
+        "stages</p>" + compare(plan, measured).to_html(index=False, border=0, na_rep="-")
+    )
 
 
-def measured_times(bench_dir: Path, files: list[str] | None = None
-                   ) -> tuple[pd.DataFrame, list[tuple[int, pd.DataFrame]]]:
+def measured_times(
+    bench_dir: Path, files: list[str] | None = None
+) -> tuple[pd.DataFrame, list[tuple[int, pd.DataFrame]]]:
     """Time per stage of round one's jobs (``results/<name>/benchmarks``, this report's own job left out) and of
     each later round's (``round<r>/benchmarks``). ``files``: the TSVs that may be read (None: every one found)."""
     times = stage_times(bench_dir, exclude={"report_figures"}, files=files)
     return times, [(r, stage_times(d / "benchmarks", files=files)) for r, d in round_dirs(bench_dir.parent, files)[1:]]
 
 
-def throughput(bench_dir: Path, test_probs: Path, out_png: Path, out_html: Path, out_csv: Path,
-               config: dict | None = None, files: list[str] | None = None) -> pd.DataFrame:
+def throughput(
+    bench_dir: Path,
+    test_probs: Path,
+    out_png: Path,
+    out_html: Path,
+    out_csv: Path,
+    config: dict | None = None,
+    files: list[str] | None = None,
+) -> pd.DataFrame:
     """Wall time per stage from the benchmark TSVs (table and bar chart) with the test-set images/s; with the
     run's config, the plan next to it. ``files``: the TSVs that may be read (None: every one found)."""
     times, rounds = measured_times(bench_dir, files)
-    plan_html = planned(config, str(json.loads(Path(test_probs).read_text()).get("device", "cpu")),
-                        [times] + [t for _, t in rounds])
+    plan_html = planned(
+        config, str(json.loads(Path(test_probs).read_text()).get("device", "cpu")), [times] + [t for _, t in rounds]
+    )
     extra = [t.assign(stage=t["stage"] + f" (round {r})") for r, t in rounds if not t.empty]
     if extra:
         times = pd.concat([t for t in (times, *extra) if not t.empty], ignore_index=True)
         times = times.sort_values(["total_s", "stage"], ascending=[False, True], ignore_index=True)
     times.to_csv(out_csv, index=False)
     probs = json.loads(Path(test_probs).read_text())
-    line = (f"test set: {probs.get('n_images', '?')} images in {probs.get('seconds', math.nan):.1f} s, "
-            f"{probs.get('images_per_s', math.nan):.2f} images/s on {probs.get('device', '?')}")
-    out_html.write_text(html_page("Time per stage", f"<p>{line}</p>" + times.to_html(index=False, border=0)
-                                  + plan_html))
+    line = (
+        f"test set: {probs.get('n_images', '?')} images in {probs.get('seconds', math.nan):.1f} s, "
+        f"{probs.get('images_per_s', math.nan):.2f} images/s on {probs.get('device', '?')}"
+    )
+    out_html.write_text(
+        html_page("Time per stage", f"<p>{line}</p>" + times.to_html(index=False, border=0) + plan_html)
+    )
     if times.empty:
         _note(out_png, "Time per stage", "No benchmark TSVs found.\n" + line)
         return times
@@ -291,23 +330,51 @@ def run(args: argparse.Namespace, cfg: dict) -> None:
     means = oof_dice(Path(args.oof_dice), out / "oof_dice.png")
     threshold_curve(Path(args.curve), Path(args.threshold), out / "threshold.png")
     pseudo_labels(Path(args.results), out / "pseudo_labels.png", args.inputs)
-    n_sheets = outlier_gallery(Path(args.outliers), Path(args.sheets), out / "outliers.html",
-                               out / "outlier_gallery.html")
-    times = throughput(Path(args.results) / "benchmarks", Path(args.test_probs), out / "throughput.png",
-                       out / "stage_times.html", out / "stage_times.csv",
-                       json.loads(args.plan_config) if args.plan_config else None, args.inputs)
+    n_sheets = outlier_gallery(
+        Path(args.outliers), Path(args.sheets), out / "outliers.html", out / "outlier_gallery.html"
+    )
+    times = throughput(
+        Path(args.results) / "benchmarks",
+        Path(args.test_probs),
+        out / "throughput.png",
+        out / "stage_times.html",
+        out / "stage_times.csv",
+        json.loads(args.plan_config) if args.plan_config else None,
+        args.inputs,
+    )
     first, later = measured_times(Path(args.results) / "benchmarks", args.inputs)
-    rows = landing.headline(Path(args.results), Path(args.threshold), Path(args.outliers), Path(args.sheets),
-                            Path(args.test_probs), json.loads(args.plan_config) if args.plan_config else None,
-                            [first] + [t for _, t in later], args.inputs)
+    rows = landing.headline(
+        Path(args.results),
+        Path(args.threshold),
+        Path(args.outliers),
+        Path(args.sheets),
+        Path(args.test_probs),
+        json.loads(args.plan_config) if args.plan_config else None,
+        [first] + [t for _, t in later],
+        args.inputs,
+    )
     landing.write(out / landing.FILE, rows)  # the report opens on it (workflow/report/workflow.rst)
     if args.oof_images:
         from carvana_seg.report import cars as report_cars
 
         images = report_cars.per_image(Path(args.oof_images), Path(args.folds))
         threshold = read_threshold(args.threshold)["threshold"]
-        report_cars.write_page(out / "cars.html", images, report_cars.oof_sources(args.oof_npz, args.oof_weights),
-                               threshold, Path(args.raw), args.worst_cars, args.test_score)
-    log.info("report figures in %s: %d training curves, %d variants, %d contact sheets, %d timed stages; "
-             "mean OOF Dice per variant: %s", out, len(args.metrics), len(means), n_sheets, len(times),
-             means.mean(axis=1).round(5).to_dict())
+        report_cars.write_page(
+            out / "cars.html",
+            images,
+            report_cars.oof_sources(args.oof_npz, args.oof_weights),
+            threshold,
+            Path(args.raw),
+            args.worst_cars,
+            args.test_score,
+        )
+    log.info(
+        "report figures in %s: %d training curves, %d variants, %d contact sheets, %d timed stages; "
+        "mean OOF Dice per variant: %s",
+        out,
+        len(args.metrics),
+        len(means),
+        n_sheets,
+        len(times),
+        means.mean(axis=1).round(5).to_dict(),
+    )

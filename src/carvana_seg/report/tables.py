@@ -70,14 +70,30 @@ def stage_times(bench_dir: Path, exclude: set[str] | frozenset[str] = frozenset(
         if df.empty or "s" not in df:
             continue
         mean = df.mean(numeric_only=True)  # repeated benchmarks: their mean
-        rows.append({"stage": stage, "s": mean.get("s"), "cpu_time": mean.get("cpu_time"),
-                     "max_rss": mean.get("max_rss"), "mean_load": mean.get("mean_load")})
+        rows.append(
+            {
+                "stage": stage,
+                "s": mean.get("s"),
+                "cpu_time": mean.get("cpu_time"),
+                "max_rss": mean.get("max_rss"),
+                "mean_load": mean.get("mean_load"),
+            }
+        )
     if not rows:
         return pd.DataFrame(columns=STAGE_COLUMNS)
     jobs = pd.DataFrame(rows)
-    table = jobs.groupby("stage").agg(jobs=("s", "size"), total_s=("s", "sum"), max_s=("s", "max"),
-                                      cpu_s=("cpu_time", "sum"), max_rss_mb=("max_rss", "max"),
-                                      mean_load=("mean_load", "mean")).reset_index()
+    table = (
+        jobs.groupby("stage")
+        .agg(
+            jobs=("s", "size"),
+            total_s=("s", "sum"),
+            max_s=("s", "max"),
+            cpu_s=("cpu_time", "sum"),
+            max_rss_mb=("max_rss", "max"),
+            mean_load=("mean_load", "mean"),
+        )
+        .reset_index()
+    )
     return table.sort_values(["total_s", "stage"], ascending=[False, True], ignore_index=True)[STAGE_COLUMNS].round(2)
 
 
@@ -91,14 +107,23 @@ def pseudo_rounds(results: Path, files: Files = None) -> list[dict[str, Any]]:
         df = pd.read_csv(labels)
         col = next((c for c in ("confidence", "score") if c in df.columns), None)
         selected = df["selected"].astype(str).str.lower().isin(["1", "1.0", "true"]) if "selected" in df else None
-        rounds.append({"round": r, "confidence": pd.to_numeric(df[col], errors="coerce").dropna() if col else None,
-                       "n_images": len(df), "n_selected": int(selected.sum()) if selected is not None else len(df)})
+        rounds.append(
+            {
+                "round": r,
+                "confidence": pd.to_numeric(df[col], errors="coerce").dropna() if col else None,
+                "n_images": len(df),
+                "n_selected": int(selected.sum()) if selected is not None else len(df),
+            }
+        )
     return rounds
 
 
 def _dice_keys(record: dict[str, Any]) -> dict[str, float]:
-    return {k: float(v) for k, v in record.items()
-            if "dice" in k and isinstance(v, (int, float)) and not isinstance(v, bool)}
+    return {
+        k: float(v)
+        for k, v in record.items()
+        if "dice" in k and isinstance(v, (int, float)) and not isinstance(v, bool)
+    }
 
 
 def dice_by_round(results: Path, files: Files = None) -> pd.DataFrame:
@@ -121,7 +146,11 @@ def dice_by_round(results: Path, files: Files = None) -> pd.DataFrame:
 
 def html_page(title: str, body: str) -> str:
     """A small self-contained HTML page (the report shows it in a frame)."""
-    style = ("body{font-family:sans-serif;font-size:13px;margin:1em}table{border-collapse:collapse}"
-             "th,td{padding:2px 8px;border-bottom:1px solid #ddd;text-align:right}th{background:#f3f3f3}")
-    return (f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-            f"<style>{style}</style></head><body><h3>{html.escape(title)}</h3>\n{body}\n</body></html>\n")
+    style = (
+        "body{font-family:sans-serif;font-size:13px;margin:1em}table{border-collapse:collapse}"
+        "th,td{padding:2px 8px;border-bottom:1px solid #ddd;text-align:right}th{background:#f3f3f3}"
+    )
+    return (
+        f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        f"<style>{style}</style></head><body><h3>{html.escape(title)}</h3>\n{body}\n</body></html>\n"
+    )

@@ -35,8 +35,11 @@ from carvana_seg.serve.metrics import Metrics
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).with_name("static")
 CUTOUT_FIELDS = {
-    "image_file": {"type": "string", "format": "binary", "description": "the photo (JPEG, PNG; EXIF orientation "
-                                                                        "honoured)"},
+    "image_file": {
+        "type": "string",
+        "format": "binary",
+        "description": "the photo (JPEG, PNG; EXIF orientation honoured)",
+    },
     "image_file_b64": {"type": "string", "description": "the photo, base64 (instead of image_file)"},
     "format": {"type": "string", "enum": list(compose.FORMATS), "default": "png"},
     "channels": {"type": "string", "enum": list(compose.CHANNELS), "default": "rgba"},
@@ -51,6 +54,7 @@ CUTOUT_FIELDS = {
 @dataclass(frozen=True)
 class Settings:
     """How the server runs (``serve`` command line)."""
+
     models: Path
     device: str = "auto"
     backend: str = "auto"
@@ -90,14 +94,24 @@ def create_app(settings: Settings) -> FastAPI:
         device = pick_device(settings.device) if settings.backend != "onnx" else None
         n = settings.concurrency or default_concurrency(device.type if device else "cpu")
         state["gate"] = Gate(n, settings.queue)
-        log.info("concurrency %d, queue %d, upload limit %.1f MB, pixel limit %.1f MP%s", n, settings.queue,
-                 settings.max_upload_mb, settings.max_megapixels, ", API key required" if settings.api_key else "")
+        log.info(
+            "concurrency %d, queue %d, upload limit %.1f MB, pixel limit %.1f MP%s",
+            n,
+            settings.queue,
+            settings.max_upload_mb,
+            settings.max_megapixels,
+            ", API key required" if settings.api_key else "",
+        )
         asyncio.get_running_loop().run_in_executor(None, load)
         yield
         state["gate"].close()
 
-    app = FastAPI(title="carvana-seg cut-out API", version="1", lifespan=lifespan,
-                  description="Background removal with the trained Carvana ensemble of one results directory.")
+    app = FastAPI(
+        title="carvana-seg cut-out API",
+        version="1",
+        lifespan=lifespan,
+        description="Background removal with the trained Carvana ensemble of one results directory.",
+    )
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     @app.middleware("http")
@@ -127,14 +141,20 @@ def create_app(settings: Settings) -> FastAPI:
         given = request.headers.get("x-api-key", "")
         if hmac.compare_digest(given.encode(), settings.api_key.encode()):
             return None
-        return _error(401 if not given else 403, "unauthorised",
-                      "X-Api-Key header missing" if not given else "X-Api-Key does not match")
+        return _error(
+            401 if not given else 403,
+            "unauthorised",
+            "X-Api-Key header missing" if not given else "X-Api-Key does not match",
+        )
 
     def service_or_error():
         if state["service"] is None:
-            return None, _error(503, "loading" if state["error"] is None else "failed",
-                                state["error"] or "the models are still loading; retry shortly",
-                                {"Retry-After": "2"})
+            return None, _error(
+                503,
+                "loading" if state["error"] is None else "failed",
+                state["error"] or "the models are still loading; retry shortly",
+                {"Retry-After": "2"},
+            )
         return state["service"], None
 
     @app.get("/", include_in_schema=False)
@@ -161,37 +181,55 @@ def create_app(settings: Settings) -> FastAPI:
         service, err = service_or_error()
         return err or JSONResponse(service.describe())
 
-    @app.post("/v1/cutout", summary="cut the car out of a photo",
-              openapi_extra={"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
-                  "type": "object", "properties": CUTOUT_FIELDS}}}}})
+    @app.post(
+        "/v1/cutout",
+        summary="cut the car out of a photo",
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"multipart/form-data": {"schema": {"type": "object", "properties": CUTOUT_FIELDS}}},
+            }
+        },
+    )
     async def cutout(request: Request) -> Response:
         if (denied := authorised(request)) is not None:
             return denied
         length = request.headers.get("content-length")
         if length and length.isdigit() and int(length) > 2 * max_bytes + 65536:
-            return _error(413, "too_large", f"request of {int(length) / 1e6:.1f} MB, above the upload limit of "
-                                            f"{settings.max_upload_mb:g} MB per file (--max-upload-mb)")
+            return _error(
+                413,
+                "too_large",
+                f"request of {int(length) / 1e6:.1f} MB, above the upload limit of "
+                f"{settings.max_upload_mb:g} MB per file (--max-upload-mb)",
+            )
         service, err = service_or_error()
         if err is not None:
             return err
         try:
-            form = await request.form(max_files=2, max_fields=len(CUTOUT_FIELDS),
-                                      max_part_size=4 * max_bytes // 3 + 4096)
+            form = await request.form(
+                max_files=2, max_fields=len(CUTOUT_FIELDS), max_part_size=4 * max_bytes // 3 + 4096
+            )
         except StarletteHTTPException as exc:  # the multipart parser's refusals
             too_big = "maximum size" in str(exc.detail).lower()
-            raise InputError(413 if too_big else 400, "too_large" if too_big else "bad_form",
-                             f"request body: {exc.detail}") from exc
+            raise InputError(
+                413 if too_big else 400, "too_large" if too_big else "bad_form", f"request body: {exc.detail}"
+            ) from exc
         try:
             photo = await _field_bytes(form, "image_file", max_bytes, required=True)
             background = await _field_bytes(form, "bg_image_file", max_bytes)
             unknown = sorted(set(form.keys()) - set(CUTOUT_FIELDS))
             if unknown:
-                raise InputError(422, "unknown_field", f"unknown form field(s) {unknown}; "
-                                                       f"known: {sorted(CUTOUT_FIELDS)}")
+                raise InputError(
+                    422, "unknown_field", f"unknown form field(s) {unknown}; known: {sorted(CUTOUT_FIELDS)}"
+                )
             opts = compose.Options(
-                format=str(form.get("format") or "png").lower(), channels=str(form.get("channels") or "rgba").lower(),
-                bg_color=form.get("bg_color") or None, crop=str(form.get("crop", "")).lower() in ("1", "true", "on"),
-                crop_margin=str(form.get("crop_margin") or "0"), size=str(form.get("size") or "full").lower())
+                format=str(form.get("format") or "png").lower(),
+                channels=str(form.get("channels") or "rgba").lower(),
+                bg_color=form.get("bg_color") or None,
+                crop=str(form.get("crop", "")).lower() in ("1", "true", "on"),
+                crop_margin=str(form.get("crop_margin") or "0"),
+                size=str(form.get("size") or "full").lower(),
+            )
             opts.validate()
         except compose.OptionError as exc:
             raise InputError(422, "bad_option", str(exc)) from exc
@@ -204,15 +242,24 @@ def create_app(settings: Settings) -> FastAPI:
                 t_start = time.perf_counter()
                 body, (w, h), timing = await gate.run(_cut, service, photo, background, opts, max_pixels)
         except Busy as exc:
-            return _error(503, "busy", f"{gate.running} inferences running and {gate.waiting} queued (--concurrency "
-                                       f"{gate.concurrency}, queue {gate.queue}); retry after {exc.retry_after} s",
-                          {"Retry-After": str(exc.retry_after)})
+            return _error(
+                503,
+                "busy",
+                f"{gate.running} inferences running and {gate.waiting} queued (--concurrency "
+                f"{gate.concurrency}, queue {gate.queue}); retry after {exc.retry_after} s",
+                {"Retry-After": str(exc.retry_after)},
+            )
         info = service.info
         timing = {"queue": t_start - t_in, **timing}
-        headers = {"X-Width": str(w), "X-Height": str(h), "X-Threshold": f"{info.threshold:.6f}",
-                   "X-Run": info.name, "X-Config-Hash": info.config_hash or "",
-                   "Server-Timing": ", ".join(f"{k};dur={v * 1000:.1f}" for k, v in timing.items()),
-                   "Content-Disposition": f'inline; filename="cutout.{opts.format}"'}
+        headers = {
+            "X-Width": str(w),
+            "X-Height": str(h),
+            "X-Threshold": f"{info.threshold:.6f}",
+            "X-Run": info.name,
+            "X-Config-Hash": info.config_hash or "",
+            "Server-Timing": ", ".join(f"{k};dur={v * 1000:.1f}" for k, v in timing.items()),
+            "Content-Disposition": f'inline; filename="cutout.{opts.format}"',
+        }
         return Response(body, media_type=compose.MEDIA_TYPES[opts.format], headers=headers)
 
     return app
@@ -224,22 +271,28 @@ async def _field_bytes(form, name: str, max_bytes: int, required: bool = False) 
     if isinstance(value, UploadFile):
         data = await value.read(max_bytes + 1)
         if len(data) > max_bytes:
-            raise InputError(413, "too_large", f"{name}: more than the upload limit of {max_bytes / 1e6:g} MB "
-                                               f"(--max-upload-mb)")
+            raise InputError(
+                413, "too_large", f"{name}: more than the upload limit of {max_bytes / 1e6:g} MB (--max-upload-mb)"
+            )
         return data
     if isinstance(value, str) and value:
-        raise InputError(422, "not_a_file", f"{name}: must be a file upload (multipart), got a text field; "
-                                            f"send base64 text as {name}_b64")
+        raise InputError(
+            422,
+            "not_a_file",
+            f"{name}: must be a file upload (multipart), got a text field; send base64 text as {name}_b64",
+        )
     if isinstance(b64, str) and b64:
         return from_b64(f"{name}_b64", b64, max_bytes)
     if required:
-        raise InputError(422, "missing", f"{name}: missing; send the photo as multipart field {name} "
-                                         f"(or base64 as {name}_b64)")
+        raise InputError(
+            422, "missing", f"{name}: missing; send the photo as multipart field {name} (or base64 as {name}_b64)"
+        )
     return None
 
 
-def _cut(service, photo: bytes, background: bytes | None, opts: compose.Options, max_pixels: int
-         ) -> tuple[bytes, tuple[int, int], dict[str, float]]:
+def _cut(
+    service, photo: bytes, background: bytes | None, opts: compose.Options, max_pixels: int
+) -> tuple[bytes, tuple[int, int], dict[str, float]]:
     """Check, predict, composite and encode one photo (runs on the inference pool)."""
     t0 = time.perf_counter()
     probe("image_file", photo, max_pixels)
@@ -258,8 +311,9 @@ def _cut(service, photo: bytes, background: bytes | None, opts: compose.Options,
         raise as_input_error("image_file", exc) from exc
     except (cv2.error, ValueError) as exc:  # a header that passed but pixels OpenCV cannot use: still the input's
         first = (str(exc).strip().splitlines() or [""])[-1][:160]
-        raise InputError(422, "unprocessable", f"image_file: cannot be processed ({type(exc).__name__}: {first})") \
-            from exc
+        raise InputError(
+            422, "unprocessable", f"image_file: cannot be processed ({type(exc).__name__}: {first})"
+        ) from exc
     t1 = time.perf_counter()
     mask = binarize(u8, service.info.threshold)
     extra = {"threshold": service.info.threshold, "run": service.info.name}

@@ -22,18 +22,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    parser.add_argument("--backend", default="auto", choices=["auto", "torch", "onnx"],
-                        help="auto (default: onnx on a CPU, torch on CUDA, the faster measured), torch (the "
-                             "submission's exact masks) or onnx (ONNX Runtime, within one uint8 level)")
-    parser.add_argument("--concurrency", type=int, default=None,
-                        help="inferences at once (default: 2 on a GPU, 1 per 4 CPU cores)")
+    parser.add_argument(
+        "--backend",
+        default="auto",
+        choices=["auto", "torch", "onnx"],
+        help="auto (default: onnx on a CPU, torch on CUDA, the faster measured), torch (the "
+        "submission's exact masks) or onnx (ONNX Runtime, within one uint8 level)",
+    )
+    parser.add_argument(
+        "--concurrency", type=int, default=None, help="inferences at once (default: 2 on a GPU, 1 per 4 CPU cores)"
+    )
     parser.add_argument("--queue", type=int, default=8, help="requests that may wait; beyond: 503 + Retry-After")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: cores / concurrency)")
     parser.add_argument("--max-upload-mb", type=float, default=20.0, help="largest upload per file (413 above)")
-    parser.add_argument("--max-megapixels", type=float, default=40.0,
-                        help="largest photo in megapixels, checked on the header (decompression bombs: 413)")
-    parser.add_argument("--api-key", default=None,
-                        help=f"require this X-Api-Key on /v1/* (default: ${API_KEY_ENV}; unset: no key)")
+    parser.add_argument(
+        "--max-megapixels",
+        type=float,
+        default=40.0,
+        help="largest photo in megapixels, checked on the header (decompression bombs: 413)",
+    )
+    parser.add_argument(
+        "--api-key", default=None, help=f"require this X-Api-Key on /v1/* (default: ${API_KEY_ENV}; unset: no key)"
+    )
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
 
@@ -56,9 +66,16 @@ def run(args: argparse.Namespace, cfg: dict) -> None:
     concurrency = args.concurrency or default_concurrency("cuda" if cuda else "cpu")
     if not cuda:
         torch.set_num_threads(args.threads or max(1, (os.cpu_count() or 1) // concurrency))
-    settings = Settings(models=Path(args.models), device=args.device, backend=args.backend, concurrency=concurrency,
-                        queue=args.queue, max_upload_mb=args.max_upload_mb, max_megapixels=args.max_megapixels,
-                        api_key=api_key)
+    settings = Settings(
+        models=Path(args.models),
+        device=args.device,
+        backend=args.backend,
+        concurrency=concurrency,
+        queue=args.queue,
+        max_upload_mb=args.max_upload_mb,
+        max_megapixels=args.max_megapixels,
+        api_key=api_key,
+    )
     if args.host not in ("127.0.0.1", "localhost", "::1") and not api_key:
         log.warning("listening on %s without an API key: anyone who reaches it can use it", args.host)
     log.info("serving run %s (%s) on http://%s:%d", info.name, info.round_dir, args.host, args.port)

@@ -25,8 +25,17 @@ CHANNELS = ("rgba", "alpha")
 SIZES = ("full", "preview")
 PREVIEW_PIXELS = 250_000  # size=preview: at most 0.25 megapixels, as remove.bg's preview
 MEDIA_TYPES = {"png": "image/png", "jpg": "image/jpeg", "zip": "application/zip", "json": "application/json"}
-COLOR_NAMES = {"white": "ffffff", "black": "000000", "red": "ff0000", "green": "008000", "blue": "0000ff",
-               "gray": "808080", "grey": "808080", "yellow": "ffff00", "transparent": None}
+COLOR_NAMES = {
+    "white": "ffffff",
+    "black": "000000",
+    "red": "ff0000",
+    "green": "008000",
+    "blue": "0000ff",
+    "gray": "808080",
+    "grey": "808080",
+    "yellow": "ffff00",
+    "transparent": None,
+}
 
 
 class OptionError(DataError):
@@ -36,6 +45,7 @@ class OptionError(DataError):
 @dataclass(frozen=True)
 class Options:
     """How to render a cut-out; ``validate`` checks every field and names the bad one."""
+
     format: str = "png"
     channels: str = "rgba"
     bg_color: str | None = None
@@ -65,7 +75,7 @@ def parse_color(value: str | None) -> tuple[int, int, int, int] | None:
         v = "".join(c * 2 for c in v)
     if not re.fullmatch(r"[0-9a-f]{6}([0-9a-f]{2})?", v):
         raise OptionError(f"bg_color: expected a colour name or hex rgb/rrggbb/rrggbbaa, got {value!r}")
-    rgba = [int(v[i:i + 2], 16) for i in range(0, len(v), 2)]
+    rgba = [int(v[i : i + 2], 16) for i in range(0, len(v), 2)]
     return (*rgba[:3], rgba[3] if len(rgba) == 4 else 255)
 
 
@@ -88,8 +98,12 @@ def crop_box(mask: np.ndarray, margin: int) -> tuple[int, int, int, int] | None:
     if ys.size == 0:
         return None
     h, w = mask.shape
-    return (max(0, int(xs.min()) - margin), max(0, int(ys.min()) - margin),
-            min(w, int(xs.max()) + 1 + margin), min(h, int(ys.max()) + 1 + margin))
+    return (
+        max(0, int(xs.min()) - margin),
+        max(0, int(ys.min()) - margin),
+        min(w, int(xs.max()) + 1 + margin),
+        min(h, int(ys.max()) + 1 + margin),
+    )
 
 
 def cover(background: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -101,11 +115,12 @@ def cover(background: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     interp = cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR
     big = cv2.resize(background, (nw, nh), interpolation=interp)
     y0, x0 = (nh - h) // 2, (nw - w) // 2
-    return big[y0:y0 + h, x0:x0 + w]
+    return big[y0 : y0 + h, x0 : x0 + w]
 
 
-def render(rgb: np.ndarray, mask: np.ndarray, opts: Options, background: np.ndarray | None = None
-           ) -> tuple[np.ndarray, np.ndarray]:
+def render(
+    rgb: np.ndarray, mask: np.ndarray, opts: Options, background: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """(image, alpha) after background, crop and size: image is RGBA (no background) or RGB (composited)."""
     alpha = np.where(mask, 255, 0).astype(np.uint8)
     color = parse_color(opts.bg_color)
@@ -115,8 +130,12 @@ def render(rgb: np.ndarray, mask: np.ndarray, opts: Options, background: np.ndar
     elif color is not None and color[3] == 255:
         image = np.where(mask[..., None], rgb, np.array(color[:3], np.uint8))
     elif color is not None:  # a translucent colour: the background keeps that alpha
-        image = np.dstack([np.where(mask[..., None], rgb, np.array(color[:3], np.uint8)),
-                           np.where(mask, 255, color[3]).astype(np.uint8)])
+        image = np.dstack(
+            [
+                np.where(mask[..., None], rgb, np.array(color[:3], np.uint8)),
+                np.where(mask, 255, color[3]).astype(np.uint8),
+            ]
+        )
     else:
         image = np.dstack([rgb, alpha])
     if opts.crop:
@@ -148,8 +167,9 @@ def _jpg(rgb: np.ndarray, quality: int = 92) -> bytes:
     return buf.tobytes()
 
 
-def encode(rgb: np.ndarray, mask: np.ndarray, opts: Options, background: np.ndarray | None = None,
-           extra: dict | None = None) -> tuple[bytes, tuple[int, int]]:
+def encode(
+    rgb: np.ndarray, mask: np.ndarray, opts: Options, background: np.ndarray | None = None, extra: dict | None = None
+) -> tuple[bytes, tuple[int, int]]:
     """The response file of a cut-out and its (width, height). ``json`` holds the full-size mask's RLE (Kaggle's
     column-major convention, as in ``submission.csv.gz``) and ``extra`` (threshold, run)."""
     if opts.format == "json":

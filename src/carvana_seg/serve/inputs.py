@@ -30,6 +30,7 @@ class InputError(DataError):
 @dataclass(frozen=True)
 class Probe:
     """What the header says: displayed size (EXIF orientation applied), Pillow mode and format."""
+
     width: int
     height: int
     mode: str
@@ -41,8 +42,12 @@ def from_b64(field: str, text: str, max_bytes: int) -> bytes:
     """Bytes of a base64 field (a ``data:...;base64,`` prefix allowed); 400 when not base64, 413 when too big."""
     text = text.split(",", 1)[1] if text.startswith("data:") and "," in text else text
     if len(text) * 3 // 4 > max_bytes:
-        raise InputError(413, "too_large", f"{field}: about {len(text) * 3 // 4 / 1e6:.1f} MB decoded, above the "
-                                           f"upload limit of {max_bytes / 1e6:.1f} MB (--max-upload-mb)")
+        raise InputError(
+            413,
+            "too_large",
+            f"{field}: about {len(text) * 3 // 4 / 1e6:.1f} MB decoded, above the "
+            f"upload limit of {max_bytes / 1e6:.1f} MB (--max-upload-mb)",
+        )
     try:
         return base64.b64decode(text.strip(), validate=True)
     except (binascii.Error, ValueError) as exc:
@@ -58,16 +63,27 @@ def probe(field: str, data: bytes, max_pixels: int, allow_alpha: bool = False) -
             (w, h), mode, fmt = oriented_size(im), im.mode, im.format or "unknown"
             alpha = mode in ALPHA_MODES or "transparency" in im.info
     except Exception as exc:  # Pillow raises many types for non-images
-        raise InputError(415, "not_an_image", f"{field}: not an image Pillow or OpenCV can read "
-                                              f"({type(exc).__name__}); send a JPEG or PNG photo") from exc
+        raise InputError(
+            415,
+            "not_an_image",
+            f"{field}: not an image Pillow or OpenCV can read ({type(exc).__name__}); send a JPEG or PNG photo",
+        ) from exc
     if w * h > max_pixels:
-        raise InputError(413, "too_many_pixels", f"{field}: {w}x{h} = {w * h / 1e6:.1f} megapixels, above the limit "
-                                                 f"of {max_pixels / 1e6:.1f} (--max-megapixels)")
+        raise InputError(
+            413,
+            "too_many_pixels",
+            f"{field}: {w}x{h} = {w * h / 1e6:.1f} megapixels, above the limit "
+            f"of {max_pixels / 1e6:.1f} (--max-megapixels)",
+        )
     if min(w, h) < MIN_SIDE:
         raise InputError(422, "too_small", f"{field}: {w}x{h} pixels; a photo needs at least {MIN_SIDE} px a side")
     if alpha and not allow_alpha:
-        raise InputError(422, "has_alpha", f"{field}: {fmt} with an alpha channel (mode {mode}); send the opaque "
-                                           f"photo: the cut-out computes the alpha")
+        raise InputError(
+            422,
+            "has_alpha",
+            f"{field}: {fmt} with an alpha channel (mode {mode}); send the opaque "
+            f"photo: the cut-out computes the alpha",
+        )
     return Probe(w, h, mode, fmt, alpha)
 
 

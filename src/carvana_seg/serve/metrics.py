@@ -15,10 +15,12 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self.requests = Counter("carvana_seg_requests", "HTTP requests by path and status", ["path", "status"],
-                                registry=self.registry)
-        self.latency = Histogram("carvana_seg_request_seconds", "request latency by path", ["path"],
-                                 buckets=BUCKETS, registry=self.registry)
+        self.requests = Counter(
+            "carvana_seg_requests", "HTTP requests by path and status", ["path", "status"], registry=self.registry
+        )
+        self.latency = Histogram(
+            "carvana_seg_request_seconds", "request latency by path", ["path"], buckets=BUCKETS, registry=self.registry
+        )
         self.in_flight = Gauge("carvana_seg_in_flight", "requests being handled", registry=self.registry)
         self.queued = Gauge("carvana_seg_queued", "cut-outs waiting for an inference slot", registry=self.registry)
         self.ready = Gauge("carvana_seg_ready", "1 once the models are loaded", registry=self.registry)

@@ -33,9 +33,11 @@ def build(cls: type[T], values: Mapping[str, Any]) -> T:
     names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
     missing, unknown = sorted(set(names) - set(values)), sorted(set(values) - set(names))
     if missing or unknown:
-        raise ConfigError(f"config key '{section}': the validated section and {cls.__module__}.{cls.__name__} "
-                          f"disagree (missing {missing}, unknown {unknown}); validate it first "
-                          f"(pipeline.config.validate_slice) or bring the dataclass in step with the schema")
+        raise ConfigError(
+            f"config key '{section}': the validated section and {cls.__module__}.{cls.__name__} "
+            f"disagree (missing {missing}, unknown {unknown}); validate it first "
+            f"(pipeline.config.validate_slice) or bring the dataclass in step with the schema"
+        )
     kwargs = {}
     for name in names:
         hint = hints[name]

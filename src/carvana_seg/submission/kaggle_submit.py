@@ -105,7 +105,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, cfg: dict) -> None:
     kaggle = build(Kaggle, cfg["kaggle"])
-    record = submit(Path(args.submission), args.competition, message_for(kaggle.message, cfg["name"], args.config_hash),
-                    Path(args.raw))
+    record = submit(
+        Path(args.submission),
+        args.competition,
+        message_for(kaggle.message, cfg["name"], args.config_hash),
+        Path(args.raw),
+    )
     staging.write_text(Path(args.out), json.dumps(record, indent=2) + "\n")
     log.info("submitted to %s: %s", args.competition, record["message"])

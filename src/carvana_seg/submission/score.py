@@ -45,7 +45,8 @@ def read_rle_csv(path: str | os.PathLike) -> dict[str, str]:
 
 
 def parse_shape(text: str) -> tuple[int, int]:
-    """``--size "1918x1280"`` (WIDTHxHEIGHT, as every size the project writes) -> the masks' numpy shape (1280, 1918)."""
+    """``--size "1918x1280"`` (WIDTHxHEIGHT, as every size the project writes) -> the masks' numpy shape
+    (1280, 1918)."""
     try:
         w, h = layout.parse_size(text)
     except ValueError as exc:
@@ -53,16 +54,22 @@ def parse_shape(text: str) -> tuple[int, int]:
     return h, w
 
 
-def score(submission: str | os.PathLike, truth: str | os.PathLike, shape: tuple[int, int] | None = None,
-          raw: str | os.PathLike | None = None) -> dict:
+def score(
+    submission: str | os.PathLike,
+    truth: str | os.PathLike,
+    shape: tuple[int, int] | None = None,
+    raw: str | os.PathLike | None = None,
+) -> dict:
     """Mean and per-car Dice; each image's shape is ``shape`` or read from ``raw/test/<img>``."""
     pred = read_rle_csv(submission)
     true = read_rle_csv(truth)
     if set(pred) != set(true):
         extra = sorted(set(pred) - set(true))
         missing = sorted(set(true) - set(pred))
-        raise DataError(f"{submission} and {truth} differ in images: {len(missing)} missing "
-                        f"(first {missing[:1]}), {len(extra)} extra (first {extra[:1]})")
+        raise DataError(
+            f"{submission} and {truth} differ in images: {len(missing)} missing "
+            f"(first {missing[:1]}), {len(extra)} extra (first {extra[:1]})"
+        )
     if shape is None and raw is None:
         raise DataError("score needs --size or --raw to know the image size")
     per_image: dict[str, float] = {}

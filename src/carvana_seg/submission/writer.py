@@ -26,10 +26,10 @@ import numpy as np
 from carvana_seg.core import layout, rle
 from carvana_seg.core.masks import binarize
 from carvana_seg.inference.shards import shard_paths
+from carvana_seg.inference.threshold import read_threshold
 from carvana_seg.pipeline import staging
 from carvana_seg.pipeline.errors import DataError
 from carvana_seg.pipeline.pool import worker_pool
-from carvana_seg.inference.threshold import read_threshold
 
 log = logging.getLogger(__name__)
 HEADER = ["img", "rle_mask"]
@@ -64,9 +64,11 @@ def expected_images(sample_submission: str | os.PathLike | Iterable[str]) -> lis
     return list(sample_submission)
 
 
-def validate_submission(path_or_rows: str | os.PathLike | Iterable[list[str]],
-                        sample_submission: str | os.PathLike | Iterable[str],
-                        shape: Shape | Mapping[str, Shape]) -> int:
+def validate_submission(
+    path_or_rows: str | os.PathLike | Iterable[list[str]],
+    sample_submission: str | os.PathLike | Iterable[str],
+    shape: Shape | Mapping[str, Shape],
+) -> int:
     """Check header, every expected image exactly once, nothing extra, each RLE valid; return the row count.
 
     ``shape`` is (H, W) of every image or a mapping image name -> (H, W). Raises DataError naming the first
@@ -94,13 +96,13 @@ def validate_submission(path_or_rows: str | os.PathLike | Iterable[list[str]],
             raise DataError(f"{where}: row {n}: {img}: image size unknown")
         problem = rle.validate(mask, tuple(img_shape))
         if problem:
-            raise DataError(f"{where}: row {n}: {img}: invalid RLE ({problem}) for a "
-                            f"{img_shape[0]}x{img_shape[1]} image")
+            raise DataError(
+                f"{where}: row {n}: {img}: invalid RLE ({problem}) for a {img_shape[0]}x{img_shape[1]} image"
+            )
     if len(seen) != len(wanted):
         missing = next(i for i in expected if i not in seen)
         raise DataError(f"{where}: {len(wanted) - len(seen)} test images missing, first {missing}")
     return n
-
 
 
 def encode_shard(job: tuple[str, float]) -> list[tuple[str, str, Shape]]:
@@ -117,7 +119,7 @@ def encode_shard(job: tuple[str, float]) -> list[tuple[str, str, Shape]]:
 def _encoded(jobs: list[tuple[str, float]], pool: Any, window: int) -> Iterator[list]:
     """Encoded shards in order; at most ``window`` ahead of the writer, so memory stays bounded."""
     for start in range(0, len(jobs), window):
-        part = jobs[start:start + window]
+        part = jobs[start : start + window]
         yield from pool.imap(encode_shard, part)
 
 
@@ -136,8 +138,14 @@ def read_fixes(path: str | os.PathLike | None) -> dict[str, str]:
     return fixes
 
 
-def write_submission(shards: list[Path], threshold: float, sample_submission: str | os.PathLike, out: Path,
-                     workers: int = 1, fixes: Mapping[str, str] | None = None) -> int:
+def write_submission(
+    shards: list[Path],
+    threshold: float,
+    sample_submission: str | os.PathLike,
+    out: Path,
+    workers: int = 1,
+    fixes: Mapping[str, str] | None = None,
+) -> int:
     """Write ``out`` via a temporary file that must pass ``validate_submission``; return the image count.
 
     ``fixes`` (image name -> RLE) replace those images' masks.
@@ -158,8 +166,10 @@ def write_submission(shards: list[Path], threshold: float, sample_submission: st
                 for img, mask, shape in shard:
                     k = len(shapes)
                     if k >= len(expected) or expected[k] != img:
-                        raise DataError(f"shard image {img} at position {k} does not follow sample_submission order "
-                                        f"(expected {expected[k] if k < len(expected) else 'no more images'})")
+                        raise DataError(
+                            f"shard image {img} at position {k} does not follow sample_submission order "
+                            f"(expected {expected[k] if k < len(expected) else 'no more images'})"
+                        )
                     shapes[img] = shape
                     writer.writerow([img, fixes.get(img, mask)])
         validate_submission(tmp, expected, shapes)
@@ -181,10 +191,19 @@ def run(args: argparse.Namespace, cfg: dict) -> None:  # noqa: ARG001 - the slic
     if json.loads(Path(args.manifest).read_text()).get("partial"):
         ids, n_listed = layout.test_ids(Path(args.sample_submission).parent)
         expected = [layout.image_file(i) for i in ids]
-        log.warning("PARTIAL submission: %d of %d listed test images are present; Kaggle will refuse this file",
-                    len(ids), n_listed)
+        log.warning(
+            "PARTIAL submission: %d of %d listed test images are present; Kaggle will refuse this file",
+            len(ids),
+            n_listed,
+        )
     fixes = read_fixes(args.fixes)
-    n = write_submission(shard_paths(args.manifest), threshold, expected, Path(args.out),
-                         workers=max(1, args.threads), fixes=fixes)
-    log.info("wrote %s: %d images at threshold %.4f, %d masks from outlier fixes (validated)", args.out, n,
-             threshold, len(fixes))
+    n = write_submission(
+        shard_paths(args.manifest), threshold, expected, Path(args.out), workers=max(1, args.threads), fixes=fixes
+    )
+    log.info(
+        "wrote %s: %d images at threshold %.4f, %d masks from outlier fixes (validated)",
+        args.out,
+        n,
+        threshold,
+        len(fixes),
+    )

@@ -137,8 +137,9 @@ class ConcatCacheDataset(torch.utils.data.ConcatDataset):
             d.reseed(seed)
 
 
-def build_datasets(cache_dir: str | Path, train_ids: list[str], val_ids: list[str], augment=None,
-                   extra_layouts: list[str | Path] = ()) -> tuple[Dataset, CacheDataset]:
+def build_datasets(
+    cache_dir: str | Path, train_ids: list[str], val_ids: list[str], augment=None, extra_layouts: list[str | Path] = ()
+) -> tuple[Dataset, CacheDataset]:
     """(training set, validation set). Training: ``train_ids`` of ``cache_dir`` plus *every* image of each extra
     training layout (e.g. pseudo-labelled test images), augmented; validation: ``val_ids`` of ``cache_dir`` only."""
     val = CacheDataset(cache_dir, val_ids)
@@ -156,8 +157,7 @@ def build_datasets(cache_dir: str | Path, train_ids: list[str], val_ids: list[st
 def worker_init(worker_id: int) -> None:  # noqa: ARG001
     """DataLoader ``worker_init_fn``: derive the worker's augmentation seed from the loader's per-worker seed."""
     info = torch.utils.data.get_worker_info()
-    if info is not None and isinstance(info.dataset, (CacheDataset, LayoutDataset, ConcatCacheDataset,
-                                                      EpochSeeded)):
+    if info is not None and isinstance(info.dataset, (CacheDataset, LayoutDataset, ConcatCacheDataset, EpochSeeded)):
         info.dataset.reseed(torch.initial_seed())
     np.random.seed(torch.initial_seed() % (2**32))
 

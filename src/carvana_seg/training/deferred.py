@@ -23,9 +23,17 @@ def to_device(x: torch.Tensor, y: torch.Tensor, device: torch.device, channels_l
     return x, (y.float().div_(255.0) if y.dtype == torch.uint8 else y)
 
 
-def train_step_deferred(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, criterion,
-                        opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler, device: torch.device, use_amp: bool,
-                        channels_last: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def train_step_deferred(
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    criterion,
+    opt: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    device: torch.device,
+    use_amp: bool,
+    channels_last: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``loop.train_step`` without a host sync: (detached loss, finite flag), both 0-d tensors on ``device``.
 
     A non-finite step runs with every gradient zeroed (``masked_fill``: NaN and inf become 0); AdamW's moment decay

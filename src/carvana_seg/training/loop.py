@@ -29,9 +29,8 @@ from carvana_seg.settings.train import Train
 from carvana_seg.settings.variants import Variant
 from carvana_seg.training import optim as optimmod
 from carvana_seg.training.augment import build_augment
+from carvana_seg.training.dataset import EpochSampler, EpochSeeded, build_datasets, read_folds, split_ids, worker_init
 from carvana_seg.training.deferred import Tally, to_device, train_step_deferred
-from carvana_seg.training.dataset import (EpochSampler, EpochSeeded, build_datasets, read_folds, split_ids,
-                                          worker_init)
 from carvana_seg.training.losses import BceDiceLoss
 
 log = logging.getLogger(__name__)
@@ -87,8 +86,16 @@ def subsample(ids: list[str], limit: int | None) -> list[str]:
     return [ids[i] for i in picks]
 
 
-def build_trainer(tc: Train, variant: Variant, base_seed: int, fold: int, folds_csv: str | Path, cache: str | Path,
-                  extra_layouts: list[str], threads: int) -> Trainer:
+def build_trainer(
+    tc: Train,
+    variant: Variant,
+    base_seed: int,
+    fold: int,
+    folds_csv: str | Path,
+    cache: str | Path,
+    extra_layouts: list[str],
+    threads: int,
+) -> Trainer:
     """Device, fold split, datasets and loaders, a freshly seeded model, loss, optimizer, schedule and grad scaler.
 
     The order is part of the result: the model's random init draws from the RNGs seeded here."""
@@ -107,21 +114,30 @@ def build_trainer(tc: Train, variant: Variant, base_seed: int, fold: int, folds_
     seed = int(base_seed) * 1000 + fold
     train_ds, val_ds = build_datasets(cache, train_ids, val_ids, build_augment(tc.augment, seed), extra_layouts)
     if train_ds.size != (variant.width, variant.height):
-        raise DataError(f"{cache}: cache is {train_ds.size}, variant '{variant.name}' needs "
-                        f"{variant.width}x{variant.height}")
+        raise DataError(
+            f"{cache}: cache is {train_ds.size}, variant '{variant.name}' needs {variant.width}x{variant.height}"
+        )
     bs, workers = variant.batch_size, tc.num_workers
     gen = torch.Generator()
     sampler = None
     if workers:  # persistent workers (no re-fork per epoch), reseeded per epoch through the sampler's keys
         sampler = EpochSampler(len(train_ds), gen)
-        train_dl = DataLoader(EpochSeeded(train_ds), bs, sampler=sampler, num_workers=workers, generator=gen,
-                              worker_init_fn=worker_init, drop_last=len(train_ds) > bs, pin_memory=cuda,
-                              persistent_workers=True)
+        train_dl = DataLoader(
+            EpochSeeded(train_ds),
+            bs,
+            sampler=sampler,
+            num_workers=workers,
+            generator=gen,
+            worker_init_fn=worker_init,
+            drop_last=len(train_ds) > bs,
+            pin_memory=cuda,
+            persistent_workers=True,
+        )
     else:
-        train_dl = DataLoader(train_ds, bs, shuffle=True, num_workers=0, generator=gen, drop_last=len(train_ds) > bs,
-                              pin_memory=cuda)
-    val_dl = DataLoader(val_ds, bs, shuffle=False, num_workers=workers, pin_memory=cuda,
-                        persistent_workers=workers > 0)
+        train_dl = DataLoader(
+            train_ds, bs, shuffle=True, num_workers=0, generator=gen, drop_last=len(train_ds) > bs, pin_memory=cuda
+        )
+    val_dl = DataLoader(val_ds, bs, shuffle=False, num_workers=workers, pin_memory=cuda, persistent_workers=workers > 0)
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -130,11 +146,29 @@ def build_trainer(tc: Train, variant: Variant, base_seed: int, fold: int, folds_
         model = model.to(memory_format=torch.channels_last)
     opt, sched = optimmod.from_config(model, variant, tc, len(train_dl))
     fp16 = use_amp and cuda and not torch.cuda.is_bf16_supported()
-    return Trainer(model=model, fwd=maybe_compile(model, tc.compile), criterion=BceDiceLoss.from_config(tc.loss),
-                   opt=opt, sched=sched, scaler=torch.amp.GradScaler("cuda", enabled=fp16), train_ds=train_ds,
-                   val_ds=val_ds, train_dl=train_dl, val_dl=val_dl, gen=gen, device=device, use_amp=use_amp, fp16=fp16,
-                   channels_last=channels_last, seed=seed, max_bad_steps=tc.max_nonfinite_steps,
-                   train_ids=train_ids, val_ids=val_ids, sync_every=tc.sync_every_steps, sampler=sampler)
+    return Trainer(
+        model=model,
+        fwd=maybe_compile(model, tc.compile),
+        criterion=BceDiceLoss.from_config(tc.loss),
+        opt=opt,
+        sched=sched,
+        scaler=torch.amp.GradScaler("cuda", enabled=fp16),
+        train_ds=train_ds,
+        val_ds=val_ds,
+        train_dl=train_dl,
+        val_dl=val_dl,
+        gen=gen,
+        device=device,
+        use_amp=use_amp,
+        fp16=fp16,
+        channels_last=channels_last,
+        seed=seed,
+        max_bad_steps=tc.max_nonfinite_steps,
+        train_ids=train_ids,
+        val_ids=val_ids,
+        sync_every=tc.sync_every_steps,
+        sampler=sampler,
+    )
 
 
 def load_trainer_state(t: Trainer, state: dict) -> None:
@@ -147,8 +181,12 @@ def load_trainer_state(t: Trainer, state: dict) -> None:
 
 def trainer_state(t: Trainer) -> dict:
     """The live objects' part of the resume state, as plain CPU data."""
-    return {"model": {k: v.detach().cpu() for k, v in t.model.state_dict().items()}, "optimizer": t.opt.state_dict(),
-            "scheduler": t.sched.state_dict(), "scaler": t.scaler.state_dict()}
+    return {
+        "model": {k: v.detach().cpu() for k, v in t.model.state_dict().items()},
+        "optimizer": t.opt.state_dict(),
+        "scheduler": t.sched.state_dict(),
+        "scaler": t.scaler.state_dict(),
+    }
 
 
 def _seed_epoch(t: Trainer, epoch: int) -> None:
@@ -171,7 +209,8 @@ def _seed_epoch(t: Trainer, epoch: int) -> None:
 def _fail_nonfinite(t: Trainer, consecutive: int, epoch: int, variant: str) -> None:
     raise CarvanaSegError(
         f"{consecutive} consecutive non-finite losses (train.max_nonfinite_steps={t.max_bad_steps}) "
-        f"in epoch {epoch}: lower variants.{variant}.lr or set train.amp: false")
+        f"in epoch {epoch}: lower variants.{variant}.lr or set train.amp: false"
+    )
 
 
 def train_epoch(t: Trainer, epoch: int, epochs: int, variant: str) -> EpochStats:
@@ -215,8 +254,9 @@ def _deferred_epoch(t: Trainer, epoch: int, epochs: int, variant: str, t0: float
     t_ready = time.perf_counter()
     for step, (x, y) in enumerate(bar, 1):
         data_seconds += time.perf_counter() - t_ready
-        loss, finite = train_step_deferred(t.fwd, x, y, t.criterion, t.opt, t.scaler, t.device, t.use_amp,
-                                           t.channels_last)
+        loss, finite = train_step_deferred(
+            t.fwd, x, y, t.criterion, t.opt, t.scaler, t.device, t.use_amp, t.channels_last
+        )
         t.sched.after_step()
         tally.add(loss, finite, x.shape[0])
         if step % t.sync_every == 0:
@@ -233,8 +273,12 @@ def _check_deferred(t: Trainer, tally: Tally, seen: int, epoch: int, variant: st
     (non-finite steps so far, loss sum, images seen)."""
     loss_sum, n, total, longest = tally.read()
     if total > seen:
-        log.warning("epoch %d: %d non-finite loss(es) since the last check, their gradients zeroed (longest run %d)",
-                    epoch, total - seen, longest)
+        log.warning(
+            "epoch %d: %d non-finite loss(es) since the last check, their gradients zeroed (longest run %d)",
+            epoch,
+            total - seen,
+            longest,
+        )
     if longest >= t.max_bad_steps:
         _fail_nonfinite(t, longest, epoch, variant)
     return total, loss_sum, n
@@ -258,8 +302,17 @@ def evaluate(model, loader, criterion, device, use_amp: bool, channels_last: boo
     return loss_sum / n, float(dice_from_counts(c[:, 0], c[:, 1], c[:, 2]).mean())
 
 
-def train_step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, criterion, opt: torch.optim.Optimizer,
-               scaler: torch.amp.GradScaler, device: torch.device, use_amp: bool, channels_last: bool) -> float | None:
+def train_step(
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    criterion,
+    opt: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    device: torch.device,
+    use_amp: bool,
+    channels_last: bool,
+) -> float | None:
     """One optimisation step on a batch; the loss, or None (and no step) when it is not finite.
 
     Shared with benchmarks/train_speed.py so that the benchmark times exactly what training runs. Reading the loss

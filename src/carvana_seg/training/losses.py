@@ -58,8 +58,12 @@ class BceDiceLoss(nn.Module):
     @classmethod
     def from_config(cls, loss: Loss) -> BceDiceLoss:
         """Build from the ``train.loss`` settings (every weight given: the schema holds the defaults)."""
-        return cls(bce_weight=loss.bce_weight, dice_weight=loss.dice_weight, boundary_width=loss.boundary_width,
-                   boundary_weight=loss.boundary_weight)
+        return cls(
+            bce_weight=loss.bce_weight,
+            dice_weight=loss.dice_weight,
+            boundary_width=loss.boundary_width,
+            boundary_weight=loss.boundary_weight,
+        )
 
     def pixel_weights(self, target: torch.Tensor) -> torch.Tensor:
         """BCE weight per pixel: ``boundary_weight`` in the edge band, 1 elsewhere."""

@@ -48,15 +48,28 @@ def warmup_cosine(total_steps: int, warmup_share: float):
 class Schedule:
     """A learning-rate schedule with one interface for per-step and per-epoch schedulers."""
 
-    def __init__(self, opt: torch.optim.Optimizer, kind: str, lr: float, total_steps: int, warmup_share: float = 0.1,
-                 factor: float = 0.1, patience: int = 4) -> None:
+    def __init__(
+        self,
+        opt: torch.optim.Optimizer,
+        kind: str,
+        lr: float,
+        total_steps: int,
+        warmup_share: float = 0.1,
+        factor: float = 0.1,
+        patience: int = 4,
+    ) -> None:
         self.kind = kind
         if kind == "plateau":
             self.sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=factor, patience=patience)
         elif kind == "onecycle":
             self.sched = torch.optim.lr_scheduler.OneCycleLR(
-                opt, max_lr=lr, total_steps=max(1, total_steps), pct_start=max(warmup_share, 1e-3),
-                anneal_strategy="cos", cycle_momentum=isinstance(opt, torch.optim.AdamW))
+                opt,
+                max_lr=lr,
+                total_steps=max(1, total_steps),
+                pct_start=max(warmup_share, 1e-3),
+                anneal_strategy="cos",
+                cycle_momentum=isinstance(opt, torch.optim.AdamW),
+            )
         elif kind == "cosine":
             self.sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(max(1, total_steps), warmup_share))
         else:
@@ -83,11 +96,19 @@ class Schedule:
         self.steps = state["steps"]
 
 
-def from_config(model: torch.nn.Module, variant: Variant, tc: Train, steps_per_epoch: int
-                ) -> tuple[torch.optim.Optimizer, Schedule]:
+def from_config(
+    model: torch.nn.Module, variant: Variant, tc: Train, steps_per_epoch: int
+) -> tuple[torch.optim.Optimizer, Schedule]:
     """(optimizer, schedule) of a training run from the variant (``lr``, ``epochs``) and ``train`` settings."""
     lr = float(variant.lr)
     opt = build_optimizer(model.parameters(), tc.optimizer, lr, tc.weight_decay)
-    sched = Schedule(opt, tc.schedule, lr, steps_per_epoch * int(variant.epochs), warmup_share=tc.warmup_share,
-                     factor=tc.scheduler_factor, patience=tc.scheduler_patience)
+    sched = Schedule(
+        opt,
+        tc.schedule,
+        lr,
+        steps_per_epoch * int(variant.epochs),
+        warmup_share=tc.warmup_share,
+        factor=tc.scheduler_factor,
+        patience=tc.scheduler_patience,
+    )
     return opt, sched

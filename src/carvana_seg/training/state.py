@@ -74,9 +74,13 @@ def extra_identity(extra_layouts: list[str], init_from: str | None) -> dict:
     """Extra layouts (ids, and the digest of their train_masks.csv: every mask as RLE) and the init checkpoint's."""
     out: dict = {}
     if extra_layouts:
-        out["layouts"] = [{"ids": hashlib.sha256("\n".join(layout.list_ids(Path(d) / layout.TRAIN_DIR)).encode())
-                           .hexdigest()[:16], "masks": file_digest(Path(d) / layout.TRAIN_MASKS_CSV)}
-                          for d in extra_layouts]
+        out["layouts"] = [
+            {
+                "ids": hashlib.sha256("\n".join(layout.list_ids(Path(d) / layout.TRAIN_DIR)).encode()).hexdigest()[:16],
+                "masks": file_digest(Path(d) / layout.TRAIN_MASKS_CSV),
+            }
+            for d in extra_layouts
+        ]
     if init_from:
         out["init"] = file_digest(init_from)
     return out

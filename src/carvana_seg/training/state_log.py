@@ -23,8 +23,7 @@ def attach(state_dir: Path, resumed: bool) -> logging.Handler:
     path.parent.mkdir(parents=True, exist_ok=True)
     if resumed and path.is_file():
         earlier = path.read_text(errors="replace")
-        sys.stderr.write(f"--- earlier run(s) of this job, replayed from {path} ---\n{earlier}"
-                         f"--- resumed run ---\n")
+        sys.stderr.write(f"--- earlier run(s) of this job, replayed from {path} ---\n{earlier}--- resumed run ---\n")
         sys.stderr.flush()
     handler = logging.FileHandler(path, mode="a" if resumed else "w", encoding="utf-8")
     handler.setFormatter(logging.Formatter(FORMAT))

@@ -20,8 +20,14 @@ import numpy as np
 import torch
 from skimage.segmentation import find_boundaries
 
-SCALARS = {"loss/train": "train_loss", "loss/val": "val_loss", "dice/val": "val_dice", "lr": "lr",
-           "data_share": "data_share", "images_per_s": "images_per_s"}
+SCALARS = {
+    "loss/train": "train_loss",
+    "loss/val": "val_loss",
+    "dice/val": "val_dice",
+    "lr": "lr",
+    "data_share": "data_share",
+    "images_per_s": "images_per_s",
+}
 
 
 class Board:
@@ -46,8 +52,9 @@ class Board:
         for tag, key in SCALARS.items():
             self.writer.add_scalar(tag, float(row[key]), epoch)
         if self.images and len(val_ds):
-            self.writer.add_images("val/overlays", overlays(model, val_ds, device, self.images), epoch,
-                                   dataformats="NHWC")
+            self.writer.add_images(
+                "val/overlays", overlays(model, val_ds, device, self.images), epoch, dataformats="NHWC"
+            )
         self.writer.flush()
 
     def close(self) -> None:

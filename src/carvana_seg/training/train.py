@@ -58,9 +58,20 @@ class TrainJob:
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> TrainJob:
-        return cls(args.variant, args.fold, Path(args.folds), Path(args.cache), Path(args.out_model),
-                   Path(args.out_metrics), Path(args.state_dir), args.threads, tuple(args.extra_layout),
-                   args.init_from, args.tensorboard, args.max_epochs_this_run)
+        return cls(
+            args.variant,
+            args.fold,
+            Path(args.folds),
+            Path(args.cache),
+            Path(args.out_model),
+            Path(args.out_metrics),
+            Path(args.state_dir),
+            args.threads,
+            tuple(args.extra_layout),
+            args.init_from,
+            args.tensorboard,
+            args.max_epochs_this_run,
+        )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -71,15 +82,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out-model", required=True, help="best.pt to write when training ends")
     parser.add_argument("--out-metrics", required=True, help="metrics.csv to write when training ends")
     parser.add_argument("--state-dir", required=True, help="resume state directory (kept across failed runs)")
-    parser.add_argument("--threads", type=int, default=2,
-                        help="the job's CPU threads: torch gets what the DataLoader workers (train.num_workers) leave")
-    parser.add_argument("--extra-layout", action="append", default=[], metavar="DIR",
-                        help="Kaggle training layout whose images are all added to the training set, never to "
-                             "validation, decoded by the DataLoader (pseudo-labelled test images); repeatable")
-    parser.add_argument("--init-from", default=None, metavar="BEST_PT",
-                        help="start from this checkpoint's weights (same variant) instead of random init")
-    parser.add_argument("--tensorboard", default=None, metavar="DIR",
-                        help="TensorBoard run directory for live curves (tensorboard_log); none when omitted")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=2,
+        help="the job's CPU threads: torch gets what the DataLoader workers (train.num_workers) leave",
+    )
+    parser.add_argument(
+        "--extra-layout",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="Kaggle training layout whose images are all added to the training set, never to "
+        "validation, decoded by the DataLoader (pseudo-labelled test images); repeatable",
+    )
+    parser.add_argument(
+        "--init-from",
+        default=None,
+        metavar="BEST_PT",
+        help="start from this checkpoint's weights (same variant) instead of random init",
+    )
+    parser.add_argument(
+        "--tensorboard",
+        default=None,
+        metavar="DIR",
+        help="TensorBoard run directory for live curves (tensorboard_log); none when omitted",
+    )
     # Testing aid: stop (as if killed) after N epochs of this invocation, outputs unwritten.
     parser.add_argument("--max-epochs-this-run", type=int, default=None, help=argparse.SUPPRESS)
 
@@ -90,8 +118,10 @@ def _init_weights(model: torch.nn.Module, path: str, variant: Variant) -> None:
     v = ckpt["config"]["variant"]
     same = all(v[k] == getattr(variant, k) for k in ("name", "arch", "encoder", "width", "height"))
     if not same:
-        raise DataError(f"{path}: checkpoint of variant {v['name']} ({v['width']}x{v['height']}), "
-                        f"cannot initialise {variant.name} ({variant.width}x{variant.height})")
+        raise DataError(
+            f"{path}: checkpoint of variant {v['name']} ({v['width']}x{v['height']}), "
+            f"cannot initialise {variant.name} ({variant.width}x{variant.height})"
+        )
     model.load_state_dict(modelmod.with_order(ckpt["state_dict"]))
     # epoch and val_dice: extras save_checkpoint's caller may leave out (a checkpoint made elsewhere) -> None
     log.info("initialised from %s (epoch %s, val Dice %s)", path, ckpt.get("epoch"), ckpt.get("val_dice"))
@@ -124,8 +154,9 @@ def train(job: TrainJob, s: TrainSettings) -> None:
     encoder_weights.ensure_available(v.encoder, v.encoder_weights, f"variants.{v.name}.encoder_weights")
     t = loop.build_trainer(s.train, v, s.seed, job.fold, job.folds, job.cache, list(job.extra_layouts), job.threads)
     staging.sweep(job.state_dir / STATE_FILE, job.out_model, job.out_metrics)  # temporaries of a killed run
-    ident = state.identity(s.record, job.fold, t.train_ids, t.val_ids,
-                           state.extra_identity(list(job.extra_layouts), job.init_from))
+    ident = state.identity(
+        s.record, job.fold, t.train_ids, t.val_ids, state.extra_identity(list(job.extra_layouts), job.init_from)
+    )
     ident.update(state.input_identity(job.cache))
     saved = state.load_state(job.state_dir, ident)
     handler = state_log.attach(job.state_dir, resumed=saved is not None)  # keeps the earlier epochs' lines
@@ -156,16 +187,30 @@ def _resume_or_start(t: loop.Trainer, saved: dict | None, job: TrainJob, s: Trai
     if _finished(progress, s):
         log.info("state %s holds a finished run (%d epochs); writing its outputs", where, progress.epoch)
     else:
-        log.info("resuming from epoch %d (state %s, best val Dice %.5f at epoch %d)",
-                 progress.epoch + 1, where, progress.best_dice, progress.best_epoch)
+        log.info(
+            "resuming from epoch %d (state %s, best val Dice %.5f at epoch %d)",
+            progress.epoch + 1,
+            where,
+            progress.best_dice,
+            progress.best_epoch,
+        )
     return progress
 
 
 def _log_setup(t: loop.Trainer, job: TrainJob, variant: Variant) -> None:
     amp = ("fp16" if t.fp16 else "bf16") if t.use_amp else "off"
-    log.info("variant %s fold %d: %d train (%d from extra layouts) / %d val images at %dx%d on %s (amp=%s), "
-             "%d epochs", job.variant, job.fold, len(t.train_ds), len(t.train_ds) - len(t.train_ids), len(t.val_ds),
-             *t.train_ds.size, t.device, amp, variant.epochs)
+    log.info(
+        "variant %s fold %d: %d train (%d from extra layouts) / %d val images at %dx%d on %s (amp=%s), %d epochs",
+        job.variant,
+        job.fold,
+        len(t.train_ds),
+        len(t.train_ds) - len(t.train_ids),
+        len(t.val_ds),
+        *t.train_ds.size,
+        t.device,
+        amp,
+        variant.epochs,
+    )
 
 
 def _run_epochs(t: loop.Trainer, progress: Progress, job: TrainJob, s: TrainSettings, ident: dict) -> None:
@@ -182,19 +227,39 @@ def _run_epochs(t: loop.Trainer, progress: Progress, job: TrainJob, s: TrainSett
         row = _record_epoch(t, progress, epoch, lr, stats, val_loss, val_dice, time.perf_counter() - t0)
         board.epoch(epoch, row, t.model, t.val_ds, t.device)
         if _state_due(s, epoch, time.perf_counter() - last_write) or _finished(progress, s):
-            state.save_state({**progress.as_dict(), "format": STATE_FORMAT, "identity": ident, "cfg": s.record,
-                              **loop.trainer_state(t), "rng": state.rng_state()}, job.state_dir / STATE_FILE)
+            state.save_state(
+                {
+                    **progress.as_dict(),
+                    "format": STATE_FORMAT,
+                    "identity": ident,
+                    "cfg": s.record,
+                    **loop.trainer_state(t),
+                    "rng": state.rng_state(),
+                },
+                job.state_dir / STATE_FILE,
+            )
             last_write = time.perf_counter()
-        log.info("epoch %d/%d: train loss %.4f, val loss %.4f, val Dice %.5f, lr %.2e, %.1f s, %.1f img/s, "
-                 "%.1f%% waiting for data", epoch, epochs, row["train_loss"], val_loss, val_dice, lr, row["seconds"],
-                 row["images_per_s"], 100 * row["data_share"])
+        log.info(
+            "epoch %d/%d: train loss %.4f, val loss %.4f, val Dice %.5f, lr %.2e, %.1f s, %.1f img/s, "
+            "%.1f%% waiting for data",
+            epoch,
+            epochs,
+            row["train_loss"],
+            val_loss,
+            val_dice,
+            lr,
+            row["seconds"],
+            row["images_per_s"],
+            100 * row["data_share"],
+        )
         if progress.bad_epochs >= patience:
             log.info("early stopping: no val Dice improvement for %d epochs", patience)
         run_epochs += 1
-        if job.max_epochs_this_run is not None and run_epochs >= job.max_epochs_this_run and not _finished(
-                progress, s):
-            raise CarvanaSegError(f"stopped after {run_epochs} epoch(s) this run (--max-epochs-this-run); "
-                                  f"state kept in {job.state_dir}, rerun to resume")
+        if job.max_epochs_this_run is not None and run_epochs >= job.max_epochs_this_run and not _finished(progress, s):
+            raise CarvanaSegError(
+                f"stopped after {run_epochs} epoch(s) this run (--max-epochs-this-run); "
+                f"state kept in {job.state_dir}, rerun to resume"
+            )
     board.close()
 
 
@@ -205,17 +270,32 @@ def _state_due(s: TrainSettings, epoch: int, since_write: float) -> bool:
     return epoch % every == 0 or (budget is not None and since_write >= budget)
 
 
-def _record_epoch(t: loop.Trainer, progress: Progress, epoch: int, lr: float, stats: loop.EpochStats,
-                  val_loss: float, val_dice: float, seconds: float) -> dict:
+def _record_epoch(
+    t: loop.Trainer,
+    progress: Progress,
+    epoch: int,
+    lr: float,
+    stats: loop.EpochStats,
+    val_loss: float,
+    val_dice: float,
+    seconds: float,
+) -> dict:
     """Update the best weights and early-stopping count; append and return the epoch's metrics row."""
     if val_dice > progress.best_dice:
         progress.best_dice, progress.best_epoch, progress.bad_epochs = val_dice, epoch, 0
         progress.best_model = {k: v.detach().cpu().clone() for k, v in t.model.state_dict().items()}
     else:
         progress.bad_epochs += 1
-    row = {"epoch": epoch, "train_loss": stats.loss, "val_loss": val_loss, "val_dice": val_dice, "lr": lr,
-           "seconds": round(seconds, 3), "images_per_s": round(stats.images / max(stats.train_seconds, 1e-9), 2),
-           "data_share": round(stats.data_seconds / max(stats.train_seconds, 1e-9), 4)}
+    row = {
+        "epoch": epoch,
+        "train_loss": stats.loss,
+        "val_loss": val_loss,
+        "val_dice": val_dice,
+        "lr": lr,
+        "seconds": round(seconds, 3),
+        "images_per_s": round(stats.images / max(stats.train_seconds, 1e-9), 2),
+        "data_share": round(stats.data_seconds / max(stats.train_seconds, 1e-9), 4),
+    }
     progress.rows.append(row)
     progress.epoch = epoch
     return row
@@ -226,6 +306,13 @@ def _write_outputs(job: TrainJob, cfg: dict, model: torch.nn.Module, progress: P
     each atomically, after training has finished."""
     staging.write_text(job.out_metrics, pd.DataFrame(progress.rows, columns=METRIC_COLUMNS).to_csv(index=False))
     model.load_state_dict(progress.best_model)
-    modelmod.save_checkpoint(job.out_model, model, cfg, epoch=progress.best_epoch, val_dice=progress.best_dice,
-                             fold=job.fold, nonfinite_steps=progress.nonfinite_total)
+    modelmod.save_checkpoint(
+        job.out_model,
+        model,
+        cfg,
+        epoch=progress.best_epoch,
+        val_dice=progress.best_dice,
+        fold=job.fold,
+        nonfinite_steps=progress.nonfinite_total,
+    )
     log.info("best val Dice %.5f at epoch %d -> %s", progress.best_dice, progress.best_epoch, job.out_model)
