@@ -43,7 +43,10 @@ def _env(work: Path) -> dict[str, str]:
     bin_dir.mkdir(exist_ok=True)
     (bin_dir / "nvidia-smi").write_text("#!/bin/sh\necho 'GPU 0: Fake GPU (UUID: GPU-fake-0)'\n")
     (bin_dir / "nvidia-smi").chmod(0o755)
-    return {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    # the fake GPU is /dev/null: the jobs take Slurm's GPU path (gres, CUDA_VISIBLE_DEVICES) and run torch on the
+    # CPU on purpose, which a real GPU allocation without a usable GPU would refuse (models.runtime.pick_device)
+    path = f"{bin_dir}{os.pathsep}{os.environ['PATH']}"
+    return {**os.environ, "PATH": path, "CARVANA_SEG_REQUIRE_GPU": "0"}
 
 
 def _snakemake(work: Path, *args: str, timeout: int = RUN_TIMEOUT_S) -> list[str]:

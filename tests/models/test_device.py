@@ -70,6 +70,9 @@ def test_cuda_requested_or_assigned_without_gpu_stops(no_gpu_torch, monkeypatch)
     monkeypatch.setenv("CARVANA_SEG_REQUIRE_GPU", "1")
     with pytest.raises(ConfigError, match="no NVIDIA driver"):
         runtime.pick_device("auto")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")  # a GPU allocation used on the CPU on purpose
+    monkeypatch.setenv("CARVANA_SEG_REQUIRE_GPU", "0")
+    assert runtime.pick_device("auto") == torch.device("cpu")
 
 
 def test_train_stage_launched_for_a_gpu_exits_2_naming_the_mismatch(no_gpu_torch, monkeypatch, tmp_path, capsys):

@@ -258,12 +258,12 @@ def test_extra_layout_adds_training_images_never_validation(pseudo_run, tmp_path
     assert train.datasets[0].ids == train_ids and train.datasets[1].ids == extra_ids
     assert val.ids == val_ids and not set(val.ids) & set(extra_ids)
     x, y = train[len(train_ids)]  # the first pseudo-labelled image, decoded from its linked JPEG
-    assert tuple(x.shape) == (3, 32, 32) and float(y.max()) == 1.0
+    assert tuple(x.shape) == (3, 32, 32) and str(y.dtype) == "torch.uint8" and int(y.max()) == 255  # 0..1 on device
     # exactly what a resize cache of the layout would hold: one preprocessing, cached or not
     resize_cache.build(pseudo_run["out"], extra_ids, (32, 32), tmp_path / "extra")
     imgs, masks, _ = resize_cache.load(tmp_path / "extra")
     np.testing.assert_array_equal(x.numpy().transpose(1, 2, 0), imgs[0])
-    np.testing.assert_array_equal(np.rint(y[0].numpy() * 255).astype(np.uint8), masks[0])
+    np.testing.assert_array_equal(y[0].numpy(), masks[0])
     plain, _ = build_datasets(tmp_path / "main", train_ids, val_ids)
     assert len(plain) == len(train_ids)
     # an extra layout holding validation images would leak: refused

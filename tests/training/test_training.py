@@ -157,7 +157,7 @@ def test_train_resumes_after_a_kill_and_restarts_on_config_change(
     assert second.returncode == 0, second.stderr
     # Snakemake's `> {log}` truncates the job's log on a rerun: the stage replays the earlier run's lines first.
     earlier, _, resumed = second.stderr.partition("--- resumed run ---")
-    assert "resuming from epoch 2" in resumed and "epoch 1/2:" not in resumed and "epoch 2/2:" in resumed
+    assert "resuming from epoch 2" in resumed and "epoch 1/2:" not in resumed and "epoch 2/2:" in resumed, second.stderr
     assert "--- earlier run(s) of this job" in earlier and "epoch 1/2:" in earlier
     metrics = pd.read_csv(out / "metrics.csv")
     assert list(metrics.columns) == [

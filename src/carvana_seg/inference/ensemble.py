@@ -41,10 +41,9 @@ from carvana_seg.core.images import read_image
 from carvana_seg.data.resize_cache import load_resized
 from carvana_seg.inference import refine, variant_masks
 from carvana_seg.inference.batch import device_probs
-from carvana_seg.inference.threshold import weight_total
 from carvana_seg.models import runtime
 from carvana_seg.pipeline import staging
-from carvana_seg.pipeline.config import config_hash, to_json
+from carvana_seg.pipeline.config import config_hash, to_json, weight_total
 from carvana_seg.pipeline.errors import ConfigError, DataError
 from carvana_seg.pipeline.resources import torch_threads
 from carvana_seg.settings.build import build

@@ -5,8 +5,9 @@
 ``predict.edge_refine`` and the variant weights; that round's ``threshold.json`` (threshold and OOF Dice); the
 checkpoints for network sizes and normalisation. A photo then goes through exactly the test ensemble's steps:
 ``resize_cache.load_resized`` (EXIF orientation applied), ``batch.variant_probs`` (models, flips, the ensemble's
-memory layout), ``ensemble.finalize`` (upsampling, weighted mean, edge refinement, uint8 ``round(p * 255)``) and
-``masks.binarize`` at the threshold. ``predict`` (batch cut-outs) and ``serve`` (HTTP) both use it, so a test
+memory layout), ``ensemble.finalize`` (upsampling, weighted mean, edge refinement, uint8 ``round(p * 255)``; on
+CUDA without refinement ``ensemble.device_maps``, as the test ensemble does there) and ``masks.binarize`` at the
+threshold. ``predict`` (batch cut-outs) and ``serve`` (HTTP) both use it, so a test
 photo gets its ``submission.csv.gz`` row unless the outlier check fixed its car (``outliers.csv``): those fixes
 judge a car against its other views and the whole test set, which one photo does not have.
 
@@ -31,9 +32,9 @@ from carvana_seg.core.images import decode_image
 from carvana_seg.core.masks import binarize
 from carvana_seg.data.resize_cache import load_resized
 from carvana_seg.inference import refine
-from carvana_seg.inference.batch import variant_probs
-from carvana_seg.inference.ensemble import finalize, load_variants
-from carvana_seg.inference.threshold import read_threshold
+from carvana_seg.inference.batch import device_probs, variant_probs
+from carvana_seg.inference.ensemble import device_maps, finalize, load_variants
+from carvana_seg.inference.threshold_file import read_threshold
 from carvana_seg.models import runtime
 from carvana_seg.pipeline.errors import DataError
 from carvana_seg.pipeline.rounds import round_dirs
@@ -228,12 +229,17 @@ class Service:
         if rgb.shape[:2] != shape:
             raise DataError(f"{where}: decoded as {rgb.shape[1]}x{rgb.shape[0]}, header says {shape[1]}x{shape[0]}")
         stacks = [torch.from_numpy(np.ascontiguousarray(im)[None]) for im in images]
+        weights = [v.weight for v in self.variants]
+        if self._onnx is None and self.device.type == "cuda" and not refine.enabled(self.info.edge_refine):
+            # the test ensemble's CUDA path (ensemble.iter_probs): upsampling and mean on the device
+            probs = device_probs(self.variants, self.slot, stacks, self.device, self.info.tta_hflip)
+            return rgb, device_maps([shape], probs, weights)[0][0].cpu().numpy()
         if self._onnx is not None:
             probs = self._onnx.variant_probs(self.slot, stacks, self.info.tta_hflip)
         else:
             probs = variant_probs(self.variants, self.slot, stacks, self.device, self.info.tta_hflip)
         guide = refine.to_gray(rgb) if refine.enabled(self.info.edge_refine) else None
-        u8 = finalize(shape, [p[0] for p in probs], [v.weight for v in self.variants], guide, self.info.edge_refine)
+        u8 = finalize(shape, [p[0] for p in probs], weights, guide, self.info.edge_refine)
         return rgb, u8
 
     def mask(self, data: bytes | str | os.PathLike, where: str = "image") -> tuple[np.ndarray, np.ndarray]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +23,7 @@ from carvana_seg.core.images import read_mask
 from carvana_seg.core.masks import level
 from carvana_seg.core.metrics import dice_from_counts
 from carvana_seg.pipeline import staging
-from carvana_seg.pipeline.config import trained_folds
+from carvana_seg.pipeline.config import trained_folds, weight_total
 from carvana_seg.pipeline.errors import ConfigError, DataError
 from carvana_seg.pipeline.pool import worker_pool
 from carvana_seg.settings.build import build
@@ -33,31 +33,6 @@ from carvana_seg.settings.variants import Variant
 
 log = logging.getLogger(__name__)
 LEVELS = 256
-
-
-def weight_total(weights: Sequence[float]) -> float:
-    """The sum of the ensemble weights, which every weighted mean divides by (the OOF threshold search here, the
-    test ensemble on the CPU and on the device); one clear error when it is not positive."""
-    total = float(sum(weights))
-    if total <= 0:
-        raise ConfigError("config key 'variants.weight': the ensemble weights sum to 0")
-    return total
-
-
-def read_threshold(path: str | Path) -> dict:
-    """The one reader of a ``threshold.json`` (written by ``run`` below): its record, with ``threshold`` a float in
-    [0, 1]; DataError naming the file when it is missing or is no threshold record."""
-    path = Path(path)
-    try:
-        record = json.loads(path.read_text())
-        record["threshold"] = float(record["threshold"])
-    except FileNotFoundError as exc:
-        raise DataError(f"{path}: threshold file not found") from exc
-    except (ValueError, KeyError, TypeError) as exc:
-        raise DataError(f'{path}: not a threshold file (expected {{"threshold": <float>}})') from exc
-    if not 0.0 <= record["threshold"] <= 1.0:
-        raise DataError(f"{path}: threshold {record['threshold']} is outside [0, 1]")
-    return record
 
 
 def ensemble_u8(arrays: list[np.ndarray], weights: list[float]) -> np.ndarray:

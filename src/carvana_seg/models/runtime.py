@@ -54,9 +54,12 @@ def nvidia_smi() -> tuple[list[str], str | None]:
 def gpu_expected() -> bool:
     """Whether this job was given a GPU: ``CARVANA_SEG_REQUIRE_GPU=1``, a ``CUDA_VISIBLE_DEVICES`` naming a device
     (set by SLURM/Kubernetes or by ``pipeline.gpu.claim_device`` for ``--resources gpu=N``), or ``nvidia-smi``
-    listing a GPU. A machine without any NVIDIA driver expects none: there ``--resources gpu=N`` only throttles."""
-    if os.environ.get("CARVANA_SEG_REQUIRE_GPU", "").strip() not in ("", "0"):
-        return True
+    listing a GPU. A machine without any NVIDIA driver expects none: there ``--resources gpu=N`` only throttles.
+    ``CARVANA_SEG_REQUIRE_GPU=0`` expects none whatever was assigned: a CPU run on a GPU allocation on purpose (the
+    real-Slurm test's fake GPU)."""
+    flag = os.environ.get("CARVANA_SEG_REQUIRE_GPU", "").strip()
+    if flag:
+        return flag != "0"
     visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").strip()
     if visible and visible != "-1" and not visible.startswith("-"):
         return True

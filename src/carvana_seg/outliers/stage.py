@@ -34,7 +34,7 @@ from carvana_seg.core.images import write_png
 from carvana_seg.core.masks import level
 from carvana_seg.inference import variant_masks
 from carvana_seg.inference.shards import shard_paths
-from carvana_seg.inference.threshold import read_threshold
+from carvana_seg.inference.threshold_file import read_threshold
 from carvana_seg.outliers import sheets
 from carvana_seg.outliers.features import fix_mask, image_features
 from carvana_seg.outliers.profile import choose_variant, learn_profile, score

@@ -87,6 +87,15 @@ def resolve(config: dict) -> dict:
     return resolved
 
 
+def weight_total(weights: Sequence[float]) -> float:
+    """The sum of the ensemble weights, which every weighted mean divides by (the OOF threshold search here, the
+    test ensemble on the CPU and on the device); one clear error when it is not positive."""
+    total = float(sum(weights))
+    if total <= 0:
+        raise ConfigError("config key 'variants.weight': the ensemble weights sum to 0")
+    return total
+
+
 def load(path: str | Path) -> dict:
     """Read a YAML config file and resolve it."""
     path = Path(path)

@@ -24,7 +24,7 @@ import pandas as pd
 from carvana_seg.core import layout, rle
 from carvana_seg.core.images import image_size
 from carvana_seg.core.metrics import dice
-from carvana_seg.inference.threshold import read_threshold
+from carvana_seg.inference.threshold_file import read_threshold
 from carvana_seg.pipeline import staging
 from carvana_seg.pipeline.errors import DataError
 from carvana_seg.pipeline.pool import worker_pool

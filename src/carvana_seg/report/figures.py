@@ -29,7 +29,7 @@ from typing import Any
 
 import pandas as pd
 
-from carvana_seg.inference.threshold import read_threshold
+from carvana_seg.inference.threshold_file import read_threshold
 from carvana_seg.pipeline.errors import DataError
 from carvana_seg.report import landing
 from carvana_seg.report.tables import dice_by_round, html_page, pseudo_rounds, round_dirs, stage_times

@@ -16,7 +16,7 @@ from typing import Any
 
 import pandas as pd
 
-from carvana_seg.inference.threshold import read_threshold
+from carvana_seg.inference.threshold_file import read_threshold
 from carvana_seg.pipeline import rounds
 from carvana_seg.pipeline.config import fold_ids
 from carvana_seg.report.tables import Files, may_read, normalize_files, round_dirs

@@ -26,7 +26,7 @@ import numpy as np
 from carvana_seg.core import layout, rle
 from carvana_seg.core.masks import binarize
 from carvana_seg.inference.shards import shard_paths
-from carvana_seg.inference.threshold import read_threshold
+from carvana_seg.inference.threshold_file import read_threshold
 from carvana_seg.pipeline import staging
 from carvana_seg.pipeline.errors import DataError
 from carvana_seg.pipeline.pool import worker_pool
