@@ -1,11 +1,14 @@
 """Test-time throughput of the streaming ensemble vs. its models alone, and peak RSS for N and 8N test images.
 
     python benchmarks/test_time.py [--n 8] [--multiples 1 2 4 8] [--width 1918 --height 1280] [--folds 3] ...
+    python benchmarks/test_time.py --results results/demo --photos data/demo/raw/test   # after make demo
 
-Fabricates test photos at the given size and random-init checkpoints of the demo config's variants, runs the
-``ensemble`` stage code (decode workers, flip-TTA over every fold model, resize back, weighted mean, uint8 shards)
-in a fresh process for N and for 8N images (and any other ``--multiples`` of N: the peak-RSS table), and times the
-same models on random tensors of the same batch size.
+Fabricates test photos at the given size and random-init checkpoints of the demo config's variants (or takes a
+finished run's trained checkpoints and real photos: random-init maps are noise, which deflates ~10x slower than a
+trained model's, and noisy JPEGs decode slower than photos), runs the ``ensemble`` stage code (decoding,
+flip-TTA over every fold model, resize back, weighted mean, uint8 shards) in a fresh process for N and for 8N
+images (and any other ``--multiples`` of N: the peak-RSS table), and times the same models on random tensors of
+the same batch size, alternating with the stage (``--repeats``).
 The ratio on the last line is what the rest of the pipeline costs: 1.0 means the models are never starved.
 Not a pytest test (pytest only collects ``tests/``).
 """
@@ -28,15 +31,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def fabricate(
-    root: Path, n: int, width: int, height: int, folds: int, config: Path = ROOT / "config" / "demo.yaml"
-) -> tuple[list[Path], dict]:
-    """``n`` test photos (noisy ellipse 'cars'), the stage config and one checkpoint per variant x fold."""
+def fabricate_photos(root: Path, n: int, width: int, height: int) -> None:
+    """``n`` test photos in ``root/test``: noisy ellipse 'cars' (noise decodes slower than a studio photo)."""
     from carvana_seg.core.images import write_jpeg
-    from carvana_seg.models.model import build_model, save_checkpoint
-    from carvana_seg.pipeline import config as cfgmod
 
-    variants = [dict(v, encoder_weights=None, weight=1.0) for v in cfgmod.load(config)["variants"]]
     rng = np.random.default_rng(0)
     (root / "test").mkdir(parents=True)
     yy, xx = np.mgrid[0:height, 0:width]
@@ -47,12 +45,48 @@ def fabricate(
         car = ((xx - width / 2) / rx) ** 2 + ((yy - height / 2) / ry) ** 2 <= 1
         img[car] = rng.integers(0, 150, 3)
         write_jpeg(root / "test" / f"{i:012x}_01.jpg", img, quality=90)
+
+
+def fabricate(
+    root: Path, n: int, width: int, height: int, folds: int, config: Path = ROOT / "config" / "demo.yaml"
+) -> tuple[list[Path], dict]:
+    """``n`` test photos (``fabricate_photos``), the stage config and one random-init checkpoint per variant x fold."""
+    from carvana_seg.models.model import build_model, save_checkpoint
+    from carvana_seg.pipeline import config as cfgmod
+
+    variants = [dict(v, encoder_weights=None, weight=1.0) for v in cfgmod.load(config)["variants"]]
+    fabricate_photos(root, n, width, height)
     paths = []
     for v in variants:
         for f in range(folds):
             paths.append(root / "models" / v["name"] / f"fold{f}" / "best.pt")
             save_checkpoint(paths[-1], build_model(v["arch"], v["encoder"], None, v["name"]), {"variant": v})
     cfg = {"name": "bench", "variants": variants, "folds": {"k": max(2, folds), "use": list(range(folds))}}
+    return paths, cfg
+
+
+def from_results(root: Path, n: int, results: Path, photos: Path | None) -> tuple[list[Path], dict]:
+    """The trained round-one checkpoints of a results directory (``results/demo`` after ``make demo``) and ``n``
+    photos from ``photos`` (cycled when fewer), so maps, shard compression and decoding are a real run's."""
+    from carvana_seg.models.model import load_checkpoint
+
+    paths = sorted(Path(results).glob("models/*/fold*/best.pt"))
+    if not paths:
+        raise SystemExit(f"{results}: no models/*/fold*/best.pt (run the DAG first, e.g. make demo)")
+    variants: dict[str, dict] = {}
+    for path in paths:
+        v = load_checkpoint(path)["config"]["variant"]
+        variants.setdefault(v["name"], v)
+    folds = sorted({int(path.parent.name.removeprefix("fold")) for path in paths})
+    (root / "models").symlink_to(Path(results).resolve() / "models")
+    if photos is not None:
+        sources = sorted(Path(photos).glob("*.jpg"))
+        if not sources:
+            raise SystemExit(f"{photos}: no *.jpg photos")
+        (root / "test").mkdir(parents=True)
+        for i in range(n):
+            (root / "test" / f"{i:012x}_01.jpg").symlink_to(sources[i % len(sources)].resolve())
+    cfg = {"name": "bench", "variants": list(variants.values()), "folds": {"k": max(2, len(folds)), "use": folds}}
     return paths, cfg
 
 
@@ -111,8 +145,9 @@ def saturated_bytes(width: int, height: int, n: int = 4) -> float:
 def child(args: argparse.Namespace) -> None:
     """Run the ensemble stage code on the first ``--child`` images; print timings and peak RSS as JSON.
 
-    With ``--model-only`` the same models are then timed alone, twice (best of two, so a busy machine biases the
-    ratio down, never up); peak RSS is read before that, so it is the pipeline's alone."""
+    With ``--model-only`` the stage pass and the same models alone alternate ``--repeats`` times: each ratio pairs
+    two passes a few seconds apart, so a machine whose speed drifts (a shared VM's does, by 10-20 %) biases
+    neither side; the median ratio is reported. Peak RSS is read after the first stage pass: the pipeline's alone."""
     from carvana_seg.inference import ensemble
     from carvana_seg.models import runtime
 
@@ -134,25 +169,32 @@ def child(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     variants = ensemble.load_variants(sorted((root / "models").glob("*/*/best.pt")), config, predict.compile, device)
-    out = root / f"probs{n}"
-    ensemble.prepare_dir(out, f"bench{n}")
     t1 = time.perf_counter()
-    result = ensemble.write_shards(variants, raw, ids, out, predict, device)
-    t2 = time.perf_counter()
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    rss_workers = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    model_s = [model_only(variants, predict, n, device) for _ in range(2)] if args.model_only else []
+    write_s, model_s = [], []
+    for r in range(args.repeats if args.model_only else 1):
+        out = root / f"probs{n}_{r}"
+        ensemble.prepare_dir(out, f"bench{n}")
+        start = time.perf_counter()
+        result = ensemble.write_shards(variants, raw, ids, out, predict, device)
+        write_s.append(time.perf_counter() - start)
+        if r == 0:
+            rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+            rss_workers = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+        if args.model_only:
+            model_s.append(model_only(variants, predict, n, device))
     size = sum(s["bytes"] for s in result["shards"])
+    ratios = [m / w for m, w in zip(model_s, write_s)]
     print(
         json.dumps(
             {
                 "n": n,
                 "load_s": t1 - t0,
-                "write_s": t2 - t1,
+                "write_s": float(np.median(write_s)),
                 "bytes_per_image": size / n,
                 "max_rss_mib": rss,
                 "max_rss_workers_mib": rss_workers,
-                "model_only_s": min(model_s) if model_s else None,
+                "model_only_s": float(np.median(model_s)) if model_s else None,
+                "ratios": ratios,
             }
         )
     )
@@ -169,11 +211,16 @@ def _child_json(root: Path, args: argparse.Namespace, *flags: str) -> dict:
         args.device,
         "--threads",
         str(args.threads),
+        "--repeats",
+        str(args.repeats),
     ]
     return json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
 
 
 def main() -> None:
+    from carvana_seg.inference import stream
+    from carvana_seg.models import runtime
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=8, help="N: the small run; the large run has 8N images")
     parser.add_argument(
@@ -192,6 +239,22 @@ def main() -> None:
         default=ROOT / "config" / "demo.yaml",
         help="whose variants to fabricate (config/config.yaml: the competition's, for a GPU)",
     )
+    parser.add_argument(
+        "--results",
+        type=Path,
+        default=None,
+        help="time a finished run's trained models (e.g. results/demo) instead of random-init ones: their maps "
+        "compress like a real run's, not like noise",
+    )
+    parser.add_argument(
+        "--photos",
+        type=Path,
+        default=None,
+        help="test photos to use (e.g. data/demo/raw/test) instead of fabricated noisy ones; with --results",
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=5, help="alternating stage / model-only passes of the largest run (median)"
+    )
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--workers", type=int, default=1, help="decode worker processes")
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
@@ -205,7 +268,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-test-time-") as tmp:
         root = Path(tmp)
         sizes = sorted({args.n * m for m in args.multiples} | {args.n, 8 * args.n})
-        paths, cfg = fabricate(root, sizes[-1], args.width, args.height, args.folds, args.config)
+        if args.results is not None:
+            paths, cfg = from_results(root, sizes[-1], args.results, args.photos)
+            if args.photos is None:
+                fabricate_photos(root, sizes[-1], args.width, args.height)
+        else:
+            paths, cfg = fabricate(root, sizes[-1], args.width, args.height, args.folds, args.config)
         cfg["predict"] = {
             "tta_hflip": True,
             "batch_size": args.batch_size,
@@ -218,10 +286,19 @@ def main() -> None:
         }
         big = runs[sizes[-1]]
         pipeline, models = big["n"] / big["write_s"], big["n"] / big["model_only_s"]
+        ratios = sorted(big["ratios"])
+    cpu = runtime.pick_device(args.device).type == "cpu"
+    schedule = (
+        "taking turns with the models (CPU)"
+        if stream.phased(runtime.pick_device(args.device))
+        else f"overlapped, {args.workers} decode workers{' (CARVANA_SEG_FINISH_THREADS)' if cpu else ''}"
+    )
     names = ", ".join(f"{v['name']} {v['width']}x{v['height']}" for v in cfg["variants"])
     print(
-        f"setup: device={args.device} threads={args.threads} images {args.width}x{args.height}, variants [{names}] "
-        f"x {args.folds} folds, flip-TTA, batch {args.batch_size}, {args.workers} decode workers, shard {args.n}"
+        f"setup: device={args.device} threads={args.threads} images "
+        f"{args.photos or f'{args.width}x{args.height} fabricated'}, variants [{names}] "
+        f"x {len(cfg['folds']['use'])} folds ({args.results or 'random-init'}), flip-TTA, batch {args.batch_size}, "
+        f"shard {args.n}, schedule: {schedule}"
     )
     small = runs[args.n]
     print(
@@ -239,11 +316,15 @@ def main() -> None:
         f"{runs[8 * args.n]['max_rss_workers_mib']:.0f} MiB"
     )
     print(
-        f"shard bytes/image: {big['bytes_per_image']:.0f} (random-init models, noisy maps); "
+        f"shard bytes/image: {big['bytes_per_image']:.0f} "
+        f"({'trained models' if args.results else 'random-init models, noisy maps'}); "
         f"{saturated_bytes(args.width, args.height):.0f} for trained-like saturated maps"
     )
     print(f"pipeline: {pipeline:.2f} images/s; model-only (random tensors, same batch): {models:.2f} images/s")
-    print(f"pipeline/model-only: {pipeline / models:.3f}")
+    print(
+        f"pipeline/model-only: {float(np.median(ratios)):.3f} (median of {len(ratios)} paired passes; "
+        f"{', '.join(f'{r:.3f}' for r in ratios)})"
+    )
 
 
 if __name__ == "__main__":
