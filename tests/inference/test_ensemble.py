@@ -17,7 +17,7 @@ import torch
 from carvana_seg.core import layout
 from carvana_seg.core.images import read_image
 from carvana_seg.data.resize_cache import resize_image
-from carvana_seg.inference import ensemble, variant_masks
+from carvana_seg.inference import ensemble, stream, variant_masks
 from carvana_seg.inference.shards import shard_paths
 from carvana_seg.models import runtime
 from carvana_seg.pipeline import cli
@@ -161,21 +161,28 @@ def test_resume_after_kill_and_stale_shards(setup, monkeypatch):
     assert any((before[k] != after[k]).any() for k in before)
 
 
-def test_stream_is_a_generator_and_closing_it_stops_producer_and_workers(setup):
+@pytest.mark.parametrize("finish_threads", [None, "0"], ids=["phased", "overlapped"])
+def test_stream_is_a_generator_and_closing_it_stops_its_threads_and_workers(setup, monkeypatch, finish_threads):
     root, raw, models = setup
-    assert inspect.isgeneratorfunction(ensemble.iter_probs)
-    config, predict = typed(stage_cfg(batch_size=2, workers=1))  # also exercises the DataLoader worker process
-    stream = ensemble.iter_probs(
+    if finish_threads is None:
+        monkeypatch.delenv("CARVANA_SEG_FINISH_THREADS", raising=False)
+    else:  # the overlapped schedule on a CPU: also exercises the DataLoader worker process
+        monkeypatch.setenv("CARVANA_SEG_FINISH_THREADS", finish_threads)
+    assert inspect.isgeneratorfunction(stream.iter_probs)
+    config, predict = typed(stage_cfg(batch_size=2, workers=1))
+    probs = stream.iter_probs(
         ensemble.load_variants(models, config, False, torch.device("cpu")),
         raw,
         layout.test_ids(raw)[0],
         predict,
         torch.device("cpu"),
     )
-    image_id, prob = next(stream)
+    image_id, prob = next(probs)
     assert prob.shape == (48, 64)
-    stream.close()
-    assert not any(t.name == "ensemble-gpu" and t.is_alive() for t in threading.enumerate())
+    ours = ("ensemble-gpu", "ensemble-phase")
+    assert any(t.name.startswith(ours) for t in threading.enumerate())
+    probs.close()
+    assert not any(t.name.startswith(ours) and t.is_alive() for t in threading.enumerate())
     assert not multiprocessing.active_children()  # loader workers shut down with the stream
 
 

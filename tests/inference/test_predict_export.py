@@ -13,7 +13,7 @@ from PIL import Image
 from carvana_seg.core.images import read_image, write_jpeg
 from carvana_seg.core.masks import binarize
 from carvana_seg.data.resize_cache import load_resized
-from carvana_seg.inference import ensemble, predict
+from carvana_seg.inference import maps, predict
 from carvana_seg.models import runtime
 from carvana_seg.models.model import build_model, save_checkpoint
 from carvana_seg.pipeline import cli
@@ -99,7 +99,7 @@ def test_predict_writes_mask_and_cutout_of_the_photo_size(results, tmp_path, cap
     probs = [
         runtime.predict_probs(v.models, runtime.to_tensor(x[None], cpu))[0].numpy() for v, x in zip(variants, images)
     ]
-    want = binarize(ensemble.finalize(rgb.shape[:2], probs, [v.weight for v in variants]), threshold)
+    want = binarize(maps.finalize(rgb.shape[:2], probs, [v.weight for v in variants]), threshold)
     assert np.array_equal(mask == 255, want)
     assert [v.weight for v in variants] == [1.0, 3.0]
 

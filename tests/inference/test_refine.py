@@ -61,19 +61,17 @@ def test_refine_config() -> None:
 
 
 def test_ensemble_finalize_refines_with_the_guide() -> None:
-    from carvana_seg.inference import ensemble
+    from carvana_seg.inference import maps
 
     photo, truth = _scene()
     low = np.zeros((12, 18), np.float32)
     low[4:9, 5:13] = 1.0
-    plain = ensemble.finalize(truth.shape, [low, low], [1.0, 1.0])
-    sharp = ensemble.finalize(
-        truth.shape, [low, low], [1.0, 1.0], photo, settings(EdgeRefine, method="guided", scale=2)
-    )
+    plain = maps.finalize(truth.shape, [low, low], [1.0, 1.0])
+    sharp = maps.finalize(truth.shape, [low, low], [1.0, 1.0], photo, settings(EdgeRefine, method="guided", scale=2))
     assert plain.dtype == sharp.dtype == np.uint8 and sharp.shape == truth.shape
     assert np.count_nonzero((sharp >= 128) != truth) < np.count_nonzero((plain >= 128) != truth) / 2
-    same = ensemble.finalize(truth.shape, [low], [1.0], photo, NONE)
-    np.testing.assert_array_equal(same, ensemble.finalize(truth.shape, [low], [1.0]))
+    same = maps.finalize(truth.shape, [low], [1.0], photo, NONE)
+    np.testing.assert_array_equal(same, maps.finalize(truth.shape, [low], [1.0]))
 
 
 def test_oof_postprocess_refines_with_the_training_photo(tmp_path) -> None:

@@ -1,11 +1,10 @@
 """The ``ensemble`` stage: one streaming flip-TTA pass of every model over the test set, into resumable shards.
 
-Each test image is decoded once, by DataLoader workers that also resize it to every variant's resolution, so
-the models are never starved. A producer thread runs every fold model of every variant on the batch and its
-mirror. Each variant's mean probability is resized back to the original size (INTER_LINEAR) and the weighted
-mean over variants taken: on a CPU by the calling thread, as ever; on CUDA by the device (``device_maps``), so
-only uint8 crosses the bus, with the bit packing in ``finish_threads`` threads. The calling thread streams the
-uint8 maps (``round(p * 255)``) into the current shard, in order.
+Each test image is decoded once and resized to every variant's resolution; every fold model of every variant runs
+on the batch and its mirror; each variant's mean probability is resized back to the original size (INTER_LINEAR)
+and the weighted mean over variants taken (``maps``). ``stream.iter_probs`` schedules that work (overlapping the
+GPU on CUDA, taking turns with the models on a CPU); this module streams its uint8 maps (``round(p * 255)``) into
+the current shard, in order.
 
 Shards ``shard_00000.npz`` ... hold ``shard_size`` images each (npz keyed by image id, deflated, written entry by
 entry to a temporary file and renamed when complete), so memory stays one batch plus one image whatever the test
@@ -22,33 +21,26 @@ import hashlib
 import json
 import logging
 import os
-import queue
-import threading
 import time
 import zipfile
-from collections import deque
-from collections.abc import Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 
 from carvana_seg.core import layout
-from carvana_seg.core.images import read_image
-from carvana_seg.data.resize_cache import load_resized
 from carvana_seg.inference import refine, variant_masks
-from carvana_seg.inference.batch import device_probs
+from carvana_seg.inference.stream import iter_probs, phased
 from carvana_seg.models import runtime
 from carvana_seg.pipeline import staging
-from carvana_seg.pipeline.config import config_hash, to_json, weight_total
+from carvana_seg.pipeline.config import config_hash, to_json
 from carvana_seg.pipeline.errors import ConfigError, DataError
 from carvana_seg.pipeline.resources import torch_threads
 from carvana_seg.settings.build import build
 from carvana_seg.settings.folds import Folds
-from carvana_seg.settings.predict import EdgeRefine, Predict
+from carvana_seg.settings.predict import Predict
 from carvana_seg.settings.variants import Variant
 
 log = logging.getLogger(__name__)
@@ -135,224 +127,6 @@ def run_hash(paths: list[Path], predict: Predict, variants: Sequence[Variant], f
 def _file_sha(path: Path) -> str:
     with open(path, "rb") as fh:
         return hashlib.file_digest(fh, "sha256").hexdigest()
-
-
-class _TestImages(torch.utils.data.Dataset):
-    """A test photo at every distinct network size (decoded once per JPEG reduction factor) and its own size."""
-
-    def __init__(self, raw: Path, ids: list[str], sizes: list[tuple[int, int]], guide: bool = False) -> None:
-        self.raw, self.ids, self.sizes, self.guide = Path(raw), ids, sizes, guide
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def __getitem__(self, i: int) -> tuple[int, tuple[int, int], list[np.ndarray], np.ndarray | None]:
-        path = self.raw / layout.TEST_DIR / layout.image_file(self.ids[i])
-        shape, images = load_resized(path, self.sizes)
-        # The edge refinement's guide: the full-resolution grey photo (a second, full decode; only when asked).
-        return i, shape, images, (refine.to_gray(read_image(path)) if self.guide else None)
-
-
-def _collate(items: list) -> tuple[list[int], list[tuple[int, int]], list[torch.Tensor], list]:
-    stacks = [torch.from_numpy(np.stack([it[2][k] for it in items])) for k in range(len(items[0][2]))]
-    return [it[0] for it in items], [it[1] for it in items], stacks, [it[3] for it in items]
-
-
-def finalize(
-    shape: tuple[int, int],
-    probs: list[np.ndarray],
-    weights: list[float],
-    guide: np.ndarray | None = None,
-    refine_cfg: EdgeRefine | None = None,
-) -> np.ndarray:
-    """Per-variant probabilities at network size -> weighted mean at ``shape`` (H, W) as uint8 round(p*255);
-    with ``refine_cfg`` (``predict.edge_refine``) the mean is refined with the grey photo ``guide`` first."""
-    h, w = shape
-    total = weight_total(weights)
-    # OpenCV's fused passes (scaleAdd; convertScaleAbs saturates and rounds half to even, like np.rint) cut this
-    # from 13.5 to ~9 ms per 1918x1280 image; it runs once per test image in the ensemble's consumer thread.
-    acc = np.zeros((h, w), np.float32)
-    for p, wt in zip(probs, weights):
-        full = p if p.shape == (h, w) else cv2.resize(p, (w, h), interpolation=cv2.INTER_LINEAR)
-        cv2.scaleAdd(np.asarray(full, np.float32), float(255.0 * wt / total), acc, dst=acc)
-    if refine.enabled(refine_cfg):
-        acc = refine.refine(acc / 255.0, guide, refine_cfg) * 255.0
-    return cv2.convertScaleAbs(np.maximum(acc, 0.0, out=acc))  # convertScaleAbs would mirror a negative value
-
-
-def device_maps(
-    shapes: list[tuple[int, int]], probs: list[torch.Tensor], weights: list[float]
-) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """``finalize`` and the variant masks' resize on the models' device (CUDA), so only uint8 crosses the bus.
-
-    ``probs``: per variant, (N, h, w) float32 at its network size. Returns per image the (H, W) uint8 mean map
-    round(p*255) and the (n_variants, H/4, W/4) uint8 0/1 masks for ``variant_masks``, both still on the device.
-    Bilinear with half-pixel centres (``align_corners=False``) is OpenCV's INTER_LINEAR, so the maps match the
-    CPU path's up to float rounding; the CPU path itself (``finalize``) is unchanged."""
-    import torch.nn.functional as F
-
-    total = weight_total(weights)
-    maps, smalls = [], []
-    for j, (h, w) in enumerate(shapes):
-        own = [p[j : j + 1, None] for p in probs]  # (1, 1, h, w) each
-        acc = torch.zeros((1, 1, h, w), dtype=torch.float32, device=own[0].device)
-        for p, wt in zip(own, weights):
-            full = p if p.shape[-2:] == (h, w) else F.interpolate(p, size=(h, w), mode="bilinear", align_corners=False)
-            acc.add_(full, alpha=255.0 * wt / total)
-        maps.append(acc[0, 0].clamp_(0.0, 255.0).round_().to(torch.uint8))
-        hs, ws = variant_masks.small_shape((h, w))
-        small = [F.interpolate(p, size=(hs, ws), mode="bilinear", align_corners=False)[0, 0] for p in own]
-        smalls.append((torch.stack(small) >= variant_masks.THRESHOLD).to(torch.uint8))
-    return maps, smalls
-
-
-def _cpu_side(
-    shape: tuple[int, int],
-    own: list[np.ndarray] | None,
-    weights: list[float],
-    guide: np.ndarray | None,
-    pcfg: Predict,
-    with_variants: bool,
-    ready: tuple[np.ndarray, np.ndarray] | None = None,
-) -> tuple:
-    """One image's CPU work, run in the finishing threads: ``finalize`` and ``variant_masks.pack`` of the network
-    size maps ``own`` (CPU path), or only the bit packing of the device's uint8 results ``ready`` (CUDA path)."""
-    if ready is not None:
-        prob, small = ready
-        return (prob, np.packbits(small.astype(bool), axis=-1)) if with_variants else (prob,)
-    prob = finalize(shape, own, weights, guide, pcfg.edge_refine)
-    return (prob, variant_masks.pack(shape, own)) if with_variants else (prob,)
-
-
-FINISH_THREADS = 2  # threads for the per-image CPU side (resize, weighted mean, bit packing); cv2 releases the GIL
-
-
-def finish_threads(cuda: bool) -> int:
-    """Threads for the per-image CPU side: ``$CARVANA_SEG_FINISH_THREADS``, else ``FINISH_THREADS`` on CUDA (the
-    cores are free while the GPU runs the models) and 0 on a CPU, where the models' own torch threads already fill
-    the cores and the work stays in the calling thread, as it always has (0: inline)."""
-    raw = os.environ.get("CARVANA_SEG_FINISH_THREADS", "").strip()
-    try:
-        return max(0, int(raw)) if raw else (FINISH_THREADS if cuda else 0)
-    except ValueError as exc:
-        raise ConfigError(f"CARVANA_SEG_FINISH_THREADS must be an integer, got {raw!r}") from exc
-
-
-class _Inline:
-    """``ThreadPoolExecutor``'s ``submit``/``shutdown`` run in the calling thread (``finish_threads`` 0)."""
-
-    class _Done:
-        def __init__(self, value: tuple) -> None:
-            self.value = value
-
-        def result(self) -> tuple:
-            return self.value
-
-    def submit(self, fn, *args) -> _Inline._Done:
-        return self._Done(fn(*args))
-
-    def shutdown(self, wait: bool = True, cancel_futures: bool = False) -> None:  # nothing to stop
-        pass
-
-
-def iter_probs(
-    variants: list[LoadedVariant],
-    raw: Path,
-    ids: list[str],
-    pcfg: Predict,
-    device: torch.device,
-    with_variants: bool = False,
-) -> Iterator[tuple]:
-    """Yield ``(id, uint8 probability map)`` for ``ids`` in order; at most a few batches are ever in flight.
-    ``with_variants`` adds a third item, the packed per-variant masks (``variant_masks.pack``).
-
-    Three kinds of thread: the producer runs the models; ``finish_threads`` threads do each image's CPU side
-    (``_cpu_side``; on a CPU by default the calling thread itself); the calling thread writes the shards (zlib),
-    in order. On CUDA without edge refinement the
-    upsampling and weighted mean run on the device (``device_maps``) and only uint8 maps cross the bus."""
-    sizes = sorted({v.size for v in variants})
-    slot = [sizes.index(v.size) for v in variants]
-    weights = [v.weight for v in variants]
-    cuda = device.type == "cuda"
-    on_device = cuda and not refine.enabled(pcfg.edge_refine)  # the refinement needs the float mean on the CPU
-    loader = torch.utils.data.DataLoader(
-        _TestImages(raw, ids, sizes, refine.enabled(pcfg.edge_refine)),
-        batch_size=pcfg.batch_size,
-        num_workers=pcfg.workers,
-        collate_fn=_collate,
-        pin_memory=cuda,
-    )
-    batches = iter(loader)  # workers fork here, in the calling thread, before the producer thread exists
-    out: queue.Queue = queue.Queue(maxsize=2)
-    stop = threading.Event()
-
-    def put(item: object) -> bool:  # hand ``item`` to the consumer unless it has stopped listening
-        while not stop.is_set():
-            try:
-                out.put(item, timeout=0.5)
-                return True
-            except queue.Full:
-                pass
-        return False
-
-    def produce() -> None:
-        try:
-            for idx, shapes, stacks, guides in batches:
-                probs = device_probs(variants, slot, stacks, device, pcfg.tta_hflip)  # shared with predict/serve
-                if on_device:
-                    maps, smalls = device_maps(shapes, probs, weights)
-                    ready = [(m.cpu().numpy(), sm.cpu().numpy()) for m, sm in zip(maps, smalls)]
-                    item = (idx, shapes, None, guides, ready)
-                else:
-                    item = (idx, shapes, [p.cpu().numpy() for p in probs], guides, None)
-                if not put(item):
-                    return
-            put(None)
-        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, which re-raises it
-            put(exc)
-
-    worker = threading.Thread(target=produce, name="ensemble-gpu", daemon=True)
-    n_finish = finish_threads(cuda)
-    pool = ThreadPoolExecutor(n_finish, thread_name_prefix="ensemble-finish") if n_finish else _Inline()
-    in_flight = pcfg.batch_size if n_finish else 0
-    pending: deque = deque()
-    worker.start()
-    try:
-        while (item := out.get()) is not None:
-            if isinstance(item, BaseException):
-                while pending:  # what was computed before the failure still reaches its shard
-                    i, fut = pending.popleft()
-                    yield (ids[i], *fut.result())
-                raise item
-            idx, shapes, probs, guides, ready = item
-            for j, i in enumerate(idx):
-                own = None if probs is None else [p[j] for p in probs]
-                pending.append(
-                    (
-                        i,
-                        pool.submit(
-                            _cpu_side,
-                            shapes[j],
-                            own,
-                            weights,
-                            guides[j],
-                            pcfg,
-                            with_variants,
-                            None if ready is None else ready[j],
-                        ),
-                    )
-                )
-            while len(pending) > in_flight:  # in order; at most about two batches of images in flight
-                i, fut = pending.popleft()
-                yield (ids[i], *fut.result())
-        while pending:
-            i, fut = pending.popleft()
-            yield (ids[i], *fut.result())
-    finally:
-        stop.set()
-        pool.shutdown(wait=True, cancel_futures=True)
-        worker.join()
-        batches = None  # drop the loader iterator now: its workers shut down (not `del`: produce() reads the name)
 
 
 def shard_complete(path: Path, ids: list[str]) -> bool:
@@ -456,8 +230,8 @@ def run(args: argparse.Namespace, cfg: dict) -> None:
     predict, folds = build(Predict, cfg["predict"]), build(Folds, cfg["folds"])
     config_variants = [build(Variant, v) for v in cfg["variants"]]
     t0, device = time.perf_counter(), runtime.pick_device(args.device)
-    if device.type == "cpu":
-        torch.set_num_threads(torch_threads(args.threads, predict.workers))
+    if device.type == "cpu":  # taking turns (stream.phased), the models get every thread: no decode worker runs beside
+        torch.set_num_threads(args.threads if phased(device) else torch_threads(args.threads, predict.workers))
     torch.backends.cudnn.benchmark = device.type == "cuda"
     raw, out_dir, manifest = Path(args.raw), Path(args.out_dir), Path(args.manifest)
     ids, n_listed = layout.test_ids(raw)

@@ -5,8 +5,8 @@
 ``predict.edge_refine`` and the variant weights; that round's ``threshold.json`` (threshold and OOF Dice); the
 checkpoints for network sizes and normalisation. A photo then goes through exactly the test ensemble's steps:
 ``resize_cache.load_resized`` (EXIF orientation applied), ``batch.variant_probs`` (models, flips, the ensemble's
-memory layout), ``ensemble.finalize`` (upsampling, weighted mean, edge refinement, uint8 ``round(p * 255)``; on
-CUDA without refinement ``ensemble.device_maps``, as the test ensemble does there) and ``masks.binarize`` at the
+memory layout), ``maps.finalize`` (upsampling, weighted mean, edge refinement, uint8 ``round(p * 255)``; on
+CUDA without refinement ``maps.device_maps``, as the test ensemble does there) and ``masks.binarize`` at the
 threshold. ``predict`` (batch cut-outs) and ``serve`` (HTTP) both use it, so a test
 photo gets its ``submission.csv.gz`` row unless the outlier check fixed its car (``outliers.csv``): those fixes
 judge a car against its other views and the whole test set, which one photo does not have.
@@ -33,7 +33,8 @@ from carvana_seg.core.masks import binarize
 from carvana_seg.data.resize_cache import load_resized
 from carvana_seg.inference import refine
 from carvana_seg.inference.batch import device_probs, variant_probs
-from carvana_seg.inference.ensemble import device_maps, finalize, load_variants
+from carvana_seg.inference.ensemble import load_variants
+from carvana_seg.inference.maps import device_maps, finalize
 from carvana_seg.inference.threshold_file import read_threshold
 from carvana_seg.models import runtime
 from carvana_seg.pipeline.errors import DataError
@@ -231,7 +232,7 @@ class Service:
         stacks = [torch.from_numpy(np.ascontiguousarray(im)[None]) for im in images]
         weights = [v.weight for v in self.variants]
         if self._onnx is None and self.device.type == "cuda" and not refine.enabled(self.info.edge_refine):
-            # the test ensemble's CUDA path (ensemble.iter_probs): upsampling and mean on the device
+            # the test ensemble's CUDA path (stream.iter_probs): upsampling and mean on the device
             probs = device_probs(self.variants, self.slot, stacks, self.device, self.info.tta_hflip)
             return rgb, device_maps([shape], probs, weights)[0][0].cpu().numpy()
         if self._onnx is not None:

@@ -5,7 +5,7 @@ A small car (the synthetic 1/3-scale outlier; a distant or tiny vehicle on Kaggl
 blurred halo (Dice ~0.67 on the synthetic set), which neither the largest component nor filled holes can repair.
 The crop keeps the photo's aspect, covers the predicted box plus ``margin`` on every side and at least
 ``min_share`` of the photo's width (at most 1/min_share zoom), and is shifted, not cut, at the photo's edges. Every
-variant predicts it with the ensemble's flip-TTA and weights (``ensemble.finalize``); outside the crop the
+variant predicts it with the ensemble's flip-TTA and weights (``maps.finalize``); outside the crop the
 probability is 0. Imports torch: loaded only when a car needs it.
 """
 
@@ -22,7 +22,8 @@ from carvana_seg.core import layout
 from carvana_seg.core.images import read_image
 from carvana_seg.core.masks import level
 from carvana_seg.data.resize_cache import resize_image
-from carvana_seg.inference.ensemble import LoadedVariant, finalize, load_variants
+from carvana_seg.inference.ensemble import LoadedVariant, load_variants
+from carvana_seg.inference.maps import finalize
 from carvana_seg.models import runtime
 from carvana_seg.pipeline import staging
 from carvana_seg.settings.predict import Predict
