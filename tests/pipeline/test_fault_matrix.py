@@ -27,26 +27,18 @@ import pytest
 import torch
 import yaml
 
+from tests.cluster import tiny_dag
+
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 TARGETS = ["results/fm/submission_round1.csv.gz", "data/fm/pseudo/round2/train_masks.csv"]
+# the cluster tests' tiny DAG (every rule group, an outlier car, a pseudo-labelling round) with 32x32, 2-epoch models
 CONFIG = {
+    **tiny_dag.CONFIG,
     "name": "fm",
-    "seed": 0,
-    "data": {
-        "source": "synthetic",
-        "synthetic": {"n_train_cars": 2, "n_test_cars": 2, "n_outlier_cars": 1, "width": 128, "height": 96, "seed": 0},
-    },
-    "folds": {"k": 2, "use": [0]},
-    "resize": {"workers": 1},
-    "variants": [{"name": "v", "width": 32, "height": 32, "batch_size": 8, "epochs": 2, "lr": 1.0e-3}],
-    "train": {"num_workers": 0},
-    "predict": {"batch_size": 16, "workers": 1, "shard_size": 16},
-    "pseudo_label": {"enabled": True, "rounds": 2, "variants": ["v"], "select_share": 0.5, "epochs": 1},
-    # a 2-epoch model's masks are all odd: flag none, so that pseudo-labelling selects some images
-    "outliers": {"z_max": 1000.0, "z_max_soft": 1000.0, "border_rate_min": 0.0},
+    "variants": [dict(tiny_dag.CONFIG["variants"][0], width=32, height=32, epochs=2)],
 }
 TEMP = re.compile(r"\.(tmp|old|partial)-\d+$")
 

@@ -22,6 +22,7 @@ from carvana_seg.core import layout
 from carvana_seg.core.images import read_image
 from carvana_seg.core.masks import level
 from carvana_seg.data.resize_cache import resize_image
+from carvana_seg.inference.batch import variant_probs
 from carvana_seg.inference.ensemble import LoadedVariant, load_variants
 from carvana_seg.inference.maps import finalize
 from carvana_seg.models import runtime
@@ -74,13 +75,13 @@ def ensemble_predictor(
 ) -> Callable[[np.ndarray], np.ndarray]:
     """RGB crop -> uint8 weighted-mean probability of every variant (flip-TTA), at the crop's size."""
 
+    sizes = sorted({v.size for v in variants})
+    slot = [sizes.index(v.size) for v in variants]
+
     def predict(crop: np.ndarray) -> np.ndarray:
-        probs = []
-        for v in variants:
-            x = torch.from_numpy(np.ascontiguousarray(resize_image(crop, v.size))[None]).permute(0, 3, 1, 2)
-            p = runtime.predict_probs(v.models, x.to(device), tta_hflip)
-            probs.append(p.float().cpu().numpy()[0])
-        return finalize(crop.shape[:2], probs, [v.weight for v in variants])
+        stacks = [torch.from_numpy(np.ascontiguousarray(resize_image(crop, size))[None]) for size in sizes]
+        probs = variant_probs(variants, slot, stacks, device, tta_hflip)  # the test ensemble's model half
+        return finalize(crop.shape[:2], [p[0] for p in probs], [v.weight for v in variants])
 
     return predict
 

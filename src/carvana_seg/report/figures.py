@@ -283,17 +283,16 @@ def measured_times(
 
 
 def throughput(
-    bench_dir: Path,
+    measured: tuple[pd.DataFrame, list[tuple[int, pd.DataFrame]]],
     test_probs: Path,
     out_png: Path,
     out_html: Path,
     out_csv: Path,
     config: dict | None = None,
-    files: list[str] | None = None,
 ) -> pd.DataFrame:
-    """Wall time per stage from the benchmark TSVs (table and bar chart) with the test-set images/s; with the
-    run's config, the plan next to it. ``files``: the TSVs that may be read (None: every one found)."""
-    times, rounds = measured_times(bench_dir, files)
+    """Wall time per stage (``measured_times``: round one, later rounds) as a table and bar chart with the test-set
+    images/s; with the run's config, the plan next to it."""
+    times, rounds = measured
     plan_html = planned(
         config, str(json.loads(Path(test_probs).read_text()).get("device", "cpu")), [times] + [t for _, t in rounds]
     )
@@ -333,16 +332,15 @@ def run(args: argparse.Namespace, cfg: dict) -> None:
     n_sheets = outlier_gallery(
         Path(args.outliers), Path(args.sheets), out / "outliers.html", out / "outlier_gallery.html"
     )
+    first, later = measured_times(Path(args.results) / "benchmarks", args.inputs)  # read once, for both pages
     times = throughput(
-        Path(args.results) / "benchmarks",
+        (first, later),
         Path(args.test_probs),
         out / "throughput.png",
         out / "stage_times.html",
         out / "stage_times.csv",
         json.loads(args.plan_config) if args.plan_config else None,
-        args.inputs,
     )
-    first, later = measured_times(Path(args.results) / "benchmarks", args.inputs)
     rows = landing.headline(
         Path(args.results),
         Path(args.threshold),
