@@ -287,10 +287,11 @@ def main() -> None:
         big = runs[sizes[-1]]
         pipeline, models = big["n"] / big["write_s"], big["n"] / big["model_only_s"]
         ratios = sorted(big["ratios"])
-    cpu = runtime.pick_device(args.device).type == "cpu"
+    device = runtime.pick_device(args.device)
+    cpu, turns = device.type == "cpu", stream.phased(device)
     schedule = (
         "taking turns with the models (CPU)"
-        if stream.phased(runtime.pick_device(args.device))
+        if turns
         else f"overlapped, {args.workers} decode workers{' (CARVANA_SEG_FINISH_THREADS)' if cpu else ''}"
     )
     names = ", ".join(f"{v['name']} {v['width']}x{v['height']}" for v in cfg["variants"])
@@ -305,6 +306,9 @@ def main() -> None:
         f"{'images':>7} {'seconds':>8} {'images/s':>9} {'peak RSS main MiB':>18} {'decode worker MiB':>18} "
         f"{'main vs N':>10}"
     )
+    for r in runs.values():
+        if turns:  # no decode worker: what RUSAGE_CHILDREN saw is a forked helper (nvidia-smi), not a stage process
+            r["max_rss_workers_mib"] = float("nan")
     for n, r in runs.items():
         print(
             f"{n:7d} {r['write_s']:8.2f} {n / r['write_s']:9.2f} {r['max_rss_mib']:18.0f} "

@@ -96,9 +96,16 @@ def test_test_time_benchmark_prints_the_ratio():
         "1",
         "2",
         "8",
+        "--repeats",
+        "2",
     )
-    assert out.splitlines()[-1].startswith("pipeline/model-only: ")
-    assert float(out.splitlines()[-1].split()[-1]) > 0
+    last = out.splitlines()[-1]  # "pipeline/model-only: 0.912 (median of 2 paired passes; 0.901, 0.923)"
+    assert last.startswith("pipeline/model-only: ") and "median of 2 paired passes" in last
+    ratios = [float(r) for r in last.split("; ")[1].rstrip(")").split(", ")]
+    assert len(ratios) == 2 and float(last.split()[1]) == pytest.approx(
+        sorted(ratios)[0] / 2 + sorted(ratios)[1] / 2, abs=1e-3
+    )
+    assert all(r > 0 for r in ratios)
 
 
 def test_edge_refine_benchmark_prints_gain_and_cost(tmp_path):
