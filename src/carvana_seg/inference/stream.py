@@ -26,7 +26,7 @@ from carvana_seg.core import layout
 from carvana_seg.core.images import read_image
 from carvana_seg.data.resize_cache import load_resized
 from carvana_seg.inference import refine, variant_masks
-from carvana_seg.inference.batch import device_probs
+from carvana_seg.inference.batch import device_probs, variant_probs
 from carvana_seg.inference.maps import device_maps, finalize
 from carvana_seg.pipeline.errors import ConfigError
 from carvana_seg.settings.predict import Predict
@@ -155,14 +155,14 @@ def _phased(
     finish that batch and decode the next one while the calling thread writes; then the models again.
 
     No DataLoader process: decoding happens in the threads' turn (OpenCV releases the GIL), so ``predict.workers``
-    does not apply. One batch is decoded ahead and one finished behind, so memory is the overlapped schedule's."""
+    does not apply. One batch is decoded ahead and one finished behind, so memory stays bounded (docs/benchmarks.md)."""
     ids, bs = data.ids, pcfg.batch_size
     pool = ThreadPoolExecutor(max(1, torch.get_num_threads()), thread_name_prefix="ensemble-phase")
     try:
         decoding = [pool.submit(data.__getitem__, i) for i in range(min(bs, len(ids)))]
         for start in range(0, len(ids), bs):
             idx, shapes, stacks, guides = _collate([f.result() for f in decoding])
-            probs = [p.cpu().numpy() for p in device_probs(variants, plan.slot, stacks, device, pcfg.tta_hflip)]
+            probs = variant_probs(variants, plan.slot, stacks, device, pcfg.tta_hflip)
             finishing = [
                 pool.submit(
                     _cpu_side, shapes[j], [p[j] for p in probs], plan.weights, guides[j], pcfg, plan.with_variants
