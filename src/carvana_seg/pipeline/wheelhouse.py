@@ -28,7 +28,8 @@ from carvana_seg.pipeline.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[3]
 DEFAULT_EXCLUDE = ("torch", "torchvision")  # the target's own CUDA build: never replaced by this project's
-DEFAULT_EXTRAS = ("models", "workflow")  # what the pipeline runs; `test` only where the suite runs too
+# what the pipeline runs (`weights`: the ImageNet file config/sample.yaml trains from); `test` only where the suite runs
+DEFAULT_EXTRAS = ("models", "workflow", "weights")
 
 
 def project_requirements(pyproject: Path, extras: tuple[str, ...] = DEFAULT_EXTRAS) -> list[Requirement]:

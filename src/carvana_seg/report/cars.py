@@ -1,6 +1,7 @@
 """Worst cars first: the report page a user reads before submitting (``cars.html`` of report-figures).
 
-- Per car: its fold, its OOF ensemble Dice (mean and worst view, at the chosen threshold, from the threshold
+- Per car: its year, make and model (the data's ``metadata.csv``: which kinds of car fail, e.g. pickups), its
+  fold, its OOF ensemble Dice (mean and worst view, at the chosen threshold, from the threshold
   stage's ``oof_image_dice.csv``) and, where the test masks are known (synthetic data: ``test_score.json``), its
   test Dice; sorted worst first.
 - Per view (01..16 of the turntable): mean and worst OOF Dice over the cars, and how many cars fall below the
@@ -38,8 +39,23 @@ def per_image(image_dice_csv: Path, folds_csv: Path) -> pd.DataFrame:
     return folds.merge(dice, on="img", how="inner")
 
 
-def car_table(images: pd.DataFrame, test_per_car: dict[str, float] | None = None) -> pd.DataFrame:
-    """One row per car (OOF cars, then test cars with a known Dice), worst first by its lowest Dice."""
+def car_metadata(raw: Path) -> pd.DataFrame | None:
+    """car, year, make, model from ``raw/metadata.csv`` (every field quoted, some years empty); None without it."""
+    path = Path(raw) / layout.METADATA_CSV
+    if not path.is_file():
+        return None
+    meta = pd.read_csv(path, dtype=str, keep_default_na=False)
+    missing = {"id", "year", "make", "model"} - set(meta.columns)
+    if missing:
+        raise ValueError(f"{path}: no column(s) {sorted(missing)}")
+    return meta.rename(columns={"id": "car"})[["car", "year", "make", "model"]].drop_duplicates("car")
+
+
+def car_table(
+    images: pd.DataFrame, test_per_car: dict[str, float] | None = None, meta: pd.DataFrame | None = None
+) -> pd.DataFrame:
+    """One row per car (OOF cars, then test cars with a known Dice), worst first by its mean Dice; with ``meta``
+    (``car_metadata``) each row names the car's year, make and model."""
     g = images.groupby("car")
     cars = pd.DataFrame(
         {
@@ -54,6 +70,10 @@ def car_table(images: pd.DataFrame, test_per_car: dict[str, float] | None = None
     if test_per_car:
         test = pd.DataFrame({"car": list(test_per_car), "set": "test", "mean_dice": list(test_per_car.values())})
         cars = pd.concat([cars, test], ignore_index=True)
+    if meta is not None:
+        cars = cars.merge(meta, on="car", how="left")
+        first = ["set", "car", "year", "make", "model"]
+        cars = cars[first + [c for c in cars.columns if c not in first]].fillna({"year": "", "make": "", "model": ""})
     return cars.sort_values(["mean_dice", "car"], ignore_index=True)
 
 
@@ -92,10 +112,12 @@ def car_sheet(
     threshold: float,
     raw: Path,
     tile_width: int = 240,
+    name: str = "",
 ) -> np.ndarray:
     """The contact sheet of one training car: its 16 views with predicted (red) and true (green) outlines.
 
-    ``oof``: per fold, the (npz, weight) of every variant, whose weighted mean is the OOF ensemble map."""
+    ``oof``: per fold, the (npz, weight) of every variant, whose weighted mean is the OOF ensemble map; ``name``:
+    the car's year, make and model for the title."""
     rows = images[images["car"] == car].sort_values("view")
     tiles: list[np.ndarray | None] = [None] * 16
     labels = [f"{v:02d}" for v in range(1, 17)]
@@ -117,8 +139,9 @@ def car_sheet(
         if 0 <= k < 16:
             tiles[k] = outline_tile(photo, binarize(prob, threshold), None if truth is None else truth != 0)
             labels[k] = f"{int(r.view):02d}  Dice {r.dice:.4f}"
+    named = f"car {car} ({name})" if name else f"car {car}"
     title = (
-        f"car {car} (fold {int(rows['fold'].iloc[0])}): OOF Dice mean {rows['dice'].mean():.4f}, "
+        f"{named}, fold {int(rows['fold'].iloc[0])}: OOF Dice mean {rows['dice'].mean():.4f}, "
         f"worst {rows['dice'].min():.4f}; red = predicted outline, green = true outline"
     )
     return contact_sheet(tiles, labels, title, shape, tile_width)
@@ -152,14 +175,20 @@ def write_page(
 ) -> pd.DataFrame:
     """Write ``cars.html`` (and ``cars.csv`` beside it): the car and view tables and the worst cars' sheets."""
     per_car = json.loads(Path(test_score).read_text()).get("per_car") if test_score else None
-    cars = car_table(images, per_car)
+    meta = car_metadata(raw)
+    cars = car_table(images, per_car, meta)
     views = view_table(images)
     cars.to_csv(out.with_suffix(".csv"), index=False)
     oof_cars = cars[cars["set"] == "oof"]
+    names = (
+        {r.car: " ".join(str(x) for x in (r.year, r.make, r.model) if x) for r in meta.itertuples()}
+        if meta is not None
+        else {}
+    )
+    sheets = {c: car_sheet(c, images, oof, threshold, raw, name=names.get(c, "")) for c in oof_cars["car"].head(worst)}
     figures = [
-        f"<figure><img alt='{html.escape(c)}' src='{_data_uri(car_sheet(c, images, oof, threshold, raw))}' "
-        f"style='max-width:100%'></figure>"
-        for c in oof_cars["car"].head(worst)
+        f"<figure><img alt='{html.escape(c)}' src='{_data_uri(s)}' style='max-width:100%'></figure>"
+        for c, s in sheets.items()
     ]
     head = (
         f"OOF ensemble Dice at threshold {threshold:.4f}: mean {images['dice'].mean():.5f} over "
