@@ -104,6 +104,29 @@ def test_affine_moves_mask_with_image_and_keeps_coverage() -> None:
     assert values.min() == 0 and values.max() >= 250 and len(values) > 2  # linear: partial coverage at the edge
 
 
+def _box_sizes(aug, mask: np.ndarray, n: int = 40) -> np.ndarray:
+    """(width, height) of the warped box in ``n`` draws."""
+    out = []
+    for _ in range(n):
+        m = augment.apply(aug, np.repeat(mask[..., None], 3, axis=2), mask)[1] >= 128
+        cols, rows = np.flatnonzero(m.any(0)), np.flatnonzero(m.any(1))
+        out.append((cols[-1] - cols[0] + 1, rows[-1] - rows[0] + 1))
+    return np.array(out, float)
+
+
+def test_aspect_stretches_the_width_alone_and_zero_keeps_the_seeds_draws() -> None:
+    mask = np.zeros((96, 192), np.uint8)
+    mask[32:64, 64:128] = 255  # 64 x 32 px: 0.5 * (1 + 0.3) of the width stays inside the image
+    common = {"probability": 1.0, "hue_shift": 0, "sat_shift": 0, "val_shift": 0, "shift": 0.0, "hflip": 0.0}
+    plain = _box_sizes(augment.build_augment(settings(Augment, scale=0.05, aspect=0.0, **common), seed=1), mask)
+    wide = _box_sizes(augment.build_augment(settings(Augment, scale=0.05, aspect=0.3, **common), seed=1), mask)
+    assert plain[:, 0].min() >= 64 * 0.95 - 2 and plain[:, 0].max() <= 64 * 1.05 + 2  # within the common scale
+    assert wide[:, 0].max() > 64 * 1.15 and wide[:, 0].min() < 64 * 0.85  # the width alone goes further
+    assert wide[:, 1].min() >= 32 * 0.95 - 2 and wide[:, 1].max() <= 32 * 1.05 + 2  # the height does not
+    seed = settings(Augment, scale=0.05, **common)  # aspect's default, 0: the seed's transform, draw for draw
+    np.testing.assert_array_equal(_box_sizes(augment.build_augment(seed, seed=1), mask), plain)
+
+
 def test_colour_shift_changes_image_not_mask() -> None:
     image = np.full((16, 16, 3), (180, 40, 40), np.uint8)
     mask = np.full((16, 16), 255, np.uint8)

@@ -27,6 +27,7 @@ class Augment:
     val_shift: float
     shift: float
     scale: float
+    aspect: float
     hflip: float
     border_mode: Literal["constant", "reflect"]
     probability: float

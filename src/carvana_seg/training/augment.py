@@ -2,8 +2,13 @@
 
 The seed's recipe: a random HSV shift (hue ±50, saturation ±5, value ±15 in OpenCV's uint8 HSV units, which are
 the units albumentations' ``HueSaturationValue`` uses for uint8 images), a random shift (±6.25 %) and scale (±10 %)
-without rotation, and a horizontal flip. Masks are per-pixel coverage 0..255, so the affine warp resamples them
-with *linear* interpolation like the photo (nearest-neighbour would throw the sub-pixel edge away).
+without rotation, and a horizontal flip. Width and height draw their scale factors independently
+(albumentations' ``keep_ratio=False``), so the seed's scale already changes the aspect by up to ±10 %. ``aspect`` > 0
+widens the width's range by that share on both sides (``(1-scale)(1-aspect)`` to ``(1+scale)(1+aspect)``): a sedan
+stretched looks like a long-wheelbase car or a pickup, the body shapes the sample has fewest of.
+
+Masks are per-pixel coverage 0..255, so the affine warp resamples them with *linear* interpolation like the photo
+(nearest-neighbour would throw the sub-pixel edge away).
 
 Randomness: ``Compose`` keeps its own generator, independent of numpy/torch global seeds. The training loop
 reseeds it per epoch (and per DataLoader worker) through ``reseed`` so a resumed run replays the same epochs.
@@ -25,7 +30,7 @@ def build_augment(aug: Augment, seed: int | None = None):
 
     p = float(aug.probability)
     hue, sat, val = float(aug.hue_shift), float(aug.sat_shift), float(aug.val_shift)
-    shift, scale = float(aug.shift), float(aug.scale)
+    shift, scale, aspect = float(aug.shift), float(aug.scale), float(aug.aspect)
     hflip = float(aug.hflip)
     border = BORDER_MODES[aug.border_mode]
     transforms = []
@@ -35,11 +40,21 @@ def build_augment(aug: Augment, seed: int | None = None):
                 hue_shift_limit=(-hue, hue), sat_shift_limit=(-sat, sat), val_shift_limit=(-val, val), p=p
             )
         )
-    if p > 0 and (shift or scale):
+    if p > 0 and (shift or scale or aspect):
+        # aspect 0: the seed's transform, draw for draw; else the width's range widened
+        scales = (
+            (1.0 - scale, 1.0 + scale)
+            if not aspect
+            else {
+                "x": ((1.0 - scale) * (1.0 - aspect), (1.0 + scale) * (1.0 + aspect)),
+                "y": (1.0 - scale, 1.0 + scale),
+            }
+        )
         transforms.append(
             A.Affine(
                 translate_percent={"x": (-shift, shift), "y": (-shift, shift)},
-                scale=(1.0 - scale, 1.0 + scale),
+                scale=scales,
+                keep_ratio=False,
                 rotate=0.0,
                 interpolation=cv2.INTER_LINEAR,
                 mask_interpolation=cv2.INTER_LINEAR,
