@@ -45,9 +45,12 @@ endif
 PYVER ?= 3.11
 PLATFORM ?= manylinux2014_x86_64 manylinux_2_28_x86_64
 TARGET_FREEZE ?=
+# `weights`: the ImageNet EfficientNet-Lite0 file config/sample.yaml trains from (16.6 MiB); leave it out
+# (WHEELHOUSE_EXTRAS="models workflow") where the wheelhouse must stay under 64 MiB and no run needs it (docs/gpu.md).
+WHEELHOUSE_EXTRAS ?= models workflow weights
 wheelhouse: $(STAMP)
 	$(BIN)/python -m carvana_seg.pipeline.wheelhouse --download $(WHEELHOUSE) --python-version $(PYVER) \
-	  --platform $(PLATFORM) $(if $(TARGET_FREEZE),--freeze $(TARGET_FREEZE))
+	  --platform $(PLATFORM) --extras $(WHEELHOUSE_EXTRAS) $(if $(TARGET_FREEZE),--freeze $(TARGET_FREEZE))
 
 # On a GPU box, no network, under 8 minutes: versions, training/test-time rates, memory, a tiny DAG with
 # --resources gpu=1 -> results/gpu-check/gpu_check.{json,md}. Toy sizes on a CPU-only machine (docs/gpu.md).
