@@ -14,7 +14,7 @@ RUN_FLAGS ?= $(if $(filter-out 0,$(NGPUS)),--resources gpu=1,--workflow-profile 
 # The run's name (results/<name>/), read from $(CONFIG); evaluated only by the targets that use it.
 NAME = $(shell $(BIN)/python -c "import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))['name'])" $(CONFIG))
 
-.PHONY: env demo report tensorboard serve test dry-run lint style plan rehearse clean-demo wheelhouse gpu-check
+.PHONY: env demo report tensorboard serve test test-fast dry-run lint style plan rehearse clean-demo wheelhouse gpu-check
 
 env: $(STAMP)
 
@@ -109,9 +109,16 @@ style: $(STAMP)
 	$(BIN)/snakemake --lint --configfile $(CONFIG) || rc=1; \
 	exit $$rc
 
-# pytest exits 5 when it collects nothing: that is a failure here, never a silent pass.
+# pytest exits 5 when it collects nothing: that is a failure here, never a silent pass. `make test` runs every
+# test and prints the 15 slowest; `make test-fast` only the unit tier: the tests carrying none of the markers
+# below (pyproject.toml: no Snakemake run or dry-run, no server, no Slurm, no Chromium, nothing slow).
+FAST := not slow and not dag and not server and not cluster and not browser
 test: $(STAMP)
-	$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
+	$(BIN)/python -m pytest --durations=15 $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "$(FAST)" $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
 clean-demo:

@@ -14,6 +14,8 @@ import pytest
 
 from tests.helpers import ROOT
 
+pytestmark = pytest.mark.slow  # every test runs a benchmark script in its own process
+
 
 def _run(script: str, *args: str, timeout: int = 240) -> str:
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), OMP_NUM_THREADS="1")
@@ -76,7 +78,6 @@ def test_outlier_ops_benchmark_finds_the_same_masks():
     assert len(rows) == 2 and all(r[-1] == "True" for r in rows)
 
 
-@pytest.mark.slow
 def test_test_time_benchmark_prints_the_ratio():
     out = _run(
         "test_time.py",

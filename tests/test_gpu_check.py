@@ -12,6 +12,7 @@ import pytest
 from tests.helpers import ROOT
 
 
+@pytest.mark.dag
 @pytest.mark.slow
 def test_gpu_check_runs_every_step_at_toy_sizes(tmp_path):
     res = subprocess.run(

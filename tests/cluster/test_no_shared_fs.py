@@ -21,7 +21,7 @@ import yaml
 from tests.cluster.tiny_dag import CONFIG, NAME, submission_rows
 from tests.helpers import ROOT, SNAKEMAKE
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.dag, pytest.mark.cluster]
 
 STORAGE_FLAGS = ("--shared-fs-usage", "none", "--default-storage-provider", "fs", "--default-storage-prefix")
 JOB_LOCAL = {"state", "tensorboard"}  # train.smk: {rdir}/state/ and tensorboard/, never read by another rule

@@ -29,7 +29,7 @@ from carvana_seg.pipeline.stages import GPU_RULES, LOCAL_RULES
 from tests.cluster.tiny_dag import CONFIG, NAME
 from tests.helpers import ROOT, SNAKEMAKE, job_counts
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.dag, pytest.mark.cluster]
 
 # the whole run, both interruptions and their retries included; CI's budget for this file
 RUN_TIMEOUT_S = 900

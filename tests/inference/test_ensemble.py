@@ -101,6 +101,7 @@ def direct(raw: Path, ids: list[str], models: list[Path]) -> dict[str, np.ndarra
     return {i: np.clip(np.rint(a * 255), 0, 255).astype(np.uint8) for i, a in zip(ids, acc)}
 
 
+@pytest.mark.slow
 def test_shards_manifest_and_equality_with_direct_computation(setup):
     root, raw, models = setup
     manifest = run_stage(root, raw, models, stage_cfg(), out="full")
@@ -126,6 +127,7 @@ def test_shards_manifest_and_equality_with_direct_computation(setup):
     assert n == 16 and (root / "sub.csv.gz").is_file()
 
 
+@pytest.mark.slow
 def test_resume_after_kill_and_stale_shards(setup, monkeypatch):
     root, raw, models = setup
     real = runtime.predict_probs
@@ -186,6 +188,7 @@ def test_stream_is_a_generator_and_closing_it_stops_its_threads_and_workers(setu
     assert not multiprocessing.active_children()  # loader workers shut down with the stream
 
 
+@pytest.mark.slow
 def test_memory_does_not_grow_with_the_number_of_images(tmp_path, setup):
     """tracemalloc sees numpy buffers: 32 images of 480x640 in one shard peak like 8 (not +24 maps of 307 kB)."""
     _root, _raw, models = setup

@@ -38,6 +38,7 @@ def test_device_maps_reject_zero_weights():
         maps.device_maps([(4, 4)], [torch.zeros(1, 4, 4)], [0.0])
 
 
+@pytest.mark.slow
 def test_every_schedule_streams_the_same_maps_in_order(tmp_path, monkeypatch):
     """The CPU default (taking turns with the models, ``stream.phased``), the overlapped schedule inline
     (``CARVANA_SEG_FINISH_THREADS=0``, the CPU path before) and with 2 finishing threads (the CUDA default) stream

@@ -145,6 +145,7 @@ def test_predict_without_models_is_an_error(tmp_path, capsys):
     assert "no trained models" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_export_onnx_matches_pytorch(results, tmp_path, capsys):
     onnx = pytest.importorskip("onnx")
     ckpt = results / "models" / "b" / "fold0" / "best.pt"

@@ -52,6 +52,7 @@ def _train_config(weights: str) -> dict:
     return cfg
 
 
+@pytest.mark.slow
 def test_training_step_from_a_local_weights_file(tiny_cache: dict[str, Path], tmp_path: Path) -> None:
     state = _encoder_state()
     path = tmp_path / "kaggle-dataset" / "resnet18.pth"

@@ -49,6 +49,7 @@ def test_every_encoder_tensor_comes_from_the_package_in_order(lite0_state: dict[
     assert torch.equal(enc["bn2.running_var"], lite0_state["_bn1.running_var"])  # the head's norm, last
 
 
+@pytest.mark.slow  # trains one epoch
 def test_the_package_normalisation_is_what_the_checkpoint_records(tiny_cache: dict[str, Path], tmp_path: Path) -> None:
     assert ew.preprocessing(ENCODER, LITE0) == wp.TF_LITE_NORMALISATION
     cfg = cfgmod.stage_config(tiny_config(), "train", "tiny")

@@ -88,6 +88,7 @@ def _readme_config(repo_root) -> dict:
     return yaml.safe_load(block[: block.index("```")])
 
 
+@pytest.mark.dag
 @pytest.mark.slow
 def test_readme_minimal_config_plans_what_it_says_with_schema_defaults(repo_root, tmp_path):
     from carvana_seg.pipeline.config import fold_ids, resolve
@@ -110,6 +111,7 @@ def test_readme_minimal_config_plans_what_it_says_with_schema_defaults(repo_root
     assert full["train"]["num_workers"] == schema_workers["train"]["num_workers"] != competition["train"]["num_workers"]
 
 
+@pytest.mark.dag
 def test_a_config_without_name_is_refused_by_snakemake_and_the_cli(repo_root, tmp_path):
     from carvana_seg.pipeline import cli
     from tests.helpers import snakemake

@@ -29,7 +29,7 @@ import yaml
 
 from tests.cluster import tiny_dag
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.dag]
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent

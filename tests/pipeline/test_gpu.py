@@ -238,6 +238,7 @@ BARRIER = (
 )
 
 
+@pytest.mark.dag
 def test_snakemake_resources_gpu_4_runs_four_model_jobs_at_once_one_gpu_each(tmp_path):
     """`snakemake --resources gpu=4` on a 4-GPU box (fake nvidia-smi) inside CUDA_VISIBLE_DEVICES=0,1,2,3: four jobs
     at once, each on its own device."""

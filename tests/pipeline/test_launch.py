@@ -51,6 +51,7 @@ def _check(res: subprocess.CompletedProcess, workdir: Path) -> None:
         assert (workdir / target).stat().st_size > 0, target
 
 
+@pytest.mark.dag
 @pytest.mark.slow
 def test_venv_snakemake_from_a_shell_without_the_venv_on_path(tmp_path):
     env = _clean_env(PATH=BARE_PATH)
@@ -58,6 +59,7 @@ def test_venv_snakemake_from_a_shell_without_the_venv_on_path(tmp_path):
     _check(_run([str(BIN / "snakemake"), "--resources", "gpu=1"], tmp_path, env), tmp_path)
 
 
+@pytest.mark.dag
 @pytest.mark.slow
 def test_snakemake_in_an_activated_environment_with_the_cpu_profile_by_name(tmp_path):
     env = _clean_env(PATH=os.pathsep.join([str(BIN), BARE_PATH]), VIRTUAL_ENV=str(BIN.parent))

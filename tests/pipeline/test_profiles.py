@@ -39,6 +39,7 @@ def test_profile_requests_one_gpu_per_gpu_job(repo_root, name):
     assert not set(LOCAL_RULES) & set(prof["set-resources"])
 
 
+@pytest.mark.dag
 @pytest.mark.parametrize("name", PROFILES)
 def test_profile_dry_run_plans_gpu_jobs(repo_root, tmp_path, name):
     for module in PROFILES[name][1]:
@@ -63,6 +64,7 @@ def test_profile_dry_run_plans_gpu_jobs(repo_root, tmp_path, name):
     assert not re.search(r"resources:.*\bgpu=", fetch)
 
 
+@pytest.mark.dag
 def test_cpu_profile_runs_model_jobs_single_threaded(repo_root, tmp_path):
     """`make demo` without a GPU: model jobs get one thread each (two at once on 2 cores), other rules keep theirs."""
     prof = _profile(repo_root, "cpu")
@@ -84,6 +86,7 @@ def test_cpu_profile_runs_model_jobs_single_threaded(repo_root, tmp_path):
     assert "--workflow-profile cpu" in makefile and "nvidia-smi -L" in makefile
 
 
+@pytest.mark.dag
 def test_threads_follow_the_workers_each_job_starts(repo_root, tmp_path):
     """Competition config: resize 8 processes, train DataLoader workers + 1, ensemble decode workers + 1; fetch and
     submit are local rules; outliers asks for a GPU only with its zoom re-prediction."""

@@ -33,6 +33,7 @@ def test_override_only_shrinks_sizes_epochs_and_data(repo_root):
         assert o["width"] < b["width"] and o["epochs"] < b["epochs"]
 
 
+@pytest.mark.dag
 def test_rehearsal_dag_is_the_competition_dag(repo_root, tmp_path):
     files = [str(repo_root / "config" / f) for f in ("config.yaml", "rehearse.yaml", "rehearse-synthetic.yaml")]
     res = snakemake(repo_root, tmp_path, "-n", "--configfile", *files)
@@ -46,6 +47,7 @@ def test_rehearsal_dag_is_the_competition_dag(repo_root, tmp_path):
     assert "--configfile config/config.yaml config/rehearse.yaml" in res.stdout, res.stdout + res.stderr
 
 
+@pytest.mark.dag
 @pytest.mark.slow
 def test_the_rehearsal_runs_every_rule_end_to_end(repo_root, tmp_path):
     """The rehearsal itself, for real, at the smallest data that still runs every rule: config.yaml + rehearse.yaml

@@ -99,10 +99,12 @@ def dag(repo_root, tmp_path_factory) -> Dag:
     return Dag(tmp_path_factory.mktemp("rerun"), repo_root)
 
 
+@pytest.mark.dag
 def test_up_to_date_after_touch(dag):
     assert dag.planned() == []
 
 
+@pytest.mark.dag
 def test_threshold_setting_reruns_only_threshold_and_after(dag):
     dag.write_config({**CONFIG, "threshold": {"value": 0.42}})
     try:
@@ -111,6 +113,7 @@ def test_threshold_setting_reruns_only_threshold_and_after(dag):
         dag.write_config(CONFIG)
 
 
+@pytest.mark.dag
 def test_outlier_settings_rerun_only_outliers_and_after_never_the_ensemble(dag):
     dag.write_config({**CONFIG, "outliers": {"z_max": 5.5, "action": "flag"}})
     try:
@@ -119,6 +122,7 @@ def test_outlier_settings_rerun_only_outliers_and_after_never_the_ensemble(dag):
         dag.write_config(CONFIG)
 
 
+@pytest.mark.dag
 def test_one_variants_learning_rate_retrains_only_that_variant(dag):
     variants = [dict(CONFIG["variants"][0], lr=3.0e-4), CONFIG["variants"][1]]
     dag.write_config({**CONFIG, "variants": variants})
@@ -157,6 +161,7 @@ def _modules(dag: Dag) -> list[str]:
     )
 
 
+@pytest.mark.dag
 def test_comments_docstrings_and_formatting_in_every_module_plan_nothing(dag):
     """Every module of the package at once: a comment, blank lines and a docstring'd no-op function's docstring
     edit change no fingerprint (tests/pipeline/test_codedeps.py checks each module's fingerprint on its own)."""
@@ -165,17 +170,20 @@ def test_comments_docstrings_and_formatting_in_every_module_plan_nothing(dag):
     assert _planned_with(dag, edits) == []
 
 
+@pytest.mark.dag
 def test_edited_threshold_code_reruns_threshold_and_after_not_training(dag):
     jobs = _planned_with(dag, {"inference/threshold.py": b"\nEDITED = 1\n"})
     assert {rule for rule, _ in jobs} == AFTER_THRESHOLD
 
 
+@pytest.mark.dag
 def test_edited_loss_code_retrains_every_model_but_keeps_the_data_stages(dag):
     jobs = _planned_with(dag, {"training/losses.py": b"\nEDITED = 1\n"})
     assert {rule for rule, _ in jobs} == {"train"} | AFTER_TRAINING
     assert sum(rule == "train" for rule, _ in jobs) == 4
 
 
+@pytest.mark.dag
 def test_a_finished_run_copied_elsewhere_plans_nothing(dag, tmp_path):
     """Moving the project (a bigger disk, a cluster node mounting it elsewhere) keeps every finished job: no
     absolute path is part of what Snakemake compares (mtimes kept, as ``cp -a`` / ``rsync -a`` do)."""

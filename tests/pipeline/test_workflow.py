@@ -9,6 +9,7 @@ import pytest
 from tests.helpers import job_counts, make_layout, snakemake, write_config
 
 
+@pytest.mark.dag
 def test_competition_config_plans_15_training_jobs(repo_root, tmp_path):
     raw = make_layout(tmp_path / "kaggle_copy", n_cars=6, w=64, h=48)
     cfg = write_config(tmp_path, repo_root / "config/config.yaml", data={"source": "local", "path": str(raw)})
@@ -28,12 +29,14 @@ def test_competition_config_plans_15_training_jobs(repo_root, tmp_path):
     assert "score" not in counts  # no test truth outside synthetic data
 
 
+@pytest.mark.dag
 def test_kaggle_source_dry_run_plans_data_stages(repo_root, tmp_path):
     res = snakemake(repo_root, tmp_path, "-n", "--configfile", str(repo_root / "config/config.yaml"))
     assert res.returncode == 0, res.stderr[-3000:]
     assert job_counts(res.stdout + res.stderr).get("fetch") == 1
 
 
+@pytest.mark.dag
 def test_bad_config_key_fails_naming_it(repo_root, tmp_path):
     cfg = write_config(tmp_path, repo_root / "config/demo.yaml", folds={"k": 3, "seeed": 1})
     res = snakemake(repo_root, tmp_path, "-n", "--configfile", str(cfg))
@@ -41,6 +44,7 @@ def test_bad_config_key_fails_naming_it(repo_root, tmp_path):
     assert "seeed" in res.stdout + res.stderr
 
 
+@pytest.mark.dag
 @pytest.mark.skipif(shutil.which("true") is None, reason="needs a POSIX shell")
 def test_lint_is_clean(repo_root, tmp_path):
     res = snakemake(repo_root, tmp_path, "--lint", "--configfile", str(repo_root / "config/demo.yaml"))
@@ -59,6 +63,7 @@ def test_sample_config_validates(repo_root):
     assert cfg["threshold"]["value"] is None  # searched on the OOF predictions, never on test photos
 
 
+@pytest.mark.dag
 def test_sample_config_dry_run_plans_every_stage(repo_root, real_sample, tmp_path):
     """config/sample.yaml on the real sample (skipped without ../shared/carvana-sample): every stage is planned."""
     cfg = write_config(tmp_path, repo_root / "config/sample.yaml", data={"source": "local", "path": str(real_sample)})

@@ -32,6 +32,7 @@ def test_competition_peak_disk_within_budget(competition):
     assert stages["pseudo_labels"]["disk"] < 2e9
 
 
+@pytest.mark.slow
 def test_disk_budget_can_fail(repo_root):
     cfg = load_configs([str(repo_root / "config" / "config.yaml")])
     for v in cfg["variants"]:  # 2x the side: 4x the cache
@@ -39,6 +40,7 @@ def test_disk_budget_can_fail(repo_root):
     assert make_plan(cfg, "h100")["peak_disk"] > DISK_BUDGET
 
 
+@pytest.mark.dag
 @pytest.mark.parametrize("configs", [["config.yaml"], ["demo.yaml"]])
 def test_planned_jobs_equal_the_dry_run(repo_root, tmp_path, configs):
     paths = [str(repo_root / "config" / c) for c in configs]

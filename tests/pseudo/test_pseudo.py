@@ -273,6 +273,7 @@ def test_extra_layout_adds_training_images_never_validation(pseudo_run, tmp_path
         build_datasets(tmp_path / "main", train_ids, val_ids, None, [tmp_path / "main"])
 
 
+@pytest.mark.slow
 def test_train_stage_with_extra_layout_and_init(pseudo_run, tmp_path, caplog):
     raw, out = pseudo_run["raw"], pseudo_run["out"]
     folds.assign_folds(folds.mask_areas(raw), k=3, seed=0).to_csv(tmp_path / "folds.csv", index=False)
@@ -392,6 +393,7 @@ def test_rounds_helpers():
         _config(confidence_lo=0.9, confidence_hi=0.5)
 
 
+@pytest.mark.dag
 def test_dry_run_disabled_has_no_round_two_and_three_rounds_plan_round_three(repo_root, tmp_path):
     demo = repo_root / "config" / "demo.yaml"
     base = __import__("yaml").safe_load(demo.read_text())

@@ -72,6 +72,7 @@ def run_stage(res: Path, rounds: int) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_stage_draws_every_figure_with_pseudo_rounds(tmp_path):
     res = tmp_path / "results" / "x"
     fabricate(res, ["a", "b"], [0, 1], rounds=2)
@@ -176,6 +177,9 @@ def chromium() -> str | None:
     return next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
 
 
+@pytest.mark.slow
+@pytest.mark.dag
+@pytest.mark.browser
 def test_report_renders_in_headless_chromium(repo_root, tmp_path):
     work = tmp_path / "work"
     work.mkdir()

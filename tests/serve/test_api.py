@@ -20,6 +20,8 @@ from PIL import Image
 from carvana_seg.serve.compose import cover
 from tests.serve.helpers import jpeg, png, tiny_run
 
+pytestmark = pytest.mark.server
+
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> Path:

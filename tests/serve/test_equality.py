@@ -21,7 +21,7 @@ from carvana_seg.inference.service import Service
 from carvana_seg.pipeline import cli
 from tests.serve.helpers import multipart, run_reduced
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.dag, pytest.mark.server]
 
 
 def submission_rows(results: Path) -> dict[str, str]:

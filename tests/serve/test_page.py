@@ -18,7 +18,7 @@ from PIL import Image
 from carvana_seg.core.images import read_mask
 from carvana_seg.core.metrics import dice
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.dag, pytest.mark.server, pytest.mark.browser]
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
 

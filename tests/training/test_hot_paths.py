@@ -66,6 +66,7 @@ def test_persistent_workers_draw_what_reforked_workers_drew():
     assert torch.equal(_epochs(True, range(3, 4))[0], persistent[2])  # a run resumed at epoch 3 draws the same
 
 
+@pytest.mark.slow
 def test_deferred_sync_trains_the_same_numbers_and_still_stops_on_nonfinite(
     tiny_cache: dict[str, Path], tmp_path: Path, capsys
 ) -> None:
@@ -85,6 +86,7 @@ def test_deferred_sync_trains_the_same_numbers_and_still_stops_on_nonfinite(
     assert not (tmp_path / "nan" / "best.pt").exists()
 
 
+@pytest.mark.slow
 def test_resume_state_is_written_every_n_epochs_and_after_the_last(
     tiny_cache: dict[str, Path], tmp_path: Path, monkeypatch
 ) -> None:

@@ -77,6 +77,7 @@ def test_schema_defaults_keep_the_seed_recipe() -> None:
     assert (tc["optimizer"], tc["schedule"]) == ("rmsprop", "plateau") and 0 <= tc["warmup_share"] < 1
 
 
+@pytest.mark.slow
 def test_train_with_adamw_onecycle(tiny_cache: dict[str, Path], tmp_path: Path) -> None:
     cfg = cfgmod.stage_config(tiny_config(optimizer="adamw", schedule="onecycle", weight_decay=1e-4), "train", "tiny")
     assert cli.main(train_cmd(tiny_cache, cfg, tmp_path)[3:]) == 0

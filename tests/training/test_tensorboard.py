@@ -20,6 +20,7 @@ def _events(log_dir: Path) -> EventAccumulator:
     return acc
 
 
+@pytest.mark.slow
 def test_events_per_epoch_survive_a_kill_without_duplicate_steps(tiny_cache: dict[str, Path], tmp_path: Path) -> None:
     cfg = cfgmod.stage_config(tiny_config(tensorboard_images=2), "train", "tiny")
     out, board = tmp_path / "run", tmp_path / "tensorboard" / "tiny_fold0_round1"

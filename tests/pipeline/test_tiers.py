@@ -1,0 +1,76 @@
+"""The test tiers are chosen by marker: `make test-fast` deselects every marker of ``tests.tiers.HEAVY_MARKERS``,
+each declared in pyproject.toml, and no test that runs Snakemake, a server, Slurm or Chromium lacks one."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+
+from tests.helpers import ROOT
+from tests.tiers import HEAVY_MARKERS, unmarked_heavy
+
+
+def _recipe(makefile: str, target: str) -> str:
+    """The recipe lines of ``target`` (continuation lines joined)."""
+    m = re.search(rf"^{re.escape(target)}:.*\n((?:\t.*\n)+)", makefile, re.M)
+    assert m, f"no `{target}` target in the Makefile"
+    return m[1].replace("\\\n", " ")
+
+
+def _selects(expression: str, marks: set[str]) -> bool:
+    """Whether ``pytest -m EXPRESSION`` selects a test carrying ``marks`` (and/or/not over marker names: Python's
+    own boolean syntax, so eval with the names bound does what pytest does)."""
+    names = set(re.findall(r"\b(?!and\b|or\b|not\b)\w+\b", expression))
+    return eval(expression, {"__builtins__": {}}, {n: n in marks for n in names})  # noqa: S307 - our Makefile
+
+
+def test_make_test_fast_deselects_every_heavy_marker_and_make_test_prints_the_slowest():
+    makefile = (ROOT / "Makefile").read_text()
+    fast = _recipe(makefile, "test-fast")
+    assert '-m "$(FAST)"' in fast, fast
+    expression = re.search(r"^FAST := (.+)$", makefile, re.M)[1]
+    assert _selects(expression, set()) and _selects(expression, {"real"})  # real: skipped where absent
+    for marker in HEAVY_MARKERS:
+        assert not _selects(expression, {marker}), marker
+    full = _recipe(makefile, "test")
+    assert "pytest -m" not in full and "--durations=15" in full  # every test
+    for recipe in (fast, full):  # exit 5 (nothing collected) is a failure, never a pass
+        assert "$(BIN)/python -m pytest" in recipe and "if [ $$rc -eq 5 ]" in recipe and "exit 1" in recipe
+
+
+def test_every_tier_marker_is_declared():
+    ini = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"]
+    declared = {m.split(":")[0] for m in ini["markers"]}
+    assert declared == {*HEAVY_MARKERS, "real"} and "--strict-markers" in ini["addopts"]
+
+
+def test_every_test_running_snakemake_a_server_slurm_or_chromium_carries_a_tier_marker():
+    assert unmarked_heavy(ROOT / "tests") == []
+
+
+def test_the_check_finds_an_unmarked_test_through_its_fixtures(tmp_path: Path):
+    tests = tmp_path / "tests"
+    (tests / "sub").mkdir(parents=True)
+    run = "snake" + "make"  # split, so that this test's own source does not read as running it
+    (tests / "conftest.py").write_text(
+        f"import pytest\nfrom tests.helpers import {run}\n\n@pytest.fixture(scope='session')\n"
+        f"def demo(tmp_path_factory):\n    return {run}('.', '.', '--cores', '2')\n"
+    )
+    module = (
+        "import pytest\n\n"
+        "@pytest.fixture\ndef results(demo):\n    return demo\n\n"
+        "def _helper():\n    return _run()\n\n"
+        f"def _run():\n    return {run.upper()}\n\n"
+        "def test_reads_the_run(results):\n    assert results\n\n"
+        "@pytest.mark.dag\ndef test_marked(results):\n    assert results\n\n"
+        "def test_calls_a_helper():\n    _helper()\n\n"
+        "def test_unit():\n    assert 1 + 1 == 2\n"
+    )
+    (tests / "sub" / "test_a.py").write_text(module)
+    assert unmarked_heavy(tests) == [
+        "tests/sub/test_a.py::test_reads_the_run",
+        "tests/sub/test_a.py::test_calls_a_helper",
+    ]
+    (tests / "sub" / "test_a.py").write_text("import pytest\npytestmark = pytest.mark.slow\n" + module)
+    assert unmarked_heavy(tests) == []
