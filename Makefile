@@ -1,5 +1,6 @@
 # Two commands do everything on a fresh machine:  `make demo`  and  `make test`.
-# Both are idempotent: the environment in .venv/ is (re)built only when requirements.txt changes.
+# Both are idempotent: the environment in .venv/ is (re)built only when requirements.txt, requirements-dev.txt (the
+# test and style tools, installed here beside the runtime) or pyproject.toml change.
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -32,10 +33,10 @@ $(STAMP): requirements.txt pyproject.toml
 	$(BIN)/python -m pip install -q --no-index --find-links $(WHEELHOUSE) --no-deps -e .
 	touch $(STAMP)
 else
-$(STAMP): requirements.txt pyproject.toml
+$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -r requirements.txt
+	$(BIN)/python -m pip install -q -r requirements.txt -r requirements-dev.txt
 	$(BIN)/python -m pip install -q --no-deps -e .
 	touch $(STAMP)
 endif

@@ -108,13 +108,13 @@ def test_predict_threshold_file_and_default(tmp_path, caplog):
     res = make_results(tmp_path / "res", VARIANTS[:1], folds=2, threshold=None)
     assert [len(v.models) for v in predict.load_ensemble(predict.find_checkpoints(res), torch.device("cpu"))] == [2]
     jpg = photo(tmp_path / "x.png", w=70, h=33)  # any size, any format OpenCV reads
-    assert predict.read_threshold(res, None) == 0.5
+    assert predict.resolve_threshold(res, None) == 0.5
     assert "threshold.json not found" in caplog.text
     (res / "threshold.json").write_text(json.dumps({"threshold": 1.0}))
     assert cli.main(["predict", str(jpg), "--models", str(res), "--out", str(tmp_path / "o")]) == 0
     mask = np.asarray(Image.open(tmp_path / "o" / "x_mask.png"))
     assert mask.shape == (33, 70)
-    assert predict.read_threshold(res, 0.25) == 0.25
+    assert predict.resolve_threshold(res, 0.25) == 0.25
 
 
 def test_predict_uses_the_last_rounds_models_and_threshold(tmp_path):
@@ -124,7 +124,7 @@ def test_predict_uses_the_last_rounds_models_and_threshold(tmp_path):
     make_results(res / "round2", VARIANTS[:1], folds=1, threshold=0.6)
     paths = predict.find_checkpoints(res)
     assert [p.relative_to(res).as_posix() for p in paths] == ["round2/models/a/fold0/best.pt", "models/b/fold0/best.pt"]
-    assert predict.read_threshold(res, None) == 0.6
+    assert predict.resolve_threshold(res, None) == 0.6
 
 
 def test_predict_unreadable_photo_is_one_error_naming_it(results, tmp_path, capsys):

@@ -26,6 +26,7 @@ TOP = (
     "README.md",
     "pyproject.toml",
     "requirements.txt",
+    "requirements-dev.txt",
     "environment.yml",
     "environment.post-deploy.sh",
     ".snakemake-workflow-catalog.yml",
@@ -182,6 +183,7 @@ def test_every_test_file_the_code_and_environment_name_exists():
         ROOT / n
         for n in (
             "requirements.txt",
+            "requirements-dev.txt",
             "environment.yml",
             "Snakefile",
             "Makefile",

@@ -1,4 +1,5 @@
-"""requirements.txt (the .venv) and environment.yml (conda) pin the same packages and versions."""
+"""requirements.txt (the .venv) and environment.yml (conda) pin the same packages and versions; requirements-dev.txt
+the test and style tools apart from them."""
 
 from __future__ import annotations
 
@@ -100,3 +101,23 @@ def test_each_rule_uses_the_environment_its_stage_needs(repo_root):
             assert env and env.group(1) == ("ENV_TORCH" if needs_torch else "ENV_BASE"), rule.split(":")[0]
             seen += 1
     assert seen >= 15
+
+
+DEV_TOOLS = {"pytest", "hypothesis", "playwright", "ruff", "snakefmt"}
+
+
+def test_test_and_style_tools_are_pinned_apart_from_the_runtime(repo_root):
+    """requirements-dev.txt pins the test and style tools (pyproject's test and style extras) and nothing of the
+    runtime; requirements.txt, environment.yml and the rule environments pin none of them, so a user, a GPU image or
+    a wheelhouse installs no test tool; `make env` installs both files."""
+    import tomllib
+
+    dev = _pins((repo_root / "requirements-dev.txt").read_text().splitlines())
+    req = _pins((repo_root / "requirements.txt").read_text().splitlines())
+    assert set(dev) == DEV_TOOLS and not set(dev) & set(req), (dev, DEV_TOOLS & set(req))
+    for env in ("environment.yml", "workflow/envs/base.yaml", "workflow/envs/torch.yaml"):
+        assert not DEV_TOOLS & set(_pins(_env_pip(repo_root / env))), env
+    extras = tomllib.loads((repo_root / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    declared = {re.split(r"[<>=!~; \[]", d, maxsplit=1)[0] for d in extras["test"] + extras["style"]}
+    assert DEV_TOOLS <= declared, DEV_TOOLS - declared
+    assert "-r requirements.txt -r requirements-dev.txt" in (repo_root / "Makefile").read_text()

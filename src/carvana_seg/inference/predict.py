@@ -33,7 +33,7 @@ from carvana_seg.pipeline import staging
 from carvana_seg.pipeline.errors import CarvanaSegError, DataError
 from carvana_seg.serve import compose
 
-__all__ = ["collect", "find_checkpoints", "load_ensemble", "read_threshold", "run"]
+__all__ = ["collect", "find_checkpoints", "load_ensemble", "resolve_threshold", "run"]
 log = logging.getLogger(__name__)
 PHOTO_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 STATE = ".predict.json"
@@ -45,7 +45,7 @@ def load_ensemble(paths: list[Path], device: torch.device) -> list[LoadedVariant
     return load_variants(paths, None, False, device)
 
 
-def read_threshold(results: Path, override: float | None) -> float:
+def resolve_threshold(results: Path, override: float | None) -> float:
     """``--threshold``, else the last round's ``threshold.json``, else 0.5 with a warning."""
     if override is not None:
         if not 0.0 <= override <= 1.0:

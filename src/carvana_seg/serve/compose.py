@@ -171,7 +171,7 @@ def encode(
     rgb: np.ndarray, mask: np.ndarray, opts: Options, background: np.ndarray | None = None, extra: dict | None = None
 ) -> tuple[bytes, tuple[int, int]]:
     """The response file of a cut-out and its (width, height). ``json`` holds the full-size mask's RLE (Kaggle's
-    column-major convention, as in ``submission.csv.gz``) and ``extra`` (threshold, run)."""
+    row-major convention (1-indexed), as in ``submission.csv.gz``) and ``extra`` (threshold, run)."""
     if opts.format == "json":
         h, w = mask.shape
         return json.dumps({"width": w, "height": h, "rle_mask": rle.encode(mask), **(extra or {})}).encode(), (w, h)
