@@ -24,7 +24,9 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
 @pytest.fixture(scope="module")
 def browser():
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (requirements-dev.txt, make env)")
+    sync_api = pytest.importorskip(
+        "playwright.sync_api", reason="playwright is not installed (requirements-dev.txt, make env)"
+    )
     if not Path(CHROMIUM).is_file():
         pytest.skip(f"no chromium at {CHROMIUM} (.ci/run installs Debian's chromium)")
     with sync_api.sync_playwright() as p:
