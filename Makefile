@@ -113,9 +113,13 @@ style: $(STAMP)
 # pytest exits 5 when it collects nothing: that is a failure here, never a silent pass. `make test` runs every
 # test and prints the 15 slowest; `make test-fast` only the unit tier: the tests carrying none of the markers
 # below (pyproject.toml: no Snakemake run or dry-run, no server, no Slurm, no Chromium, nothing slow).
+# `make test` runs two pytest-xdist workers, one test file at a time each (tests/conftest.py): on 2 cores the Slurm
+# run's and the servers' waits then overlap other files' work (docs/testing.md has the times). XDIST= runs them in
+# one process.
 FAST := not slow and not dag and not server and not cluster and not browser
+XDIST ?= -n 2
 test: $(STAMP)
-	$(BIN)/python -m pytest --durations=15 $(PYTEST_ARGS); rc=$$?; \
+	$(BIN)/python -m pytest $(XDIST) --durations=15 $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
 test-fast: $(STAMP)

@@ -37,3 +37,24 @@ def tiny_cache(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     from tests.helpers import build_tiny_cache
 
     return build_tiny_cache(tmp_path_factory.mktemp("tiny"))
+
+
+# pytest-xdist (`make test` runs two workers): the unit of work is a test file, so a module fixture (a file's DAG
+# run) is built once, by the worker that runs the whole file; tests/serve is one unit, as its files share the
+# session's reduced demo run (tests/serve/conftest.py). A marker-based `--dist loadgroup` does not group under
+# pytest 9.2 (xdist 3.8 appends the group to ``item._nodeid``, which pytest 9.2 no longer reads), hence this
+# scheduler, which decides the units whatever `--dist` says.
+SHARED_DIRS = ("tests/serve/",)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log):  # noqa: ANN201 - xdist's scheduler type
+    """One work unit per test file, or per directory of SHARED_DIRS."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class FileScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return next((d for d in SHARED_DIRS if path.startswith(d)), path)
+
+    return FileScheduling(config, log)

@@ -6,16 +6,25 @@ declared output sent back after it, and the local copies are removed once no job
 file it does not declare (a directory param, a glob of results/) would find nothing there and fail; one that wrote
 a file it does not declare would leave it in the working directory, which this test checks is empty of data and
 results but for the two documented job-local trees (training's resume state and its TensorBoard curves).
+
+That run is also preempted: once the store (the storage prefix, pipeline.state_location) holds the first train job's
+second epoch, the job's process is SIGKILLed and the job-local state deleted, as if its node were gone. Snakemake's
+retry (``--retries 1``) then resumes from the store, after the second epoch, to the unkilled plain run's model.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
+import signal
 import subprocess
+import threading
+import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from tests.cluster.tiny_dag import CONFIG, NAME, submission_rows
@@ -49,6 +58,36 @@ def _run(work: Path, *extra: str) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, check=False, capture_output=True, text=True, env={**env, "CARVANA_SEG_FAKE_GPUS": "0"})
 
 
+class Preempter(threading.Thread):
+    """SIGKILLs the round-one fold-0 train job of the run in ``work`` once the store holds its second epoch, and
+    deletes its job-local state and TensorBoard run: the retried job finds them only in the store."""
+
+    def __init__(self, work: Path, storage: Path) -> None:
+        super().__init__(daemon=True)
+        self.work, self.done, self.killed = work, threading.Event(), ""
+        self.stored_log = storage / "results" / NAME / "state" / "v" / "fold0" / "train.log"
+
+    def _train_pid(self) -> int | None:
+        for proc in Path("/proc").iterdir():
+            try:
+                cmd = (proc / "cmdline").read_bytes().split(b"\0")
+                if b"carvana_seg" in cmd and b"train" in cmd and Path(os.readlink(proc / "cwd")) == self.work:
+                    return int(proc.name)
+            except (OSError, ValueError):
+                continue
+        return None
+
+    def run(self) -> None:
+        while not self.done.is_set() and not self.killed:
+            text = self.stored_log.read_text() if self.stored_log.is_file() else ""
+            if "epoch 2/" in text and (pid := self._train_pid()):
+                os.kill(pid, signal.SIGKILL)
+                for local in ("state", "tensorboard"):
+                    shutil.rmtree(self.work / "results" / NAME / local, ignore_errors=True)
+                self.killed = f"pid {pid}, the store's log then:\n{text}"
+            time.sleep(0.05)
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> tuple[Path, Path, Path]:
     if shutil.which("rsync") is None:
@@ -57,8 +96,13 @@ def runs(tmp_path_factory) -> tuple[Path, Path, Path]:
     plain, isolated, storage = (tmp_path_factory.mktemp(n) for n in ("plain", "isolated", "storage"))
     res = _run(plain)
     assert res.returncode == 0, (res.stdout + res.stderr)[-4000:]
-    res = _run(isolated, *STORAGE_FLAGS, str(storage))
+    preempter = Preempter(isolated, storage)
+    preempter.start()
+    res = _run(isolated, *STORAGE_FLAGS, str(storage), "--retries", "1")
+    preempter.done.set()
+    preempter.join(timeout=10)
     assert res.returncode == 0, (res.stdout + res.stderr)[-6000:]
+    assert preempter.killed, "the train job was never preempted"
     return plain, isolated, storage
 
 
@@ -68,6 +112,19 @@ def test_the_run_without_a_shared_filesystem_gives_the_plain_runs_submission(run
         a, b = plain / "results" / NAME / name, storage / "results" / NAME / name
         assert submission_rows(a) == submission_rows(b), name
     assert (storage / "results" / NAME / "report" / "stage_times.csv").read_text().count("\n") > 5
+
+
+def test_the_preempted_train_job_resumed_on_an_empty_node_to_the_unkilled_runs_model(runs):
+    plain, _, storage = runs
+    log = (storage / "results" / NAME / "logs" / "train" / "v_fold0.log").read_text()
+    _, pulled, retry = log.partition("resume file(s) from the state store")  # the retry's first line
+    resumed = re.search(r"resuming from epoch (\d+)", retry)
+    assert pulled and resumed and int(resumed[1]) >= 3, log[-3000:]  # after the second epoch, not from zero
+    model = Path("results") / NAME / "models" / "v" / "fold0" / "best.pt"
+    a, b = (torch.load(d / model, weights_only=True) for d in (storage, plain))
+    assert a["epoch"] == b["epoch"] and a["val_dice"] == b["val_dice"]
+    for k in b["state_dict"]:
+        assert torch.equal(a["state_dict"][k], b["state_dict"][k]), k
 
 
 def test_nothing_but_job_local_state_is_left_in_the_working_directory(runs):

@@ -213,9 +213,15 @@ def test_train_resumes_after_a_kill_and_restarts_on_config_change(
     pd.testing.assert_frame_equal(pd.read_csv(out / "metrics.csv"), metrics)
     caplog.clear()
     # A changed config or a rebuilt cache does not resume: it starts from epoch 1 and names what changed.
-    os.utime(tiny_cache["cache32"] / "masks.npy")
+    # (the cache's content: one mask pixel flipped; a copy with other mtimes, as a storage provider makes, resumes)
+    masks = tiny_cache["cache32"] / "masks.npy"
+    original = masks.read_bytes()
+    masks.write_bytes(original[:-1] + bytes([original[-1] ^ 1]))
     changed = cfgmod.stage_config(tiny_config(loss={"boundary_weight": 5.0}), "train", "tiny")
-    assert cli.main(train_cmd(tiny_cache, changed, out, "--max-epochs-this-run", "1")[3:]) == 2
+    try:
+        assert cli.main(train_cmd(tiny_cache, changed, out, "--max-epochs-this-run", "1")[3:]) == 2
+    finally:
+        masks.write_bytes(original)
     log = caplog.text
     assert "starting from epoch 1" in log and "train.loss.boundary_weight" in log and "cache" in log
     assert "resuming" not in log

@@ -8,11 +8,24 @@ from carvana_seg.pipeline import config as cs_config
 from carvana_seg.pipeline import launch as cs_launch
 from carvana_seg.pipeline import resources as cs_resources
 from carvana_seg.pipeline import rounds as cs_rounds
+from carvana_seg.pipeline import state_location as cs_state
+from snakemake.logging import logger
 
 config.update(cs_config.resolve(config))  # same schema, plus cross-key checks and nested defaults
 
 # Jobs run `python -m carvana_seg` with the python of the environment Snakemake runs from (carvana_seg.pipeline.launch).
 cs_launch.prepare_job_environment(workflow.basedir)
+
+# Where training's resume state also goes, so that a retry on another node resumes (pipeline.state_location): the
+# state_store key, or without a shared filesystem the default storage prefix. Not a param: moving it reruns nothing.
+STATE_STORE, SHARED_IO = cs_state.from_workflow(config["state_store"], workflow.storage_settings)
+STATE_STORE_ARG = cs_state.shell_arg(STATE_STORE)
+
+
+onstart:
+    if cs_state.warning(STATE_STORE, SHARED_IO):
+        logger.warning(cs_state.warning(STATE_STORE, SHARED_IO))
+
 
 NAME = config["name"]
 DATA = f"data/{NAME}"

@@ -29,7 +29,7 @@ from carvana_seg.pipeline.errors import CarvanaSegError, DataError
 from carvana_seg.settings.build import build
 from carvana_seg.settings.train import Train
 from carvana_seg.settings.variants import Variant
-from carvana_seg.training import loop, state, state_log
+from carvana_seg.training import loop, state, state_log, state_store
 from carvana_seg.training.state import STATE_FILE, STATE_FORMAT, Progress
 from carvana_seg.training.tensorboard_log import Board
 
@@ -54,6 +54,7 @@ class TrainJob:
     extra_layouts: tuple[str, ...] = ()
     init_from: str | None = None
     tensorboard: str | None = None
+    state_store: str | None = None  # a path or fsspec URL where the state also goes (training.state_store)
     max_epochs_this_run: int | None = None  # testing aid: stop as if killed after this many epochs
 
     @classmethod
@@ -70,6 +71,7 @@ class TrainJob:
             tuple(args.extra_layout),
             args.init_from,
             args.tensorboard,
+            args.state_store,
             args.max_epochs_this_run,
         )
 
@@ -107,6 +109,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         metavar="DIR",
         help="TensorBoard run directory for live curves (tensorboard_log); none when omitted",
+    )
+    parser.add_argument(
+        "--state-store",
+        default=None,
+        metavar="URL",
+        help="also keep the resume state and TensorBoard run at this path or fsspec URL, under their own paths, "
+        "and resume from there (a retry on another node without a shared filesystem); none when omitted",
     )
     # Testing aid: stop (as if killed) after N epochs of this invocation, outputs unwritten.
     parser.add_argument("--max-epochs-this-run", type=int, default=None, help=argparse.SUPPRESS)
@@ -154,6 +163,9 @@ def train(job: TrainJob, s: TrainSettings) -> None:
     encoder_weights.ensure_available(v.encoder, v.encoder_weights, f"variants.{v.name}.encoder_weights")
     t = loop.build_trainer(s.train, v, s.seed, job.fold, job.folds, job.cache, list(job.extra_layouts), job.threads)
     staging.sweep(job.state_dir / STATE_FILE, job.out_model, job.out_metrics)  # temporaries of a killed run
+    store = state_store.open_store(job.state_store)
+    if store is not None:
+        store.pull(job.state_dir, job.tensorboard)
     ident = state.identity(
         s.record, job.fold, t.train_ids, t.val_ids, state.extra_identity(list(job.extra_layouts), job.init_from)
     )
@@ -163,7 +175,7 @@ def train(job: TrainJob, s: TrainSettings) -> None:
     try:
         progress = _resume_or_start(t, saved, job, s)
         _log_setup(t, job, s.variant)
-        _run_epochs(t, progress, job, s, ident)
+        _run_epochs(t, progress, job, s, ident, store)
         _write_outputs(job, s.record, t.model, progress)
     finally:
         state_log.detach(handler)
@@ -213,8 +225,16 @@ def _log_setup(t: loop.Trainer, job: TrainJob, variant: Variant) -> None:
     )
 
 
-def _run_epochs(t: loop.Trainer, progress: Progress, job: TrainJob, s: TrainSettings, ident: dict) -> None:
-    """Train epoch after epoch until the last one or early stopping, saving the resume state as `_state_due` says."""
+def _run_epochs(
+    t: loop.Trainer,
+    progress: Progress,
+    job: TrainJob,
+    s: TrainSettings,
+    ident: dict,
+    store: state_store.StateStore | None = None,
+) -> None:
+    """Train epoch after epoch until the last one or early stopping, saving the resume state as `_state_due` says
+    (and sending it to ``store`` once the epoch's log line is written)."""
     epochs, patience = s.variant.epochs, s.train.early_stopping_patience
     board = Board(None if _finished(progress, s) else job.tensorboard, progress.epoch + 1, s.train.tensorboard_images)
     run_epochs, last_write = 0, time.perf_counter()
@@ -226,7 +246,8 @@ def _run_epochs(t: loop.Trainer, progress: Progress, job: TrainJob, s: TrainSett
         t.sched.after_epoch(val_dice)
         row = _record_epoch(t, progress, epoch, lr, stats, val_loss, val_dice, time.perf_counter() - t0)
         board.epoch(epoch, row, t.model, t.val_ds, t.device)
-        if _state_due(s, epoch, time.perf_counter() - last_write) or _finished(progress, s):
+        saved = _state_due(s, epoch, time.perf_counter() - last_write) or _finished(progress, s)
+        if saved:
             state.save_state(
                 {
                     **progress.as_dict(),
@@ -254,6 +275,8 @@ def _run_epochs(t: loop.Trainer, progress: Progress, job: TrainJob, s: TrainSett
         )
         if progress.bad_epochs >= patience:
             log.info("early stopping: no val Dice improvement for %d epochs", patience)
+        if saved and store is not None:
+            store.push(job.state_dir, job.tensorboard)
         run_epochs += 1
         if job.max_epochs_this_run is not None and run_epochs >= job.max_epochs_this_run and not _finished(progress, s):
             raise CarvanaSegError(
