@@ -83,9 +83,10 @@ dry-run: $(STAMP)
 	$(BIN)/snakemake -n --configfile $(CONFIG)
 
 # What $(CONFIG) will cost before its first job: jobs, images, disk, FLOPs and hours on $(GPU) per stage.
+# PROFILE=slurm also checks every job against the cluster's nodes (`sinfo`), as the run does before its first sbatch.
 GPU ?= h100
 plan: $(STAMP)
-	$(BIN)/python -m carvana_seg plan --configfile $(CONFIG) --gpu $(GPU)
+	$(BIN)/python -m carvana_seg plan --configfile $(CONFIG) --gpu $(GPU) $(if $(PROFILE),--profile profiles/$(PROFILE))
 
 # The competition DAG end to end at toy sizes: config/config.yaml itself with config/rehearse.yaml over it (sizes,
 # epochs, the real sample in ../shared/carvana-sample; the synthetic set where that is absent).

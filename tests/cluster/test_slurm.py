@@ -26,6 +26,7 @@ import yaml
 from carvana_seg.pipeline import config as cfgmod
 from carvana_seg.pipeline.resources import rule_threads
 from carvana_seg.pipeline.stages import GPU_RULES, LOCAL_RULES
+from tests.cluster.slurm_cluster import PARTITION
 from tests.cluster.tiny_dag import CONFIG, NAME
 from tests.helpers import ROOT, SNAKEMAKE, job_counts
 
@@ -207,3 +208,87 @@ def test_a_cancelled_and_a_killed_job_are_retried_and_a_rerun_finds_nothing_to_d
     train_log = (work / "results" / NAME / "logs" / "train" / "v_fold0.log").read_text()
     assert "resuming from epoch" in train_log, train_log  # the retry continued from the saved epoch
     assert "Nothing to be done" in rerun, rerun[-2000:]
+
+
+def test_a_job_no_node_can_run_stops_the_run_before_any_sbatch_with_one_line(slurm, tmp_path):
+    """train.num_workers = the node's CPUs: the train rule asks for one CPU more than the only node has. sbatch
+    would accept it and Slurm keep it PENDING (PartitionConfig) for ever; the preflight stops the run first."""
+    config = {**CONFIG, "name": "toobig", "train": {**CONFIG["train"], "num_workers": slurm.cpus}}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
+    start = time.monotonic()
+    res = subprocess.run(
+        _snakemake(tmp_path, timeout=300), check=False, capture_output=True, text=True, cwd=tmp_path, env=_env(tmp_path)
+    )
+    out = res.stdout + res.stderr
+    assert res.returncode not in (0, 124, 137) and time.monotonic() - start < 300, (res.returncode, out[-3000:])
+    want = f"rule train asks for {slurm.cpus + 1} CPUs, 32000 MB, 1 GPU, 720 min on the default partition (ci); "
+    want += f"the largest node there has {slurm.cpus} CPUs, 65536 MB, 1 GPU, no time limit: no node can ever run it"
+    assert want in out, out[-3000:]
+    assert not [j for j in jobs(slurm) if j.get("WorkDir") == str(tmp_path)], "a job was submitted before the check"
+    # `make plan PROFILE=slurm` runs the same check on the config alone
+    plan = subprocess.run(
+        [str(Path(SNAKEMAKE).parent / "python"), "-m", "carvana_seg", "plan", "--configfile", str(tmp_path / "c.yaml")]
+        + ["--profile", str(ROOT / "profiles" / "slurm")],
+        check=False,
+        capture_output=True,
+        text=True,
+        env=_env(tmp_path),
+    )
+    assert plan.returncode == 2 and want in plan.stderr, (plan.returncode, plan.stdout[-2000:], plan.stderr[-2000:])
+    fits = {**CONFIG, "name": "fits"}
+    (tmp_path / "fits.yaml").write_text(yaml.safe_dump(fits))
+    plan = subprocess.run(
+        [
+            str(Path(SNAKEMAKE).parent / "python"),
+            "-m",
+            "carvana_seg",
+            "plan",
+            "--configfile",
+            str(tmp_path / "fits.yaml"),
+        ]
+        + ["--profile", str(ROOT / "profiles" / "slurm")],
+        check=False,
+        capture_output=True,
+        text=True,
+        env=_env(tmp_path),
+    )
+    assert plan.returncode == 0 and "fits a node of its partition" in plan.stdout, plan.stdout[-2000:] + plan.stderr
+
+
+def test_a_job_stuck_pending_after_the_preflight_ends_the_run_within_minutes(slurm, tmp_path):
+    """The partition goes down once the run's first job is queued: every later job stays PENDING (PartitionDown),
+    which Slurm never clears by itself; the watch ends the run with one line naming the job and the reason."""
+    config = {**CONFIG, "name": "stuck"}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
+
+    def down_after_first_job() -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if [j for j in jobs(slurm) if j.get("WorkDir") == str(tmp_path)]:
+                slurm.run("scontrol", "update", f"PartitionName={PARTITION}", "State=DOWN")
+                return
+            time.sleep(0.2)
+
+    admin = threading.Thread(target=down_after_first_job, daemon=True)
+    admin.start()
+    start = time.monotonic()
+    try:
+        res = subprocess.run(
+            _snakemake(tmp_path, timeout=300),
+            check=False,
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+            env=_env(tmp_path),
+        )
+    finally:
+        admin.join(timeout=5)
+        slurm.run("scontrol", "update", f"PartitionName={PARTITION}", "State=UP")
+        for j in jobs(slurm):
+            if j.get("WorkDir") == str(tmp_path) and j.get("JobState") in ("PENDING", "RUNNING"):
+                slurm.run("scancel", j["JobId"])
+    took, out = time.monotonic() - start, res.stdout + res.stderr
+    assert res.returncode not in (0, 124, 137) and took < 300, (res.returncode, took, out[-3000:])
+    stuck = re.search(r"Slurm job (\d+) \(rule (\w+): PartitionDown\) is pending for a reason that does not clear", out)
+    assert stuck, out[-3000:]
+    assert {j["JobId"]: j["JobState"] for j in jobs(slurm)}[stuck[1]] == "CANCELLED"  # the run cancelled it

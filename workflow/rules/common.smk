@@ -6,8 +6,10 @@ import re
 from carvana_seg.pipeline import codedeps
 from carvana_seg.pipeline import config as cs_config
 from carvana_seg.pipeline import launch as cs_launch
+from carvana_seg.pipeline import preflight as cs_preflight
 from carvana_seg.pipeline import resources as cs_resources
 from carvana_seg.pipeline import rounds as cs_rounds
+from carvana_seg.pipeline import slurm_watch as cs_slurm_watch
 from carvana_seg.pipeline import state_location as cs_state
 from snakemake.logging import logger
 
@@ -22,9 +24,18 @@ STATE_STORE, SHARED_IO = cs_state.from_workflow(config["state_store"], workflow.
 STATE_STORE_ARG = cs_state.shell_arg(STATE_STORE)
 
 
+# Before the first job starts (never on a dry-run): the state-store warning, and on Slurm the preflight, which
+# stops the run with one line when a job asks more than any node of its partition has (pipeline.preflight), and
+# the watch, which ends it when a job then stays pending for a reason that cannot clear (pipeline.slurm_watch).
 onstart:
     if cs_state.warning(STATE_STORE, SHARED_IO):
         logger.warning(cs_state.warning(STATE_STORE, SHARED_IO))
+    if workflow.executor_plugin is not None and workflow.executor_plugin.name == "slurm":
+        cs_preflight.check(
+            [cs_preflight.ask_of_job(j) for j in workflow.dag.needrun_jobs() if not j.is_local],
+            cs_preflight.read_sinfo(),
+        )
+        cs_slurm_watch.Watch(os.getcwd(), report=logger.error).start()
 
 
 NAME = config["name"]

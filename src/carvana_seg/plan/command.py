@@ -95,10 +95,36 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--configfile", nargs="+", required=True, help="config files, merged in order (later wins)")
     parser.add_argument("--gpu", default="h100", help=f"throughput-table row ({', '.join(tp.DEVICES)})")
     parser.add_argument("--json", default=None, help="also write the plan as JSON here")
+    parser.add_argument(
+        "--profile",
+        default=None,
+        metavar="DIR",
+        help="a workflow profile (profiles/slurm): with the slurm executor, check every job against `sinfo`",
+    )
+
+
+def slurm_preflight(config: dict, plan: dict, profile_dir: str) -> str:
+    """The Snakefile's Slurm preflight (pipeline.preflight) on the plan's rules, under ``profile_dir``'s resources:
+    one line when every job fits a node, else the ConfigError the run would stop with."""
+    from carvana_seg.pipeline import preflight
+    from carvana_seg.pipeline.stages import LOCAL_RULES
+
+    path = Path(profile_dir) / "profile.yaml"
+    if not path.is_file():
+        raise ConfigError(f"--profile {profile_dir}: no profile.yaml there")
+    profile = yaml.safe_load(path.read_text()) or {}
+    if profile.get("executor") != "slurm":
+        return f"profile {profile_dir}: executor {profile.get('executor', 'local')}, no Slurm preflight"
+    rules = [r for r in plan["jobs"] if r not in LOCAL_RULES and r != "all"]  # all: a target, run locally
+    preflight.check(preflight.asks_from_profile(config, profile, rules), preflight.read_sinfo())
+    return f"Slurm preflight ({profile_dir}): every job of {len(rules)} rules fits a node of its partition"
 
 
 def run(args: argparse.Namespace, cfg: dict) -> None:  # noqa: ARG001 (the plan reads whole config files)
-    plan = make_plan(load_configs(args.configfile), args.gpu)
+    config = load_configs(args.configfile)
+    plan = make_plan(config, args.gpu)
     print(format_plan(plan))
+    if args.profile:
+        print(slurm_preflight(config, plan, args.profile))
     if args.json:
         staging.write_text(Path(args.json), json.dumps(plan, indent=2) + "\n")
