@@ -21,9 +21,11 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from carvana_seg.pipeline import config as cfgmod
+from carvana_seg.pipeline import rounds
 from carvana_seg.pipeline.resources import rule_threads
 from carvana_seg.pipeline.stages import GPU_RULES, LOCAL_RULES
 from tests.cluster.slurm_cluster import PARTITION
@@ -208,6 +210,26 @@ def test_a_cancelled_and_a_killed_job_are_retried_and_a_rerun_finds_nothing_to_d
     train_log = (work / "results" / NAME / "logs" / "train" / "v_fold0.log").read_text()
     assert "resuming from epoch" in train_log, train_log  # the retry continued from the saved epoch
     assert "Nothing to be done" in rerun, rerun[-2000:]
+
+
+def test_the_cancelled_train_job_ended_with_the_model_of_an_unkilled_run(cluster_run, tmp_path):
+    """The same train job (round one, fold 0), run again uninterrupted on the run's own folds and cache with the
+    same threads, writes a best.pt equal tensor for tensor to the one the cancelled and resumed Slurm job wrote."""
+    work, *_ = cluster_run
+    config = cfgmod.resolve(CONFIG)
+    res = work / "results" / NAME
+    cmd = [str(Path(SNAKEMAKE).parent / "python"), "-m", "carvana_seg", "train"]
+    cmd += ["--cfg", cfgmod.to_json(rounds.train_slice(config, "v", 1)), "--variant", "v", "--fold", "0"]
+    cmd += ["--folds", str(res / "folds.csv"), "--cache", str(work / "data" / NAME / "cache" / "64x64")]
+    cmd += ["--out-model", str(tmp_path / "best.pt"), "--out-metrics", str(tmp_path / "metrics.csv")]
+    cmd += ["--state-dir", str(tmp_path / "state"), "--threads", str(rule_threads(config)["train"])]
+    run = subprocess.run(cmd, check=False, capture_output=True, text=True, env=_env(work), timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    a = torch.load(res / "models" / "v" / "fold0" / "best.pt", weights_only=True)
+    b = torch.load(tmp_path / "best.pt", weights_only=True)
+    assert a["epoch"] == b["epoch"] and a["val_dice"] == b["val_dice"]
+    for k in b["state_dict"]:
+        assert torch.equal(a["state_dict"][k], b["state_dict"][k]), k
 
 
 def test_a_job_no_node_can_run_stops_the_run_before_any_sbatch_with_one_line(slurm, tmp_path):
