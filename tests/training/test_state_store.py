@@ -92,7 +92,9 @@ def test_where_the_state_goes_in_each_mode(configured, provider, prefix, usage, 
     got, shared = state_location.from_workflow(configured, settings)
     assert got == store
     assert (state_location.warning(got, shared) is not None) == warns
-    assert state_location.shell_arg(got) == (f"--state-store {store}" if store else "")
+    env = {state_location.ENV_VAR: "stale"}
+    state_location.export(got, env)
+    assert env.get(state_location.ENV_VAR) == store
 
 
 def test_the_cache_identity_is_its_content_not_its_mtime(tmp_path):

@@ -19,9 +19,10 @@ config.update(cs_config.resolve(config))  # same schema, plus cross-key checks a
 cs_launch.prepare_job_environment(workflow.basedir)
 
 # Where training's resume state also goes, so that a retry on another node resumes (pipeline.state_location): the
-# state_store key, or without a shared filesystem the default storage prefix. Not a param: moving it reruns nothing.
+# state_store key, or without a shared filesystem the default storage prefix. Handed to train jobs in the
+# environment (every job's own Snakemake parses this file), not as a param: moving it reruns nothing.
 STATE_STORE, SHARED_IO = cs_state.from_workflow(config["state_store"], workflow.storage_settings)
-STATE_STORE_ARG = cs_state.shell_arg(STATE_STORE)
+cs_state.export(STATE_STORE)
 
 
 # Before the first job starts (never on a dry-run): the state-store warning, and on Slurm the preflight, which

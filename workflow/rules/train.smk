@@ -2,7 +2,8 @@
 # The resume state lives in {RES}/state/<variant>/fold<k>: deliberately not an output, so Snakemake keeps it
 # when a job fails or is killed, and the rerun continues from the last finished epoch. It and the live TensorBoard
 # curves are the only files a rule writes that are not outputs, and no rule reads them. Without a shared
-# filesystem both also go to the state store (STATE_STORE, common.smk: the storage prefix or state_store), where a
+# filesystem both also go to the state store (STATE_STORE, common.smk: the storage prefix or state_store; the job reads it from
+# $CARVANA_SEG_STATE_STORE), where a
 # retried job on another node finds them (training/state_store.py).
 # {rdir} is a round's results directory: RES for round one, RES/round<r> for pseudo-label round r (pseudo.smk),
 # which adds that round's pseudo-label layout to training (--extra-layout) and may start from an earlier model.
@@ -37,8 +38,7 @@ rule train:
     shell:
         "python -m carvana_seg train --cfg {params.cfg:q} --variant {wildcards.variant} --fold {wildcards.fold}"
         " --folds {input.folds} --cache $(dirname {input.images}) --out-model {output.model} --out-metrics {output.metrics}"
-        " --state-dir {params.state} --tensorboard {params.tb} {params.extra} {STATE_STORE_ARG} --threads {threads}"
-        " > {log} 2>&1"
+        " --state-dir {params.state} --tensorboard {params.tb} {params.extra} --threads {threads} > {log} 2>&1"
 
 
 rule oof:

@@ -9,12 +9,16 @@
 - No shared filesystem and no storage prefix nor ``state_store``: the state stays on each node, and the run says so
   once at its start (``warning``), never silently.
 
-The store is given to the train command outside its params, so choosing or moving it never reruns a job.
+The store reaches the train command in the environment (``ENV_VAR``, set where the Snakefile is parsed, which every
+job's own Snakemake does too), outside its params, so choosing or moving it never reruns a job.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Collection
+
+ENV_VAR = "CARVANA_SEG_STATE_STORE"  # train's --state-store default (training/train.py)
 
 NO_STORE_WARNING = (
     "without a shared filesystem, training's resume state stays on the node that ran each train job: a retried "
@@ -48,8 +52,10 @@ def from_workflow(configured: str | None, storage_settings: object) -> tuple[str
     return resolve(configured, prefix if provider else None, shared_io), shared_io
 
 
-def shell_arg(store: str | None) -> str:
-    """The train command's ``--state-store`` argument (shell-quoted), or nothing."""
-    import shlex
-
-    return f"--state-store {shlex.quote(store)}" if store else ""
+def export(store: str | None, environ: dict | None = None) -> None:
+    """Set (or clear) ``ENV_VAR`` for the jobs this process starts."""
+    env = os.environ if environ is None else environ
+    if store:
+        env[ENV_VAR] = store
+    else:
+        env.pop(ENV_VAR, None)

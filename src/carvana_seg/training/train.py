@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -112,10 +113,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--state-store",
-        default=None,
+        default=os.environ.get("CARVANA_SEG_STATE_STORE") or None,
         metavar="URL",
         help="also keep the resume state and TensorBoard run at this path or fsspec URL, under their own paths, "
-        "and resume from there (a retry on another node without a shared filesystem); none when omitted",
+        "and resume from there (a retry on another node without a shared filesystem); default "
+        "$CARVANA_SEG_STATE_STORE (the workflow sets it: pipeline/state_location.py), else none",
     )
     # Testing aid: stop (as if killed) after N epochs of this invocation, outputs unwritten.
     parser.add_argument("--max-epochs-this-run", type=int, default=None, help=argparse.SUPPRESS)
