@@ -25,7 +25,7 @@ import torch
 
 from carvana_seg.models import encoder_weights
 from carvana_seg.models import model as modelmod
-from carvana_seg.pipeline import staging
+from carvana_seg.pipeline import staging, state_location
 from carvana_seg.pipeline.errors import CarvanaSegError, DataError
 from carvana_seg.settings.build import build
 from carvana_seg.settings.train import Train
@@ -113,7 +113,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--state-store",
-        default=os.environ.get("CARVANA_SEG_STATE_STORE") or None,
+        default=os.environ.get(state_location.ENV_VAR) or None,
         metavar="URL",
         help="also keep the resume state and TensorBoard run at this path or fsspec URL, under their own paths, "
         "and resume from there (a retry on another node without a shared filesystem); default "
