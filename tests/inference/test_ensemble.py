@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import json
 import multiprocessing
+import shutil
 import threading
 import tracemalloc
 from pathlib import Path
@@ -52,7 +53,9 @@ def setup(tmp_path_factory) -> tuple[Path, Path, list[Path]]:
     return root, raw, make_models(root)
 
 
-def run_stage(root: Path, raw: Path, models: list[Path], cfg: dict, out: str = "probs", rc: int = 0) -> dict:
+def run_stage(
+    root: Path, raw: Path, models: list[Path], cfg: dict, out: str = "probs", rc: int = 0, extra: tuple = ()
+) -> dict:
     manifest = root / f"{out}.json"
     argv = [
         "ensemble",
@@ -70,6 +73,7 @@ def run_stage(root: Path, raw: Path, models: list[Path], cfg: dict, out: str = "
         "cpu",
         "--threads",
         "2",
+        *extra,
     ]
     assert cli.main(argv) == rc
     return json.loads(manifest.read_text()) if rc == 0 else {}
@@ -161,6 +165,48 @@ def test_resume_after_kill_and_stale_shards(setup, monkeypatch):
     assert manifest["n_computed"] == 16  # different model files: every stale shard discarded
     after = read_shards(root, "resume")
     assert any((before[k] != after[k]).any() for k in before)
+
+
+@pytest.mark.slow
+def test_a_retry_on_another_node_resumes_from_the_state_store(setup, monkeypatch, caplog):
+    """Issue 31: without a shared filesystem the shard directory stays on the killed job's node. With a state store
+    the retry (here: the same paths, the local directory deleted) pulls the finished shards and computes only the
+    rest; a store holding another run hash's shards is emptied, never taken for finished shards."""
+    root, raw, models = setup
+    store, shard_dir = root / "store", root / "node"
+    remote = store / shard_dir.as_posix().lstrip("/")  # keys mirror the working-directory path
+    extra = ("--state-store", str(store))
+    real, calls = runtime.predict_probs, {"n": 0, "fail_at": 3}
+
+    def counting(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == calls["fail_at"]:
+            raise KeyboardInterrupt  # the node goes while shard 1 is computed
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(runtime, "predict_probs", counting)
+    run_stage(root, raw, models, stage_cfg(), out="node", rc=130, extra=extra)
+    assert sorted(p.name for p in remote.iterdir()) == ["shard_00000.npz", "shards_meta.json", "variants_00000.npz"]
+    shutil.rmtree(shard_dir)  # the retry runs elsewhere: nothing local survives
+    calls.update(n=0, fail_at=-1)
+    with caplog.at_level("INFO"):
+        manifest = run_stage(root, raw, models, stage_cfg(), out="node", extra=extra)
+    assert "pulled 2 shard file(s) from the state store" in caplog.text
+    assert manifest["n_computed"] == 11 and manifest["n_reused"] == 5 and calls["n"] == 2 * 3
+    plain = run_stage(root, raw, models, stage_cfg(), out="plain")  # no store, never killed
+    assert plain["n_computed"] == 16
+    ours, theirs = read_shards(root, "node"), read_shards(root, "plain")
+    assert list(ours) == list(theirs) and all((ours[k] == theirs[k]).all() for k in ours)
+    assert sorted(p.name for p in remote.glob("shard_*.npz")) == [f"shard_0000{k}.npz" for k in range(4)]
+
+    new_models = make_models(root / "retrained_store", seed=1)  # another run hash, the same store and paths
+    shutil.rmtree(shard_dir)
+    with caplog.at_level("INFO"):
+        assert run_stage(root, raw, new_models, stage_cfg(), out="node", extra=extra)["n_computed"] == 16
+    assert "discarded 8 shard file(s) of hash" in caplog.text
+    assert json.loads((remote / "shards_meta.json").read_text())["hash"] != manifest["hash"]
+    for k in range(4):  # the store now holds the new run's shards, byte for byte
+        assert (remote / f"shard_0000{k}.npz").read_bytes() == (shard_dir / f"shard_0000{k}.npz").read_bytes()
 
 
 @pytest.mark.parametrize("finish_threads", [None, "0"], ids=["phased", "overlapped"])

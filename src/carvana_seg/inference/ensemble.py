@@ -17,24 +17,24 @@ for the outlier checks; it is written before its shard, and a shard counts as do
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import logging
 import os
 import time
-import zipfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from carvana_seg.core import layout
-from carvana_seg.inference import refine, variant_masks
+from carvana_seg.inference import refine, shard_store, variant_masks
+from carvana_seg.inference.shard_store import META, prepare_dir, shard_complete, shard_name
 from carvana_seg.inference.stream import iter_probs, phased
 from carvana_seg.models import runtime
-from carvana_seg.pipeline import staging
+from carvana_seg.pipeline import staging, state_location
 from carvana_seg.pipeline.config import config_hash, to_json
 from carvana_seg.pipeline.errors import ConfigError, DataError
 from carvana_seg.pipeline.resources import torch_threads
@@ -42,14 +42,9 @@ from carvana_seg.settings.build import build
 from carvana_seg.settings.folds import Folds
 from carvana_seg.settings.predict import Predict
 from carvana_seg.settings.variants import Variant
+from carvana_seg.training import state_store
 
 log = logging.getLogger(__name__)
-META = "shards_meta.json"
-
-
-def shard_name(k: int) -> str:
-    """File name of shard ``k``."""
-    return f"shard_{k:05d}.npz"
 
 
 @dataclass
@@ -129,33 +124,17 @@ def _file_sha(path: Path) -> str:
         return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
-def shard_complete(path: Path, ids: list[str]) -> bool:
-    """Whether ``path`` is a finished shard holding exactly ``ids`` (reads only the zip directory)."""
-    try:
-        with np.load(path) as npz:
-            return sorted(npz.files) == sorted(ids)
-    except (OSError, ValueError, zipfile.BadZipFile):
-        return False
-
-
-def prepare_dir(out_dir: Path, digest: str) -> None:
-    """Create ``out_dir``; discard temporaries, and every shard when ``shards_meta.json`` has another hash."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for tmp in out_dir.glob("*.tmp*"):
-        tmp.unlink()
-    meta = out_dir / META
-    old = json.loads(meta.read_text()).get("hash") if meta.is_file() else None
-    if old != digest:
-        for p in sorted(out_dir.glob("shard_*.npz")) + sorted(out_dir.glob("variants_*.npz")):
-            log.info("discarding stale %s (hash %s, now %s)", p, old, digest)
-            p.unlink()
-        meta.write_text(json.dumps({"hash": digest}) + "\n")
-
-
 def write_shards(
-    variants: list[LoadedVariant], raw: Path, ids: list[str], out_dir: Path, pcfg: Predict, device: torch.device
+    variants: list[LoadedVariant],
+    raw: Path,
+    ids: list[str],
+    out_dir: Path,
+    pcfg: Predict,
+    device: torch.device,
+    on_shard: Callable[[int], None] | None = None,
 ) -> dict:
-    """Compute every missing shard in order; return per-shard records and how many images were computed."""
+    """Compute every missing shard in order; return per-shard records and how many images were computed.
+    ``on_shard(k)`` runs after shard ``k`` is complete (the state store's upload)."""
     size = pcfg.shard_size
     plan = [(k, ids[s : s + size]) for k, s in enumerate(range(0, len(ids), size))]
     todo = [
@@ -189,6 +168,8 @@ def write_shards(
                 raise
             for w in writers:  # variant masks first: the shard's rename marks the pair complete
                 w.close()
+            if on_shard is not None:
+                on_shard(k)
             done += len(chunk)
             log.info(
                 "%s: %d images (%.2f images/s so far)",
@@ -224,6 +205,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="the job's CPU threads: torch gets what the decode workers (predict.workers) leave",
     )
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument(
+        "--state-store",
+        default=os.environ.get(state_location.ENV_VAR) or None,
+        help="path or fsspec URL where finished shards also go, so that a retry on another node resumes "
+        "(inference/shard_store.py); default: $CARVANA_SEG_STATE_STORE, set by the workflow, else none",
+    )
 
 
 def run(args: argparse.Namespace, cfg: dict) -> None:
@@ -249,8 +236,16 @@ def run(args: argparse.Namespace, cfg: dict) -> None:
         )
     variants = load_variants(paths := [Path(p) for p in args.models], config_variants, predict.compile, device)
     work = Path(args.resume_dir) if args.resume_dir else out_dir
-    prepare_dir(work, digest := run_hash(paths, predict, config_variants, folds, ids))
-    result = write_shards(variants, raw, ids, work, predict, device)
+    digest = run_hash(paths, predict, config_variants, folds, ids)
+    store = state_store.open_store(args.state_store)
+    if store is not None:
+        shard_store.pull(store, work, digest)
+    prepare_dir(work, digest)
+    push = None
+    if store is not None:
+        shard_store.push(store, work, [META])
+        push = functools.partial(shard_store.push_shard, store, work)
+    result = write_shards(variants, raw, ids, work, predict, device, on_shard=push)
     if work != out_dir:
         staging.replace_dir(work, out_dir)
     seconds = time.perf_counter() - t0
