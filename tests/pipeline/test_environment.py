@@ -103,7 +103,7 @@ def test_each_rule_uses_the_environment_its_stage_needs(repo_root):
     assert seen >= 15
 
 
-DEV_TOOLS = {"pytest", "pytest-xdist", "hypothesis", "playwright", "ruff", "snakefmt"}
+DEV_TOOLS = {"pytest", "pytest-xdist", "hypothesis", "playwright", "removebg", "ruff", "snakefmt"}
 
 
 def test_test_and_style_tools_are_pinned_apart_from_the_runtime(repo_root):

@@ -119,3 +119,27 @@ def multipart(fields: dict[str, str], files: dict[str, tuple[str, bytes]]) -> tu
             + b"\r\n"
         )
     return b"".join(parts) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+# every bad input of the cut-out API: (files, fields, status, words of the message) for a server started with
+# --max-upload-mb 1 --max-megapixels 4; the drop-in endpoints (test_dropin.py) get each of them too
+BAD_INPUTS = {
+    "not an image": ({"image_file": ("x.jpg", b"hello, not a photo")}, {}, 415, "image_file: not an image"),
+    "zero bytes": ({"image_file": ("x.jpg", b"")}, {}, 400, "image_file: empty"),
+    "truncated": ({"image_file": ("x.jpg", jpeg()[:3000])}, {}, 400, "image_file: truncated JPEG"),
+    "png with alpha": ({"image_file": ("x.png", png(np.zeros((64, 64, 4), np.uint8)))}, {}, 422, "alpha channel"),
+    "1x1": ({"image_file": ("x.png", png(np.zeros((1, 1, 3), np.uint8)))}, {}, 422, "1x1 pixels"),
+    "huge": ({"image_file": ("x.png", png(np.zeros((3000, 3000), np.uint8)))}, {}, 413, "9.0 megapixels"),
+    "upload limit": ({"image_file": ("x.jpg", b"\xff\xd8" + bytes(1_200_000))}, {}, 413, "upload limit"),
+    "missing": ({}, {"format": "png"}, 422, "image_file: missing"),
+    "bad format": (None, {"format": "gif"}, 422, "format: must be one of"),
+    "bad colour": (None, {"bg_color": "not-a-colour"}, 422, "bg_color"),
+    "bad margin": (None, {"crop": "true", "crop_margin": "lots"}, 422, "crop_margin"),
+    "bad base64": ({}, {"image_file_b64": "%%%"}, 400, "image_file_b64: not valid base64"),
+    "bad background": (
+        {"image_file": ("x.jpg", jpeg()), "bg_image_file": ("b.jpg", b"nope")},
+        {},
+        415,
+        "bg_image_file: not an image",
+    ),
+}

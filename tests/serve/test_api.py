@@ -18,7 +18,7 @@ import requests
 from PIL import Image
 
 from carvana_seg.serve.compose import cover
-from tests.serve.helpers import jpeg, png, tiny_run
+from tests.serve.helpers import BAD_INPUTS, jpeg, png, tiny_run
 
 pytestmark = pytest.mark.server
 
@@ -99,28 +99,6 @@ def test_background_colour_and_picture(url):
     files = {"image_file": ("car.jpg", jpeg()), "bg_image_file": ("bg.png", png(bg))}
     got = np.asarray(Image.open(io.BytesIO(cut(url, files=files).content)))
     assert np.array_equal(got, cover(bg, (160, 240)))
-
-
-BAD_INPUTS = {
-    "not an image": ({"image_file": ("x.jpg", b"hello, not a photo")}, {}, 415, "image_file: not an image"),
-    "zero bytes": ({"image_file": ("x.jpg", b"")}, {}, 400, "image_file: empty"),
-    "truncated": ({"image_file": ("x.jpg", jpeg()[:3000])}, {}, 400, "image_file: truncated JPEG"),
-    "png with alpha": ({"image_file": ("x.png", png(np.zeros((64, 64, 4), np.uint8)))}, {}, 422, "alpha channel"),
-    "1x1": ({"image_file": ("x.png", png(np.zeros((1, 1, 3), np.uint8)))}, {}, 422, "1x1 pixels"),
-    "huge": ({"image_file": ("x.png", png(np.zeros((3000, 3000), np.uint8)))}, {}, 413, "9.0 megapixels"),
-    "upload limit": ({"image_file": ("x.jpg", b"\xff\xd8" + bytes(1_200_000))}, {}, 413, "upload limit"),
-    "missing": ({}, {"format": "png"}, 422, "image_file: missing"),
-    "bad format": (None, {"format": "gif"}, 422, "format: must be one of"),
-    "bad colour": (None, {"bg_color": "not-a-colour"}, 422, "bg_color"),
-    "bad margin": (None, {"crop": "true", "crop_margin": "lots"}, 422, "crop_margin"),
-    "bad base64": ({}, {"image_file_b64": "%%%"}, 400, "image_file_b64: not valid base64"),
-    "bad background": (
-        {"image_file": ("x.jpg", jpeg()), "bg_image_file": ("b.jpg", b"nope")},
-        {},
-        415,
-        "bg_image_file: not an image",
-    ),
-}
 
 
 @pytest.mark.parametrize("case", list(BAD_INPUTS))

@@ -2,6 +2,8 @@
 # (with the outlier fixes) -> score | submit.
 # The ensemble writes its shards into test_probs.resume/ (not an output: a failed or killed job keeps its finished
 # shards there and the rerun resumes at the first missing one) and renames it to the test_probs/ output at the end.
+# Its path is the plain {rdir} one, never a storage provider's local copy, so that its keys in the state store
+# (inference/shard_store.py) are the same on every node.
 # {rdir}: a round's results (RES, or RES/round<r> with pseudo-labelling, see pseudo.smk); {sfx}: '' for the last
 # round's submission.csv.gz / test_score.json, _round<r> for an earlier round's.
 
@@ -51,7 +53,7 @@ rule ensemble:
         cfg=cfg("ensemble"),
     shell:
         "python -m carvana_seg ensemble --cfg {params.cfg:q} --models {input.models} --raw {input.raw}"
-        " --out-dir {output.shards} --resume-dir {output.shards}.resume --manifest {output.manifest}"
+        " --out-dir {output.shards} --resume-dir {wildcards.rdir}/test_probs.resume --manifest {output.manifest}"
         " --threads {threads} > {log} 2>&1"
 
 

@@ -11,25 +11,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
-from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from carvana_seg.core.images import decode_image
-from carvana_seg.core.masks import binarize
-from carvana_seg.pipeline.errors import DataError
-from carvana_seg.serve import compose
-from carvana_seg.serve.inputs import InputError, as_input_error, from_b64, probe
-from carvana_seg.serve.limits import Busy, Gate
+from carvana_seg.serve import compose, dropin
+from carvana_seg.serve.core import Core
+from carvana_seg.serve.inputs import InputError
+from carvana_seg.serve.limits import Gate
 from carvana_seg.serve.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -73,8 +68,7 @@ def create_app(settings: Settings) -> FastAPI:
     """The app of one results directory (see the module docstring)."""
     state: dict = {"service": None, "error": None, "gate": None}
     metrics = Metrics()
-    max_bytes = int(settings.max_upload_mb * 1e6)
-    max_pixels = int(settings.max_megapixels * 1e6)
+    core = Core(settings.api_key, int(settings.max_upload_mb * 1e6), int(settings.max_megapixels * 1e6), state)
 
     def load() -> None:
         from carvana_seg.inference.service import Service
@@ -133,29 +127,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.exception_handler(InputError)
     async def input_error(_request: Request, exc: InputError) -> JSONResponse:
-        return _error(exc.status, exc.code, str(exc))
-
-    def authorised(request: Request) -> JSONResponse | None:
-        if not settings.api_key:
-            return None
-        given = request.headers.get("x-api-key", "")
-        if hmac.compare_digest(given.encode(), settings.api_key.encode()):
-            return None
-        return _error(
-            401 if not given else 403,
-            "unauthorised",
-            "X-Api-Key header missing" if not given else "X-Api-Key does not match",
-        )
-
-    def service_or_error():
-        if state["service"] is None:
-            return None, _error(
-                503,
-                "loading" if state["error"] is None else "failed",
-                state["error"] or "the models are still loading; retry shortly",
-                {"Retry-After": "2"},
-            )
-        return state["service"], None
+        return _error(exc.status, exc.code, str(exc), exc.headers)
 
     @app.get("/", include_in_schema=False)
     async def page() -> FileResponse:
@@ -176,10 +148,8 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.get("/v1/model", summary="the served ensemble: variants, folds, threshold, OOF Dice, device")
     async def model(request: Request) -> JSONResponse:
-        if (denied := authorised(request)) is not None:
-            return denied
-        service, err = service_or_error()
-        return err or JSONResponse(service.describe())
+        core.authorise(request)
+        return JSONResponse(core.service().describe())
 
     @app.post(
         "/v1/cutout",
@@ -192,31 +162,12 @@ def create_app(settings: Settings) -> FastAPI:
         },
     )
     async def cutout(request: Request) -> Response:
-        if (denied := authorised(request)) is not None:
-            return denied
-        length = request.headers.get("content-length")
-        if length and length.isdigit() and int(length) > 2 * max_bytes + 65536:
-            return _error(
-                413,
-                "too_large",
-                f"request of {int(length) / 1e6:.1f} MB, above the upload limit of "
-                f"{settings.max_upload_mb:g} MB per file (--max-upload-mb)",
-            )
-        service, err = service_or_error()
-        if err is not None:
-            return err
+        core.authorise(request)
+        core.service()  # 503 while loading, before the upload is read
+        form = await core.form(request, max_fields=len(CUTOUT_FIELDS))
         try:
-            form = await request.form(
-                max_files=2, max_fields=len(CUTOUT_FIELDS), max_part_size=4 * max_bytes // 3 + 4096
-            )
-        except StarletteHTTPException as exc:  # the multipart parser's refusals
-            too_big = "maximum size" in str(exc.detail).lower()
-            raise InputError(
-                413 if too_big else 400, "too_large" if too_big else "bad_form", f"request body: {exc.detail}"
-            ) from exc
-        try:
-            photo = await _field_bytes(form, "image_file", max_bytes, required=True)
-            background = await _field_bytes(form, "bg_image_file", max_bytes)
+            photo = await core.photo(form, "image_file", required=True)
+            background = await core.photo(form, "bg_image_file")
             unknown = sorted(set(form.keys()) - set(CUTOUT_FIELDS))
             if unknown:
                 raise InputError(
@@ -235,87 +186,9 @@ def create_app(settings: Settings) -> FastAPI:
             raise InputError(422, "bad_option", str(exc)) from exc
         finally:
             await form.close()
-        gate: Gate = state["gate"]
-        t_in = time.perf_counter()
-        try:
-            async with gate.slot():
-                t_start = time.perf_counter()
-                body, (w, h), timing = await gate.run(_cut, service, photo, background, opts, max_pixels)
-        except Busy as exc:
-            return _error(
-                503,
-                "busy",
-                f"{gate.running} inferences running and {gate.waiting} queued (--concurrency "
-                f"{gate.concurrency}, queue {gate.queue}); retry after {exc.retry_after} s",
-                {"Retry-After": str(exc.retry_after)},
-            )
-        info = service.info
-        timing = {"queue": t_start - t_in, **timing}
-        headers = {
-            "X-Width": str(w),
-            "X-Height": str(h),
-            "X-Threshold": f"{info.threshold:.6f}",
-            "X-Run": info.name,
-            "X-Config-Hash": info.config_hash or "",
-            "Server-Timing": ", ".join(f"{k};dur={v * 1000:.1f}" for k, v in timing.items()),
-            "Content-Disposition": f'inline; filename="cutout.{opts.format}"',
-        }
-        return Response(body, media_type=compose.MEDIA_TYPES[opts.format], headers=headers)
+        out = await core.cut(photo, background, opts)
+        headers = {**out.headers, "Content-Disposition": f'inline; filename="cutout.{opts.format}"'}
+        return Response(out.body, media_type=out.media_type, headers=headers)
 
+    dropin.add_routes(app, core)
     return app
-
-
-async def _field_bytes(form, name: str, max_bytes: int, required: bool = False) -> bytes | None:
-    """A photo field's bytes: the file upload ``name`` or its ``<name>_b64`` text; 413 above ``max_bytes``."""
-    value, b64 = form.get(name), form.get(f"{name}_b64")
-    if isinstance(value, UploadFile):
-        data = await value.read(max_bytes + 1)
-        if len(data) > max_bytes:
-            raise InputError(
-                413, "too_large", f"{name}: more than the upload limit of {max_bytes / 1e6:g} MB (--max-upload-mb)"
-            )
-        return data
-    if isinstance(value, str) and value:
-        raise InputError(
-            422,
-            "not_a_file",
-            f"{name}: must be a file upload (multipart), got a text field; send base64 text as {name}_b64",
-        )
-    if isinstance(b64, str) and b64:
-        return from_b64(f"{name}_b64", b64, max_bytes)
-    if required:
-        raise InputError(
-            422, "missing", f"{name}: missing; send the photo as multipart field {name} (or base64 as {name}_b64)"
-        )
-    return None
-
-
-def _cut(
-    service, photo: bytes, background: bytes | None, opts: compose.Options, max_pixels: int
-) -> tuple[bytes, tuple[int, int], dict[str, float]]:
-    """Check, predict, composite and encode one photo (runs on the inference pool)."""
-    t0 = time.perf_counter()
-    probe("image_file", photo, max_pixels)
-    bg = None
-    if background is not None:
-        probe("bg_image_file", background, max_pixels, allow_alpha=True)
-        try:
-            bg = decode_image(background, 1, "bg_image_file")
-        except DataError as exc:
-            raise as_input_error("bg_image_file", exc) from exc
-    try:
-        rgb, u8 = service.prob(photo, "image_file")
-    except InputError:
-        raise
-    except DataError as exc:
-        raise as_input_error("image_file", exc) from exc
-    except (cv2.error, ValueError) as exc:  # a header that passed but pixels OpenCV cannot use: still the input's
-        first = (str(exc).strip().splitlines() or [""])[-1][:160]
-        raise InputError(
-            422, "unprocessable", f"image_file: cannot be processed ({type(exc).__name__}: {first})"
-        ) from exc
-    t1 = time.perf_counter()
-    mask = binarize(u8, service.info.threshold)
-    extra = {"threshold": service.info.threshold, "run": service.info.name}
-    body, wh = compose.encode(rgb, mask, opts, bg, extra)
-    return body, wh, {"infer": t1 - t0, "encode": time.perf_counter() - t1}

@@ -3,7 +3,7 @@
 Pure numpy/OpenCV, shared by the HTTP API (``serve.app``) and the batch tool (``predict``), so a folder cut in batch
 and a photo sent to the server give the same bytes for the same options. Options follow the remove.bg API:
 ``format`` png | jpg | zip (the colour JPEG plus the alpha PNG) | json (the RLE), ``channels`` rgba | alpha,
-``bg_color``, a background picture scaled to cover, ``crop`` with ``crop_margin``, ``size`` full | preview.
+``bg_color``, a background picture scaled to cover, ``crop`` with ``crop_margin``, ``size`` (``SIZES``).
 """
 
 from __future__ import annotations
@@ -22,8 +22,19 @@ from carvana_seg.pipeline.errors import DataError
 
 FORMATS = ("png", "jpg", "zip", "json")
 CHANNELS = ("rgba", "alpha")
-SIZES = ("full", "preview")
-PREVIEW_PIXELS = 250_000  # size=preview: at most 0.25 megapixels, as remove.bg's preview
+# size: the most pixels of the answer, remove.bg's names (None: the photo's own size; preview/small/regular 0.25 MP,
+# medium 1.5 MP, hd 4 MP; auto, full and 4k: as large as the photo, which is what remove.bg's full resolution is)
+SIZES = {
+    "full": None,
+    "auto": None,
+    "4k": None,
+    "preview": 250_000,
+    "small": 250_000,
+    "regular": 250_000,
+    "medium": 1_500_000,
+    "hd": 4_000_000,
+}
+PREVIEW_PIXELS = SIZES["preview"]
 MEDIA_TYPES = {"png": "image/png", "jpg": "image/jpeg", "zip": "application/zip", "json": "application/json"}
 COLOR_NAMES = {
     "white": "ffffff",
@@ -143,8 +154,9 @@ def render(
         if box is not None:
             x0, y0, x1, y1 = box
             image, alpha = image[y0:y1, x0:x1], alpha[y0:y1, x0:x1]
-    if opts.size == "preview" and alpha.size > PREVIEW_PIXELS:
-        s = (PREVIEW_PIXELS / alpha.size) ** 0.5
+    cap = SIZES[opts.size]
+    if cap is not None and alpha.size > cap:
+        s = (cap / alpha.size) ** 0.5
         wh = (max(1, int(alpha.shape[1] * s)), max(1, int(alpha.shape[0] * s)))
         image = cv2.resize(image, wh, interpolation=cv2.INTER_AREA)
         alpha = cv2.resize(alpha, wh, interpolation=cv2.INTER_AREA)

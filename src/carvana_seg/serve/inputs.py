@@ -20,11 +20,12 @@ ALPHA_MODES = {"RGBA", "LA", "PA", "La", "RGBa"}
 
 
 class InputError(DataError):
-    """A request input the server refuses, with its HTTP status (400, 413, 415, 422)."""
+    """A request the server refuses, with its HTTP status (400, 413, 415, 422 for an input; 401, 403 for the key;
+    503 while loading or busy, with ``Retry-After`` in ``headers``). Each endpoint renders it in its own format."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
-        self.status, self.code = status, code
+        self.status, self.code, self.headers = status, code, headers
 
 
 @dataclass(frozen=True)
