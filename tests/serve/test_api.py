@@ -58,6 +58,8 @@ def test_health_model_docs_and_page(url):
     model = requests.get(url + "/v1/model", timeout=10).json()
     assert model["threshold"] == 1.0 and model["oof_dice"] == 0.5 and model["device"] == "cpu"
     assert model["variants"] == [{"name": "a", "width": 64, "height": 32, "weight": 1.0, "folds": ["fold0"]}]
+    assert model["trained_on"]["source"] == "unknown" and model["trained_on"]["notice"] is None  # no data/ beside it
+    assert model["trained_on"]["network_sizes"] == ["64x32"]
     assert requests.get(url + "/docs", timeout=10).status_code == 200
     spec = requests.get(url + "/openapi.json", timeout=10).json()
     assert "image_file" in json.dumps(spec["paths"]["/v1/cutout"])

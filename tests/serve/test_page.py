@@ -82,6 +82,34 @@ def test_page_cuts_a_dropped_synthetic_photo(browser, demo_run, start_server, tm
     assert dice(alpha, truth) >= 0.95
 
 
+def test_the_page_says_the_models_saw_only_synthetic_cars_and_docs_load_offline(browser, demo_run, start_server):
+    """The demo run's page shows the synthetic-data notice and its provenance in the header; ``/docs`` (Swagger UI
+    from the package, fastapi-offline) renders the API with every request outside the server blocked and none made."""
+    url = start_server("--models", str(demo_run), "--device", "cpu", "--backend", "torch")
+    page = browser.new_page()
+    outside: list[str] = []
+
+    def only_loopback(route) -> None:
+        if route.request.url.startswith(url):
+            route.continue_()
+        else:
+            outside.append(route.request.url)
+            route.abort()
+
+    page.route("**/*", only_loopback)
+    page.goto(url + "/")
+    page.wait_for_function("document.getElementById('model').textContent.startsWith('run ')", timeout=30_000)
+    assert page.is_visible("#notice") and "only on synthetic cars" in page.inner_text("#notice")
+    header = page.inner_text("#model")
+    assert "trained on synthetic data: 3 cars" in header, header
+    page.goto(url + "/docs")
+    page.wait_for_selector(".swagger-ui .opblock-summary-path", timeout=30_000)
+    paths = page.eval_on_selector_all(".opblock-summary-path", "els => els.map(e => e.textContent)")
+    assert {"/v1/cutout", "/v1.0/removebg", "/api/remove"} <= {p.replace("\u200b", "") for p in paths}, paths
+    assert outside == [], outside
+    page.close()
+
+
 @pytest.mark.real
 def test_page_cuts_a_dropped_real_photo(browser, demo_run, start_server, real_sample, tmp_path):
     photo = min((real_sample / "train").glob("*.jpg"))

@@ -31,7 +31,7 @@ import torch
 from carvana_seg.core.images import decode_image
 from carvana_seg.core.masks import binarize
 from carvana_seg.data.resize_cache import load_resized
-from carvana_seg.inference import refine
+from carvana_seg.inference import provenance, refine
 from carvana_seg.inference.batch import device_probs, variant_probs
 from carvana_seg.inference.ensemble import load_variants
 from carvana_seg.inference.maps import device_maps, finalize
@@ -64,6 +64,7 @@ class RunInfo:
     weights: dict[str, float]
     config_hash: str | None
     folds: dict[str, list[str]] = field(default_factory=dict)
+    trained_on: dict = field(default_factory=dict)  # inference.provenance: data source, cars, photos, sizes
 
 
 def last_first(results: Path) -> list[Path]:
@@ -203,6 +204,8 @@ class Service:
         self.variants = load_variants(self.info.models, None, False, self.device, self.info.weights)
         self.sizes = sorted({v.size for v in self.variants})
         self.slot = [self.sizes.index(v.size) for v in self.variants]
+        if not self.info.trained_on:
+            self.info.trained_on = provenance.trained_on(self.info.results, [v.size for v in self.variants])
         self._onnx = None
         if backend == "onnx":
             from carvana_seg.inference.onnx_backend import OnnxEnsemble
@@ -211,9 +214,10 @@ class Service:
             for v in self.variants:  # the sessions hold the weights now: free the PyTorch copies
                 v.models = []
         log.info(
-            "serving %s (%s): %s; threshold %.4f; edge_refine %s; %s on %s",
+            "serving %s (%s), trained on %s: %s; threshold %.4f; edge_refine %s; %s on %s",
             self.info.name,
             self.info.round_dir,
+            provenance.describe(self.info.trained_on, self.info.oof_dice),
             ", ".join(f"{v.name} {v.size[0]}x{v.size[1]} x{len(v.models)} w={v.weight:g}" for v in self.variants),
             self.info.threshold,
             self.info.edge_refine.method,
@@ -261,6 +265,7 @@ class Service:
             "edge_refine": i.edge_refine.method,
             "backend": self.backend,
             "device": str(self.device),
+            "trained_on": {**i.trained_on, "summary": provenance.describe(i.trained_on, i.oof_dice)},
             "variants": [
                 {
                     "name": v.name,

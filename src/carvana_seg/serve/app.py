@@ -1,4 +1,5 @@
-"""The HTTP API: ``POST /v1/cutout``, ``GET /healthz``, ``GET /v1/model``, ``GET /metrics``, the page at ``/``.
+"""The HTTP API: ``POST /v1/cutout``, ``GET /healthz``, ``GET /v1/model``, ``GET /metrics``, the page at ``/``,
+the remove.bg and rembg drop-ins (``serve.dropin``) and ``/docs`` (served offline).
 
 ``create_app(settings)`` builds the FastAPI app; the models load in a worker thread when it starts, and
 ``/healthz`` answers 503 until they have. Every inference (decode, models, compositing, encoding) runs on the
@@ -19,6 +20,7 @@ from pathlib import Path
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from carvana_seg.serve import compose, dropin
@@ -100,7 +102,7 @@ def create_app(settings: Settings) -> FastAPI:
         yield
         state["gate"].close()
 
-    app = FastAPI(
+    app = FastAPIOffline(  # /docs with Swagger UI's files from the package (fastapi-offline), not a CDN
         title="carvana-seg cut-out API",
         version="1",
         lifespan=lifespan,

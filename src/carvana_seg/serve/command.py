@@ -51,6 +51,7 @@ def run(args: argparse.Namespace, cfg: dict) -> None:
     import torch
     import uvicorn
 
+    from carvana_seg.inference import provenance
     from carvana_seg.inference.service import read_run
     from carvana_seg.serve.app import Settings, create_app
     from carvana_seg.serve.limits import default_concurrency
@@ -78,5 +79,15 @@ def run(args: argparse.Namespace, cfg: dict) -> None:
     )
     if args.host not in ("127.0.0.1", "localhost", "::1") and not api_key:
         log.warning("listening on %s without an API key: anyone who reaches it can use it", args.host)
-    log.info("serving run %s (%s) on http://%s:%d", info.name, info.round_dir, args.host, args.port)
+    trained_on = provenance.trained_on(info.results)
+    log.info(
+        "serving run %s (%s), trained on %s, on http://%s:%d",
+        info.name,
+        info.round_dir,
+        provenance.describe(trained_on, info.oof_dice),
+        args.host,
+        args.port,
+    )
+    if trained_on["notice"]:
+        log.warning("%s", trained_on["notice"])
     uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=args.log_level, access_log=False)

@@ -21,7 +21,10 @@ async function loadModel() {
     if (!res.ok) throw new Error(info.error ? info.error.message : res.statusText);
     const variants = info.variants.map((v) => `${v.name} ${v.width}x${v.height} x${v.folds.length}`).join(", ");
     $("model").textContent = `run ${info.run} (${info.round}) · ${variants} · threshold ${info.threshold.toFixed(3)}` +
-      ` · ${info.backend} on ${info.device}`;
+      ` · ${info.backend} on ${info.device} · trained on ${info.trained_on.summary}`;
+    const notice = info.trained_on.notice; // synthetic training data: real photos need a real-data run
+    $("notice").textContent = notice || "";
+    $("notice").hidden = !notice;
   } catch (err) {
     $("model").textContent = `model: ${err.message}`;
     setTimeout(loadModel, 2000);
