@@ -113,7 +113,10 @@ def run_state(service: Service, opts: compose.Options, bg_image: Path | None) ->
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("images", nargs="+", metavar="PHOTO_OR_DIR", help="photos (JPEG, PNG, ...) or folders of them")
     parser.add_argument(
-        "--models", required=True, help="results directory results/<name>/: its final round's ensemble and threshold"
+        "--models",
+        required=True,
+        help="results directory results/<name>/ (its final round's ensemble and threshold), or a bundle file of one "
+        "(python -m carvana_seg bundle)",
     )
     parser.add_argument("--out", required=True, help="output directory for <stem>_mask.png and <stem>_cutout.*")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])

@@ -1,6 +1,7 @@
 """One inference path for every consumer: a results directory's final ensemble, loaded once, photo bytes -> mask.
 
-``Service(results)`` reads what the run's own final submission used: the last round's ensemble manifest
+``Service(results)`` (a results directory, or a bundle file of one: ``inference.bundle``) reads what the run's own
+final submission used: the last round's ensemble manifest
 (``round<r>/test_probs.json``, else ``test_probs.json``) for the model files *in the ensemble's order*, flip-TTA,
 ``predict.edge_refine`` and the variant weights; that round's ``threshold.json`` (threshold and OOF Dice); the
 checkpoints for network sizes and normalisation. A photo then goes through exactly the test ensemble's steps:
@@ -119,8 +120,15 @@ def _locate(model: str, results: Path) -> Path:
 def read_run(results: str | os.PathLike) -> RunInfo:
     """The final ensemble's description from a results directory; DataError naming the file when incomplete."""
     results = Path(results)
+    if results.is_file():  # a bundle (inference.bundle): its results tree, unpacked and checked once
+        from carvana_seg.inference import bundle
+
+        tree, meta = bundle.unpack(results)
+        info = read_run(tree)
+        info.trained_on = meta["trained_on"]
+        return info
     if not results.is_dir():
-        raise DataError(f"{results}: no trained models (results directory not found)")
+        raise DataError(f"{results}: no trained models (neither a results directory nor a bundle file)")
     rdir = final_round(results)
     if rdir is None:  # models trained, no test ensemble yet: the last round's models and threshold, no refinement
         models = find_checkpoints(results)

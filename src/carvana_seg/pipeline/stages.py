@@ -37,6 +37,11 @@ STAGES: dict[str, tuple[str, str | None, str]] = {
         "mask PNG and RGBA cut-out for any photo, with the trained ensemble",
     ),
     "serve": ("carvana_seg.serve.command", None, "cut-out HTTP API and page of a run's final ensemble"),
+    "bundle": (
+        "carvana_seg.inference.bundle",
+        None,
+        "pack a run's final ensemble into one portable file (serve, predict)",
+    ),
     "export": ("carvana_seg.inference.export", None, "export one variant's model to ONNX and check it against PyTorch"),
     "report-figures": ("carvana_seg.report.figures", None, "figures and tables of the HTML report (make report)"),
     "plan": ("carvana_seg.plan.command", None, "what a config will cost: jobs, images, disk, FLOPs, device-hours"),

@@ -18,7 +18,11 @@ API_KEY_ENV = "CARVANA_SEG_API_KEY"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--models", required=True, help="results directory results/<name>/ (its final ensemble)")
+    parser.add_argument(
+        "--models",
+        required=True,
+        help="results directory results/<name>/ (its final ensemble), or a bundle file of one (carvana_seg bundle)",
+    )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
