@@ -75,6 +75,7 @@ def test_cutout_formats_and_headers(url):
     assert (r.headers["X-Width"], r.headers["X-Height"], r.headers["X-Run"]) == ("240", "160", "tiny")
     assert float(r.headers["X-Threshold"]) == 1.0 and r.headers["X-Config-Hash"] == "cafe01"
     assert "infer;dur=" in r.headers["Server-Timing"]
+    assert r.headers["X-Confidence"] == "0.0000"  # p near 0.5 everywhere, nothing kept: no confidence at all
     im = Image.open(io.BytesIO(r.content))
     assert im.mode == "RGBA" and im.size == (240, 160)
     assert np.asarray(im)[..., 3].max() == 0  # threshold 1.0: nothing is car
@@ -87,6 +88,7 @@ def test_cutout_formats_and_headers(url):
         assert sorted(zf.namelist()) == ["alpha.png", "color.jpg"]
     body = cut(url, format="json").json()
     assert (body["width"], body["height"], body["rle_mask"], body["threshold"]) == (240, 160, "", 1.0)
+    assert body["confidence"] == 0.0
     b64 = base64.b64encode(jpeg()).decode()
     assert cut(url, files={}, image_file_b64=b64, format="json").json()["width"] == 240
     preview = Image.open(io.BytesIO(cut(url, jpeg(1200, 800), size="preview").content))

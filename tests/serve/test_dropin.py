@@ -73,10 +73,12 @@ def test_removebg_answers_like_remove_bg(url):
     r = post(type="car", add_shadow="false", semitransparency="true")  # accepted and ignored
     assert r.status_code == 200 and r.headers["content-type"] == "image/png"
     assert (r.headers["X-Width"], r.headers["X-Height"], r.headers["X-Type"]) == ("800", "600", "car")
+    assert 0 < float(r.headers["X-Confidence"]) < 1  # a random network at 0.5: neither sure nor hopeless
     assert post(bg_color="white").headers["content-type"] == "image/jpeg"  # format=auto: opaque answer -> JPG
     medium = Image.open(io.BytesIO(post(size="medium", format="png").content))
     assert medium.size == (800, 600)  # 0.48 MP is under medium's 1.5 MP
     body = post({"Accept": "application/json"}).json()["data"]
+    assert f"{body['confidence']:.4f}" == r.headers["X-Confidence"]
     assert np.array_equal(alpha_of(base64.b64decode(body["result_b64"])), cutout_alpha(url))
     b64 = base64.b64encode(PHOTO).decode()
     r = requests.post(url + "/v1.0/removebg", json={"image_file_b64": b64, "size": "auto", "channels": "alpha"})

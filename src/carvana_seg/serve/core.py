@@ -18,6 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from carvana_seg.core.images import decode_image
 from carvana_seg.core.masks import binarize
+from carvana_seg.inference import confidence
 from carvana_seg.pipeline.errors import DataError
 from carvana_seg.serve import compose
 from carvana_seg.serve.inputs import InputError, as_input_error, from_b64, probe
@@ -33,6 +34,7 @@ class Cutout:
     width: int
     height: int
     headers: dict[str, str] = field(default_factory=dict)
+    confidence: float | None = None  # predicted Dice (inference.confidence)
 
 
 @dataclass
@@ -123,7 +125,9 @@ class Core:
         try:
             async with gate.slot():
                 t_start = time.perf_counter()
-                body, (w, h), timing = await gate.run(_cut, service, photo, background, opts, self.max_pixels, name)
+                body, (w, h), sure, timing = await gate.run(
+                    _cut, service, photo, background, opts, self.max_pixels, name
+                )
         except Busy as exc:
             raise InputError(
                 503,
@@ -140,15 +144,16 @@ class Core:
             "X-Threshold": f"{info.threshold:.6f}",
             "X-Run": info.name,
             "X-Config-Hash": info.config_hash or "",
+            "X-Confidence": f"{sure:.4f}",  # predicted Dice of this photo's mask (inference.confidence)
             "Server-Timing": ", ".join(f"{k};dur={v * 1000:.1f}" for k, v in timing.items()),
         }
-        return Cutout(body, compose.MEDIA_TYPES[opts.format], w, h, headers)
+        return Cutout(body, compose.MEDIA_TYPES[opts.format], w, h, headers, sure)
 
 
 def _cut(
     service, photo: bytes, background: bytes | None, opts: compose.Options, max_pixels: int, name: str
-) -> tuple[bytes, tuple[int, int], dict[str, float]]:
-    """Check, predict, composite and encode one photo (runs on the inference pool)."""
+) -> tuple[bytes, tuple[int, int], float, dict[str, float]]:
+    """Check, predict, composite and encode one photo (runs on the inference pool); also its confidence."""
     t0 = time.perf_counter()
     probe(name, photo, max_pixels)
     bg = None
@@ -169,6 +174,7 @@ def _cut(
         raise InputError(422, "unprocessable", f"{name}: cannot be processed ({type(exc).__name__}: {first})") from exc
     t1 = time.perf_counter()
     mask = binarize(u8, service.info.threshold)
-    extra = {"threshold": service.info.threshold, "run": service.info.name}
+    sure = round(confidence.predicted_dice(u8, mask), 4)
+    extra = {"threshold": service.info.threshold, "run": service.info.name, "confidence": sure}
     body, wh = compose.encode(rgb, mask, opts, bg, extra)
-    return body, wh, {"infer": t1 - t0, "encode": time.perf_counter() - t1}
+    return body, wh, sure, {"infer": t1 - t0, "encode": time.perf_counter() - t1}

@@ -163,7 +163,12 @@ def add_routes(app: FastAPI, core: Core) -> None:
                 await form.close()
         headers = {**out.headers, "X-Type": "car", "X-Credits-Charged": "0"}
         if "application/json" in request.headers.get("accept", ""):
-            data = {"result_b64": base64.b64encode(out.body).decode(), "width": out.width, "height": out.height}
+            data = {
+                "result_b64": base64.b64encode(out.body).decode(),
+                "width": out.width,
+                "height": out.height,
+                "confidence": out.confidence,
+            }
             return JSONResponse({"data": data}, headers=headers)
         return Response(out.body, media_type=out.media_type, headers=headers)
 
