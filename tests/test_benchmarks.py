@@ -166,3 +166,10 @@ def test_serve_load_benchmark_prints_its_table(tmp_path):
     assert [r[2] for r in rows[:2]] == ["1", "2"] and all(r[3] == "3" and r[-1] == "0" for r in rows[:2]), out
     assert float(rows[0][6]) > 0 and float(rows[0][7]) > 0  # images/s and the ratio to Service.prob alone
     assert len(rows) == 3 and rows[2][1] == "torch" and float(rows[2][-1]) > 0  # the peak-RSS row
+
+
+def test_encode_benchmark_rows_decode_to_the_same_pixels():
+    out = _run("encode.py", "--repeats", "1")
+    png = [line for line in out.splitlines() if line.startswith("| RGBA PNG encode")]
+    assert len(png) >= 2 and all("the same pixels" in row for row in png), out  # before (OpenCV) and now (fpng)
+    assert any(line.startswith("| JPEG decode | opencv") for line in out.splitlines())
