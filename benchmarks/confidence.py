@@ -25,7 +25,7 @@ from carvana_seg.core import layout  # noqa: E402
 from carvana_seg.core.images import read_mask  # noqa: E402
 from carvana_seg.core.masks import binarize  # noqa: E402
 from carvana_seg.core.metrics import dice  # noqa: E402
-from carvana_seg.inference.confidence import predicted_dice, uncertain_share  # noqa: E402
+from carvana_seg.inference.confidence import predicted_dice, soft_dice, uncertain_share  # noqa: E402
 from carvana_seg.inference.service import read_run  # noqa: E402
 from carvana_seg.inference.threshold import ensemble_u8  # noqa: E402
 
@@ -57,15 +57,22 @@ def main() -> None:
         u8 = ensemble_u8(arrays, [w for _p, w in sources])
         mask = binarize(u8, threshold)
         truth = read_mask(args.raw / layout.MASK_DIR / layout.mask_file(image_id)).astype(bool)
-        rows.append((image_id, dice(mask, truth), predicted_dice(u8, mask), -uncertain_share(u8, mask)))
+        wide = -uncertain_share(u8, mask, 26, 229)  # p between 0.1 and 0.9
+        rows.append((image_id, dice(mask, truth), predicted_dice(u8, mask), wide, soft_dice(u8, mask)))
     true = np.array([r[1] for r in rows])
     k = max(1, round(args.worst * len(rows)))
     print(f"{len(rows)} OOF photos of {args.models} at threshold {threshold:.4f}: mean true Dice {true.mean():.5f}")
+    served = np.array([r[2] for r in rows])
+    print(
+        f"mean predicted Dice {served.mean():.5f}, mean absolute error against the true Dice "
+        f"{np.abs(served - true).mean():.5f}"
+    )
     print(f"truly worst {k} ({args.worst:.0%}): mean Dice {np.sort(true)[:k].mean():.5f}")
     print("| confidence | Spearman rho | true Dice of the worst-ranked 5 % | of them truly worst 5 % |")
     print("|---|---:|---:|---:|")
     truly = set(np.argsort(true)[:k])
-    for col, name in ((2, "predicted Dice (served)"), (3, "1 - uncertain share")):
+    names = ("predicted Dice (served: 0.25 < p < 0.75)", "uncertain share, 0.1 < p < 0.9", "soft Dice of mask and map")
+    for col, name in enumerate(names, 2):
         score = np.array([r[col] for r in rows])
         rho = spearmanr(score, true).statistic
         ranked = np.argsort(score, kind="stable")[:k]

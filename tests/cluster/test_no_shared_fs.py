@@ -14,7 +14,6 @@ retry (``--retries 1``) then resumes from the store, after the second epoch, to 
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -138,13 +137,11 @@ def test_nothing_but_job_local_state_is_left_in_the_working_directory(runs):
     assert not stray, stray
 
 
-def test_the_ensembles_finished_shards_went_to_the_state_store(runs):
-    """Without a shared filesystem the ensemble's resume directory is job-local too: each finished shard also goes
-    to the store (inference/shard_store.py), so a retry on another node would compute only the missing ones."""
+def test_the_ensembles_shards_went_through_the_state_store(runs):
+    """Without a shared filesystem the ensemble's resume directory is job-local too: its shards also go to the store
+    as they finish (inference/shard_store.py), and that copy is removed once the output is complete."""
     _, _, storage = runs
     res = storage / "results" / NAME
-    manifest = json.loads((res / "test_probs.json").read_text())
-    stored = res / "test_probs.resume"
-    assert json.loads((stored / "shards_meta.json").read_text())["hash"] == manifest["hash"]
-    for shard in manifest["shards"]:
-        assert (stored / shard["file"]).read_bytes() == (res / "test_probs" / shard["file"]).read_bytes()
+    log = (res / "logs" / "ensemble.log").read_text()
+    assert f"removed the finished shards' copy {storage}/results/{NAME}/test_probs.resume" in log, log[-2000:]
+    assert not (res / "test_probs.resume").exists()

@@ -170,13 +170,13 @@ def test_resume_after_kill_and_stale_shards(setup, monkeypatch):
 @pytest.mark.slow
 def test_a_retry_on_another_node_resumes_from_the_state_store(setup, monkeypatch, caplog):
     """Issue 31: without a shared filesystem the shard directory stays on the killed job's node. With a state store
-    the retry (here: the same paths, the local directory deleted) pulls the finished shards and computes only the
-    rest; a store holding another run hash's shards is emptied, never taken for finished shards."""
+    the retry (here: the same paths, the local directory deleted or another run's) pulls the finished shards of its
+    run hash and computes only the rest; shards of another hash, in the store or on the node, are never used."""
     root, raw, models = setup
     store, shard_dir = root / "store", root / "node"
     remote = store / shard_dir.as_posix().lstrip("/")  # keys mirror the working-directory path
     extra = ("--state-store", str(store))
-    real, calls = runtime.predict_probs, {"n": 0, "fail_at": 3}
+    real, calls = runtime.predict_probs, {"n": 0, "fail_at": -1}
 
     def counting(*args, **kwargs):
         calls["n"] += 1
@@ -184,29 +184,41 @@ def test_a_retry_on_another_node_resumes_from_the_state_store(setup, monkeypatch
             raise KeyboardInterrupt  # the node goes while shard 1 is computed
         return real(*args, **kwargs)
 
+    def run(models_: list[Path], kill: bool = False, out: str = "node", with_store: bool = True) -> dict:
+        calls.update(n=0, fail_at=3 if kill else -1)
+        given = extra if out == "node" and with_store else ()
+        return run_stage(root, raw, models_, stage_cfg(), out=out, rc=130 if kill else 0, extra=given)
+
+    def same_as(out: str) -> bool:
+        ours, theirs = read_shards(root, "node"), read_shards(root, out)
+        return list(ours) == list(theirs) and all((ours[k] == theirs[k]).all() for k in ours)
+
     monkeypatch.setattr(runtime, "predict_probs", counting)
-    run_stage(root, raw, models, stage_cfg(), out="node", rc=130, extra=extra)
+    run(models, kill=True)
     assert sorted(p.name for p in remote.iterdir()) == ["shard_00000.npz", "shards_meta.json", "variants_00000.npz"]
     shutil.rmtree(shard_dir)  # the retry runs elsewhere: nothing local survives
-    calls.update(n=0, fail_at=-1)
     with caplog.at_level("INFO"):
-        manifest = run_stage(root, raw, models, stage_cfg(), out="node", extra=extra)
+        manifest = run(models)
     assert "pulled 2 shard file(s) from the state store" in caplog.text
     assert manifest["n_computed"] == 11 and manifest["n_reused"] == 5 and calls["n"] == 2 * 3
-    plain = run_stage(root, raw, models, stage_cfg(), out="plain")  # no store, never killed
-    assert plain["n_computed"] == 16
-    ours, theirs = read_shards(root, "node"), read_shards(root, "plain")
-    assert list(ours) == list(theirs) and all((ours[k] == theirs[k]).all() for k in ours)
-    assert sorted(p.name for p in remote.glob("shard_*.npz")) == [f"shard_0000{k}.npz" for k in range(4)]
+    assert run(models, out="plain")["n_computed"] == 16 and same_as("plain")  # no store, never killed
+    assert not remote.exists()  # complete and renamed: the store's copy is removed
 
     new_models = make_models(root / "retrained_store", seed=1)  # another run hash, the same store and paths
     shutil.rmtree(shard_dir)
+    run(models, kill=True)  # the store and this node now hold shard 0 of the old models
+    caplog.clear()
     with caplog.at_level("INFO"):
-        assert run_stage(root, raw, new_models, stage_cfg(), out="node", extra=extra)["n_computed"] == 16
-    assert "discarded 8 shard file(s) of hash" in caplog.text
-    assert json.loads((remote / "shards_meta.json").read_text())["hash"] != manifest["hash"]
-    for k in range(4):  # the store now holds the new run's shards, byte for byte
-        assert (remote / f"shard_0000{k}.npz").read_bytes() == (shard_dir / f"shard_0000{k}.npz").read_bytes()
+        assert run(new_models)["n_computed"] == 16  # local and stored old shards both discarded
+    assert "discarded 2 shard file(s) of hash" in caplog.text
+    assert run(new_models, out="plain_new")["n_computed"] == 16 and same_as("plain_new")
+
+    shutil.rmtree(shard_dir)
+    run(new_models, kill=True)  # the store holds the new models' shard 0 ...
+    shutil.rmtree(shard_dir)
+    run(models, kill=True, with_store=False)  # ... and this node the old models' (another job ran here before)
+    manifest = run(new_models)  # the old local shard is discarded, the stored new one pulled
+    assert manifest["n_computed"] == 11 and same_as("plain_new")
 
 
 @pytest.mark.parametrize("finish_threads", [None, "0"], ids=["phased", "overlapped"])

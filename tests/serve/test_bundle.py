@@ -61,6 +61,7 @@ def test_serve_from_the_bundle_gives_the_runs_masks_and_says_what_it_learned(dem
     url = start_server("--models", str(packed), "--device", "cpu", "--backend", "torch")
     model = requests.get(url + "/v1/model", timeout=10).json()
     assert model["run"] == "serve" and model["trained_on"]["source"] == "synthetic"
+    assert model["trained_on"]["network_sizes"] and model["trained_on"]["train_cars"] == 3
     assert model["trained_on"]["notice"] and model["threshold"] == Service(demo_run, "cpu", "torch").info.threshold
     with gzip.open(demo_run / "submission.csv.gz", "rt", newline="") as fh:
         rows = dict(list(csv.reader(fh))[1:])
@@ -87,11 +88,18 @@ def test_a_damaged_truncated_or_foreign_file_is_one_clear_error(demo_run, packed
         zf.writestr("README.txt", "not a model")
     text = tmp_path / "notes.txt"
     text.write_text("hello")
+    with zipfile.ZipFile(packed) as zf:
+        meta = json.loads(zf.read(bundle.META))
+    evil = tmp_path / "evil.cseg.zip"  # a member name that would write outside the cache
+    with zipfile.ZipFile(evil, "w") as zf:
+        zf.writestr(bundle.META, json.dumps({**meta, "sha256": {**meta["sha256"], "../../escaped.txt": "0"}}))
+        zf.writestr("../../escaped.txt", "x")
     expected = {
         damaged: "damaged bundle",
         truncated: "not a complete carvana-seg bundle",
         foreign: "not a carvana-seg bundle (a zip without bundle.json)",
         text: "not a complete carvana-seg bundle",
+        evil: "lists unsafe or missing members ['../../escaped.txt']",
     }
     for path, words in expected.items():
         with pytest.raises(DataError, match=re.escape(words)) as err:
@@ -101,3 +109,4 @@ def test_a_damaged_truncated_or_foreign_file_is_one_clear_error(demo_run, packed
         assert cli.main(argv) == 2
         assert words in capsys.readouterr().err
     assert not list((tmp_path / "cache").glob("*/serve/test_probs.json"))  # nothing unpacked looks complete
+    assert not list(tmp_path.rglob("escaped.txt"))

@@ -24,8 +24,8 @@ def test_the_confidence_benchmark_ranks_the_oof_photos(demo_run):
         timeout=300,
     )
     assert res.returncode == 0, res.stderr[-3000:]
-    rows = [line for line in res.stdout.splitlines() if line.startswith("| predicted Dice") or "uncertain" in line]
-    assert len(rows) == 2, res.stdout
+    rows = [line for line in res.stdout.splitlines() if line.startswith(("| predicted Dice", "| uncertain", "| soft"))]
+    assert len(rows) == 3, res.stdout
     rho = float(rows[0].split("|")[2])
     assert -1.0 <= rho <= 1.0
     assert res.stdout.startswith("16 OOF photos")  # fold 0 of three (folds.use): one car of 16 views

@@ -83,6 +83,8 @@ def test_removebg_answers_like_remove_bg(url):
     b64 = base64.b64encode(PHOTO).decode()
     r = requests.post(url + "/v1.0/removebg", json={"image_file_b64": b64, "size": "auto", "channels": "alpha"})
     assert r.status_code == 200 and np.array_equal(alpha_of(r.content), cutout_alpha(url, channels="alpha"))
+    big = requests.post(url + "/v1.0/removebg", json={"image_file_b64": "A" * 1_500_000}, timeout=60)
+    assert big.status_code == 400 and big.json()["errors"][0]["code"] == "too_large"  # over the 1 MB upload limit
     for fields, code in (({"roi": "10% 10% 90% 90%"}, "unsupported"), ({"sharpen": "1"}, "unknown_parameter")):
         r = post(**fields)
         assert r.status_code == 400 and r.json()["errors"][0]["code"] == code, r.text
@@ -104,7 +106,9 @@ def test_rembg_style_posts_get_the_cutouts_masks(url):
     ours = requests.post(url + "/v1/cutout", files={"image_file": ("c.jpg", PHOTO)}, data={"bg_color": "ff0000ff"})
     want = np.asarray(Image.open(io.BytesIO(ours.content)))
     assert np.array_equal(red, want)
-    assert post(bgc="300,0,0").status_code == 422
+    assert post(bgc="300,0,0").status_code == 422 and post(bgc="\u00b2,0,0").status_code == 422  # "²" is a digit
+    r = requests.post(url + "/api/remove", files={"file": ("c.jpg", PHOTO)}, data={"file_b64": "x"}, timeout=60)
+    assert r.status_code == 422 and "unknown form field" in r.json()["detail"]  # rembg takes files only
     r = requests.get(url + "/api/remove", params={"url": "http://127.0.0.1:1/"}, timeout=10)
     assert r.status_code == 400 and "fetches no URL" in r.json()["detail"]
 
@@ -119,7 +123,13 @@ def test_every_bad_input_is_a_4xx_on_both_drop_ins(url, case):
     assert words in r.json()["errors"][0]["title"], r.json()
     rembg_files = {("file" if k == "image_file" else k): v for k, v in files.items()}
     r = requests.post(url + "/api/remove", files=rembg_files, data=fields, timeout=60)
-    assert 400 <= r.status_code < 500 and r.json()["detail"], (r.status_code, r.text)
+    if "file" not in rembg_files:  # the photo is checked first
+        want = "file: missing"
+    elif fields or set(rembg_files) != {"file"}:  # remove.bg options rembg does not have
+        want = "unknown form field"
+    else:  # the case reaches rembg's photo checks as it is
+        want = words.replace("image_file", "file")
+    assert 400 <= r.status_code < 500 and want in r.json()["detail"], (r.status_code, r.text)
     ok = requests.post(url + "/api/remove", files={"file": ("car.jpg", PHOTO)}, timeout=60)
     assert ok.status_code == 200
 

@@ -12,7 +12,7 @@ The file is a zip (stored, not deflated: checkpoints do not compress) holding
   its variant's settings and normalisation, as in the results tree).
 
 Loading checks every checksum once and unpacks into a cache directory keyed by the bundle's content, size and mtime
-(``$CARVANA_SEG_BUNDLE_CACHE``, default ``<tmp>/carvana-seg-bundles``), reused while the file is unchanged; the ONNX
+(``$CARVANA_SEG_BUNDLE_CACHE``, default ``~/.cache/carvana-seg/bundles``), reused while the file is unchanged; the ONNX
 exports of ``--backend onnx`` land there too. A damaged, truncated or foreign file is one ``DataError`` naming it.
 At the competition's scale a bundle of 15 models is their checkpoints' size (each 100-300 MB for a ResNet34 to
 EfficientNet U-Net), with no overhead beyond a few kB of JSON.
@@ -26,7 +26,7 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
+import re
 import zipfile
 from pathlib import Path
 
@@ -38,6 +38,10 @@ log = logging.getLogger(__name__)
 FORMAT, VERSION = "carvana-seg-bundle", 1
 META = "bundle.json"
 CACHE_ENV = "CARVANA_SEG_BUNDLE_CACHE"
+REQUIRED = ("run", "models", "sha256", "tta_hflip", "edge_refine", "weights", "config_hash", "trained_on")
+SAFE_PART = re.compile(r"[A-Za-z0-9_.-]+")
+# the only member names a bundle may have besides threshold.json: nothing can be written outside its tree
+SAFE_MODEL = re.compile(r"models/[A-Za-z0-9_-][A-Za-z0-9_.-]*/fold\d+/best\.pt")
 
 
 def _sha(path: Path) -> str:
@@ -101,9 +105,22 @@ def read_meta(path: Path) -> dict:
     except (zipfile.BadZipFile, OSError, ValueError) as exc:
         raise DataError(f"{path}: not a complete carvana-seg bundle ({type(exc).__name__}: {exc})") from exc
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise DataError(f"{path}: {META} is not a carvana-seg bundle's (format {meta.get('format')!r})")
+        found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+        raise DataError(f"{path}: {META} is not a carvana-seg bundle's (format {found!r})")
     if meta.get("version") != VERSION:
         raise DataError(f"{path}: bundle version {meta.get('version')}, this carvana-seg reads version {VERSION}")
+    missing = [k for k in REQUIRED if k not in meta]
+    if missing:
+        raise DataError(f"{path}: {META} lacks {missing}")
+    if not isinstance(meta["run"], str) or not SAFE_PART.fullmatch(meta["run"]) or meta["run"] in (".", ".."):
+        raise DataError(f"{path}: {META} names an unsafe run {meta['run']!r}")
+    members = meta["sha256"]
+    if not isinstance(members, dict) or not isinstance(meta["models"], list):
+        raise DataError(f"{path}: {META} has a malformed sha256 or models entry")
+    unsafe = [n for n in members if not (n == "threshold.json" or SAFE_MODEL.fullmatch(str(n)))]
+    unlisted = [m for m in meta["models"] if m not in members]
+    if unsafe or unlisted:
+        raise DataError(f"{path}: {META} lists unsafe or missing members {(unsafe or unlisted)[:3]}")
     return meta
 
 
@@ -113,7 +130,7 @@ def unpack(path: str | os.PathLike) -> tuple[Path, dict]:
     meta = read_meta(path)
     st = path.stat()  # a changed (or damaged) copy of the same bundle is unpacked and checked again
     key = hashlib.sha256(f"{json.dumps(meta, sort_keys=True)}{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:16]
-    root = Path(os.environ.get(CACHE_ENV) or Path(tempfile.gettempdir()) / "carvana-seg-bundles") / key
+    root = cache_dir() / key
     results = root / meta["run"]
     if (results / "test_probs.json").is_file():  # written last: the tree is complete
         return results, meta
@@ -131,18 +148,29 @@ def unpack(path: str | os.PathLike) -> tuple[Path, dict]:
                             dst.write(chunk)
                     if h.hexdigest() != digest:
                         raise DataError(f"{path}: damaged bundle: {name} does not match its checksum")
-        except (zipfile.BadZipFile, KeyError, OSError) as exc:
+        except (zipfile.BadZipFile, KeyError, OSError, TypeError) as exc:
             raise DataError(f"{path}: damaged bundle ({type(exc).__name__}: {exc})") from exc
         manifest = {
             "models": [str((results / m).resolve()) for m in meta["models"]],
             **{k: meta[k] for k in ("tta_hflip", "edge_refine", "weights", "config_hash")},
         }
         (tree / "test_probs.json").write_text(json.dumps(manifest, indent=2) + "\n")
-        root.parent.mkdir(parents=True, exist_ok=True)
-        if root.exists():  # another process unpacked it meanwhile
-            return results, meta
-        os.replace(scratch, root)
+        try:
+            os.replace(scratch, root)
+        except OSError:  # another process unpacked it meanwhile
+            if not (results / "test_probs.json").is_file():
+                raise
     return results, meta
+
+
+def cache_dir() -> Path:
+    """``$CARVANA_SEG_BUNDLE_CACHE``, else the user's ``~/.cache/carvana-seg/bundles`` (private: mode 0700), so
+    that no other user of the machine can plant weights in a tree that is not checked again."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV])
+    root = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "carvana-seg" / "bundles"
+    root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return root
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

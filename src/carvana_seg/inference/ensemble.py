@@ -31,7 +31,7 @@ import torch
 
 from carvana_seg.core import layout
 from carvana_seg.inference import refine, shard_store, variant_masks
-from carvana_seg.inference.shard_store import META, prepare_dir, shard_complete, shard_name
+from carvana_seg.inference.shard_store import prepare_dir, shard_complete, shard_name
 from carvana_seg.inference.stream import iter_probs, phased
 from carvana_seg.models import runtime
 from carvana_seg.pipeline import staging, state_location
@@ -238,16 +238,16 @@ def run(args: argparse.Namespace, cfg: dict) -> None:
     work = Path(args.resume_dir) if args.resume_dir else out_dir
     digest = run_hash(paths, predict, config_variants, folds, ids)
     store = state_store.open_store(args.state_store)
-    if store is not None:
-        shard_store.pull(store, work, digest)
     prepare_dir(work, digest)
     push = None
     if store is not None:
-        shard_store.push(store, work, [META])
+        shard_store.pull(store, work, digest)
         push = functools.partial(shard_store.push_shard, store, work)
     result = write_shards(variants, raw, ids, work, predict, device, on_shard=push)
     if work != out_dir:
         staging.replace_dir(work, out_dir)
+    if store is not None:
+        shard_store.clear(store, work)
     seconds = time.perf_counter() - t0
     total = sum(s["bytes"] for s in result["shards"])
     record = {

@@ -6,10 +6,12 @@ rerun computes only the missing ones. ``shards_meta.json`` records the run hash 
 hash discards every shard. Without a shared filesystem that directory stays on the node that ran the job (issue 31).
 With a store (the same as training's: ``training.state_store``, ``pipeline.state_location``) the job
 
-- pulls the stored shards of the same run hash before it looks for missing ones; a store holding another hash's
-  shards (retrained models, another test set) is emptied first, so a stale shard is never taken for a finished one;
+- first discards local shards of another run hash (``prepare_dir``), then pulls the stored shards of its hash that
+  it lacks and pushes the ones the store lacks; a store holding another hash's shards (retrained models, another
+  test set) is emptied first, so a stale shard is never taken for a finished one;
 - pushes each shard pair as it completes, the variant masks before the shard (the shard marks the pair complete),
-  each under a temporary name renamed into place.
+  each under a temporary name renamed into place;
+- removes the store's copy once every shard is done and renamed into the ``test_probs/`` output.
 
 At the competition's scale a shard is 1,024 of the 100,064 test photos, so a preemption then costs at most one
 shard's work (1 % of the pass) instead of everything computed before it.
@@ -66,29 +68,42 @@ def _is_shard_file(name: str) -> bool:
 
 
 def pull(store: StateStore, work: Path, digest: str) -> int:
-    """Bring the store's shards of run ``digest`` into ``work`` (before ``prepare_dir``); return how many came."""
+    """Sync ``work`` (already through ``prepare_dir``: every local shard is of run ``digest``) with the store: the
+    store's shards of ``digest`` that ``work`` lacks come down; local shards the store lacks go up; a store of
+    another hash is emptied and gets this run's ``shards_meta.json``. Returns how many files came down."""
     remote = store.remote(work)
-    if not store.fs.isfile(f"{remote}/{META}"):
-        return 0
-    names = sorted(p.rsplit("/", 1)[-1] for p in store.fs.ls(remote, detail=False))
-    stored = json.loads(store.fs.cat_file(f"{remote}/{META}")).get("hash")
+    stored = None
+    if store.fs.isfile(f"{remote}/{META}"):
+        stored = json.loads(store.fs.cat_file(f"{remote}/{META}")).get("hash")
+    names = sorted(p.rsplit("/", 1)[-1] for p in store.fs.ls(remote, detail=False)) if stored is not None else []
     if stored != digest:
         stale = [n for n in names if _is_shard_file(n) or ".partial-" in n]
         for name in stale:
             store.fs.rm_file(f"{remote}/{name}")
-        log.info("state store: discarded %d shard file(s) of hash %s (now %s)", len(stale), stored, digest)
-        return 0
+        if stale:
+            log.info("state store: discarded %d shard file(s) of hash %s (now %s)", len(stale), stored, digest)
+        push(store, work, [META])
+        names = []
     got = 0
     for name in filter(_is_shard_file, names):
-        local = work / name
-        if not (local.is_file() and local.stat().st_size == store.fs.size(f"{remote}/{name}")):
-            with staging.staged_file(local) as tmp:  # streamed: a competition shard is tens of MB
+        if not (work / name).is_file():  # a local file of the same hash is the same shard
+            with staging.staged_file(work / name) as tmp:  # streamed: a competition shard is tens of MB
                 store.fs.get_file(f"{remote}/{name}", str(tmp))
             got += 1
-    staging.write_text(work / META, json.dumps({"hash": digest}) + "\n")  # so that prepare_dir keeps them
+    local = sorted(p.name for p in work.glob("*.npz") if _is_shard_file(p.name) and p.name not in names)
+    ordered = [n for n in local if n.startswith("variants_")] + [n for n in local if n.startswith("shard_")]
+    push(store, work, ordered)  # the variant masks before the shards, which mark each pair complete
     if got:
         log.info("pulled %d shard file(s) from the state store %s", got, store.url)
     return got
+
+
+def clear(store: StateStore, work: Path) -> None:
+    """Remove the store's copy once the shards are complete and renamed into the stage's output."""
+    remote = store.remote(work)
+    if store.fs.exists(remote):
+        store.fs.rm(remote, recursive=True)
+        log.info("state store: removed the finished shards' copy %s", remote)
 
 
 def push(store: StateStore, work: Path, names: list[str]) -> None:

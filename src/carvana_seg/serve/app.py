@@ -179,7 +179,7 @@ def create_app(settings: Settings) -> FastAPI:
                 format=str(form.get("format") or "png").lower(),
                 channels=str(form.get("channels") or "rgba").lower(),
                 bg_color=form.get("bg_color") or None,
-                crop=str(form.get("crop", "")).lower() in ("1", "true", "on"),
+                crop=str(form.get("crop", "")).lower() in dropin.TRUE,
                 crop_margin=str(form.get("crop_margin") or "0"),
                 size=str(form.get("size") or "full").lower(),
             )

@@ -83,7 +83,7 @@ def run(args: argparse.Namespace, cfg: dict) -> None:
     )
     if args.host not in ("127.0.0.1", "localhost", "::1") and not api_key:
         log.warning("listening on %s without an API key: anyone who reaches it can use it", args.host)
-    trained_on = provenance.trained_on(info.results)
+    trained_on = info.trained_on or provenance.trained_on(info.results)  # a bundle carries its own
     log.info(
         "serving run %s (%s), trained on %s, on http://%s:%d",
         info.name,

@@ -87,10 +87,28 @@ class Core:
                 413 if too_big else 400, "too_large" if too_big else "bad_form", f"request body: {exc.detail}"
             ) from exc
 
+    async def body(self, request: Request) -> bytes:
+        """A raw (JSON) body, read in chunks up to the base64 of one upload: 413 beyond, never buffered whole."""
+        limit = 4 * self.max_bytes // 3 + 65536
+        length = request.headers.get("content-length")
+        too_big = InputError(
+            413, "too_large", f"request body above {limit / 1e6:.1f} MB: the upload limit (--max-upload-mb) in base64"
+        )
+        if length and length.isdigit() and int(length) > limit:
+            raise too_big
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise too_big
+            chunks.append(chunk)
+        return b"".join(chunks)
+
     async def photo(self, form, name: str, required: bool = False, b64_name: str | None = None) -> bytes | None:
-        """A photo field's bytes: the file upload ``name`` or its base64 text ``b64_name`` (default ``<name>_b64``)."""
-        b64_name = b64_name or f"{name}_b64"
-        value, b64 = form.get(name), form.get(b64_name)
+        """A photo field's bytes: the file upload ``name`` or its base64 text ``b64_name`` (default ``<name>_b64``;
+        ``""``: the endpoint takes files only)."""
+        b64_name = f"{name}_b64" if b64_name is None else b64_name
+        value, b64 = form.get(name), (form.get(b64_name) if b64_name else None)
         if isinstance(value, UploadFile):
             data = await value.read(self.max_bytes + 1)
             if len(data) > self.max_bytes:
@@ -101,17 +119,13 @@ class Core:
                 )
             return data
         if isinstance(value, str) and value:
-            raise InputError(
-                422,
-                "not_a_file",
-                f"{name}: must be a file upload (multipart), got a text field; send base64 text as {b64_name}",
-            )
+            hint = f"; send base64 text as {b64_name}" if b64_name else ""
+            raise InputError(422, "not_a_file", f"{name}: must be a file upload (multipart), got a text field{hint}")
         if isinstance(b64, str) and b64:
             return from_b64(b64_name, b64, self.max_bytes)
         if required:
-            raise InputError(
-                422, "missing", f"{name}: missing; send the photo as multipart field {name} (or base64 as {b64_name})"
-            )
+            hint = f" (or base64 as {b64_name})" if b64_name else ""
+            raise InputError(422, "missing", f"{name}: missing; send the photo as multipart field {name}{hint}")
         return None
 
     async def cut(

@@ -18,6 +18,7 @@ server can never be made to request an address (SSRF).
 from __future__ import annotations
 
 import base64
+import json
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
@@ -111,7 +112,7 @@ def rembg_options(fields: dict, query_bgc: str | None) -> compose.Options:
     color = None
     if bgc:
         parts = [p.strip() for p in bgc.split(",")]
-        if len(parts) not in (3, 4) or not all(p.isdigit() and int(p) <= 255 for p in parts):
+        if len(parts) not in (3, 4) or not all(p.isascii() and p.isdecimal() and int(p) <= 255 for p in parts):
             raise InputError(422, "bad_option", f"bgc: expected r,g,b or r,g,b,a with values 0-255, got {bgc!r}")
         color = "".join(f"{int(p):02x}" for p in parts)
     only_mask = str(fields.get("om", "")).lower() in TRUE
@@ -122,7 +123,7 @@ async def _removebg_fields(core: Core, request: Request) -> tuple[dict, bytes, b
     """The request's fields, photo and background, from a JSON body or a form; the form (to close) or None."""
     if request.headers.get("content-type", "").startswith("application/json"):
         try:
-            fields = await request.json()
+            fields = json.loads(await core.body(request))
         except ValueError as exc:
             raise InputError(400, "bad_json", f"request body: not valid JSON ({exc})") from exc
         if not isinstance(fields, dict):
@@ -134,11 +135,15 @@ async def _removebg_fields(core: Core, request: Request) -> tuple[dict, bytes, b
             raise InputError(400, "missing", "image_file_b64: missing; a JSON request sends the photo as base64")
         return fields, from_b64("image_file_b64", b64, core.max_bytes), None, None
     form = await core.form(request, max_fields=len(REMOVEBG_FIELDS))
-    fields = dict(form.items())
-    if any(fields.get(n) for n in URL_FIELDS):
-        removebg_options(fields)
-    photo = await core.photo(form, "image_file", required=True)
-    background = await core.photo(form, "bg_image_file")
+    try:
+        fields = dict(form.items())
+        if any(fields.get(n) for n in URL_FIELDS):
+            removebg_options(fields)
+        photo = await core.photo(form, "image_file", required=True)
+        background = await core.photo(form, "bg_image_file", b64_name="")  # remove.bg has no bg_image_file_b64
+    except BaseException:
+        await form.close()
+        raise
     return fields, photo, background, form
 
 
@@ -179,7 +184,7 @@ def add_routes(app: FastAPI, core: Core) -> None:
             core.authorise(request)
             core.service()
             form = await core.form(request, max_fields=len(REMBG_FIELDS))
-            photo = await core.photo(form, "file", required=True)
+            photo = await core.photo(form, "file", required=True, b64_name="")  # rembg takes files only
             opts = rembg_options(dict(form.items()), request.query_params.get("bgc"))
             out = await core.cut(photo, None, opts, name="file")
         except compose.OptionError as exc:

@@ -11,7 +11,17 @@ BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, float("
 class Metrics:
     """One registry per app, so several apps (tests) never share counters."""
 
-    paths = ("/", "/healthz", "/metrics", "/v1/model", "/v1/cutout", "/docs", "/openapi.json")
+    paths = (
+        "/",
+        "/healthz",
+        "/metrics",
+        "/v1/model",
+        "/v1/cutout",
+        "/v1.0/removebg",
+        "/api/remove",
+        "/docs",
+        "/openapi.json",
+    )
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
