@@ -36,7 +36,7 @@ def _fetch_manifest(results: Path, raw: str | None) -> dict | None:
     directory the run had, tried from here and from the results tree's grandparent), else by the run's name."""
     candidates = []
     if raw:
-        candidates += [Path(raw).parent / "fetch.json", results.parent.parent / Path(raw).parent / "fetch.json"]
+        candidates.append(results.parent.parent / Path(raw).parent / "fetch.json")  # never the cwd: another run's
     candidates.append(results.parent.parent / "data" / results.name / "fetch.json")
     return next((m for m in map(_read_json, candidates) if m is not None), None)
 

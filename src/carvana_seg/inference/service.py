@@ -128,7 +128,7 @@ def read_run(results: str | os.PathLike) -> RunInfo:
         info.trained_on = meta["trained_on"]
         return info
     if not results.is_dir():
-        raise DataError(f"{results}: no trained models (neither a results directory nor a bundle file)")
+        raise DataError(f"{results}: no trained models (results directory not found, nor a bundle file)")
     rdir = final_round(results)
     if rdir is None:  # models trained, no test ensemble yet: the last round's models and threshold, no refinement
         models = find_checkpoints(results)
