@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hmac
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import cv2
@@ -35,6 +36,13 @@ class Cutout:
     height: int
     headers: dict[str, str] = field(default_factory=dict)
     confidence: float | None = None  # predicted Dice (inference.confidence)
+
+
+def declared_length_within(request: Request, limit: int, message: Callable[[int], str]) -> None:
+    """413 (``too_large``) before reading a byte when the request's Content-Length is above ``limit``."""
+    length = request.headers.get("content-length")
+    if length and length.isdigit() and int(length) > limit:
+        raise InputError(413, "too_large", message(int(length)))
 
 
 @dataclass
@@ -71,14 +79,14 @@ class Core:
 
     async def form(self, request: Request, max_fields: int) -> FormData:
         """The request's form (multipart or urlencoded) within the upload limit: 413 above it, 400 when malformed."""
-        length = request.headers.get("content-length")
-        if length and length.isdigit() and int(length) > 2 * self.max_bytes + 65536:
-            raise InputError(
-                413,
-                "too_large",
-                f"request of {int(length) / 1e6:.1f} MB, above the upload limit of "
-                f"{self.max_bytes / 1e6:g} MB per file (--max-upload-mb)",
-            )
+        declared_length_within(
+            request,
+            2 * self.max_bytes + 65536,
+            lambda n: (
+                f"request of {n / 1e6:.1f} MB, above the upload limit of "
+                f"{self.max_bytes / 1e6:g} MB per file (--max-upload-mb)"
+            ),
+        )
         try:
             return await request.form(max_files=2, max_fields=max_fields, max_part_size=4 * self.max_bytes // 3 + 4096)
         except StarletteHTTPException as exc:  # the multipart parser's refusals
@@ -90,17 +98,16 @@ class Core:
     async def body(self, request: Request) -> bytes:
         """A raw (JSON) body, read in chunks up to the base64 of one upload: 413 beyond, never buffered whole."""
         limit = 4 * self.max_bytes // 3 + 65536
-        length = request.headers.get("content-length")
-        too_big = InputError(
-            413, "too_large", f"request body above {limit / 1e6:.1f} MB: the upload limit (--max-upload-mb) in base64"
-        )
-        if length and length.isdigit() and int(length) > limit:
-            raise too_big
+
+        def message(_: int) -> str:
+            return f"request body above {limit / 1e6:.1f} MB: the upload limit (--max-upload-mb) in base64"
+
+        declared_length_within(request, limit, message)
         chunks, size = [], 0
         async for chunk in request.stream():
             size += len(chunk)
             if size > limit:
-                raise too_big
+                raise InputError(413, "too_large", message(size))
             chunks.append(chunk)
         return b"".join(chunks)
 
