@@ -36,7 +36,9 @@ STORAGE_FLAGS = ("--shared-fs-usage", "none", "--default-storage-provider", "fs"
 JOB_LOCAL = {"state", "tensorboard"}  # train.smk: {rdir}/state/ and tensorboard/, never read by another rule
 
 
-def _run(work: Path, *extra: str) -> subprocess.CompletedProcess:
+def _start(work: Path, *extra: str) -> subprocess.Popen:
+    """The tiny DAG in ``work`` (``--cores 2``, no GPU), started in the background: its output goes to files beside
+    the working directory (pipes could fill while another run is waited for)."""
     (work / "c.yaml").write_text(yaml.safe_dump(CONFIG))
     cmd = [
         "timeout",
@@ -55,7 +57,13 @@ def _run(work: Path, *extra: str) -> subprocess.CompletedProcess:
         *extra,
     ]
     env = {k: v for k, v in os.environ.items() if k != "CUDA_VISIBLE_DEVICES"}
-    return subprocess.run(cmd, check=False, capture_output=True, text=True, env={**env, "CARVANA_SEG_FAKE_GPUS": "0"})
+    with open(work.parent / f"{work.name}.out", "w") as out:  # the child keeps its own descriptor
+        return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env={**env, "CARVANA_SEG_FAKE_GPUS": "0"})
+
+
+def _finish(proc: subprocess.Popen, work: Path) -> tuple[int, str]:
+    """Waits for a run of _start: (its exit status, its output)."""
+    return proc.wait(), (work.parent / f"{work.name}.out").read_text()
 
 
 class Preempter(threading.Thread):
@@ -94,14 +102,19 @@ def runs(tmp_path_factory) -> tuple[Path, Path, Path]:
         pytest.skip("snakemake-storage-plugin-fs copies with rsync, which is not installed (apt-get install rsync)")
     pytest.importorskip("snakemake_storage_plugin_fs")
     plain, isolated, storage = (tmp_path_factory.mktemp(n) for n in ("plain", "isolated", "storage"))
-    res = _run(plain)
-    assert res.returncode == 0, (res.stdout + res.stderr)[-4000:]
+    # The two runs are independent (their own working directories; the preempter finds its train job by its
+    # working directory), so they run side by side: on 2 cores this overlaps one run's storage copies and
+    # process starts with the other's computing.
+    plain_run = _start(plain)
     preempter = Preempter(isolated, storage)
     preempter.start()
-    res = _run(isolated, *STORAGE_FLAGS, str(storage), "--retries", "1")
+    isolated_run = _start(isolated, *STORAGE_FLAGS, str(storage), "--retries", "1")
+    rc, out = _finish(isolated_run, isolated)
     preempter.done.set()
     preempter.join(timeout=10)
-    assert res.returncode == 0, (res.stdout + res.stderr)[-6000:]
+    plain_rc, plain_out = _finish(plain_run, plain)
+    assert plain_rc == 0, plain_out[-4000:]
+    assert rc == 0, out[-6000:]
     assert preempter.killed, "the train job was never preempted"
     return plain, isolated, storage
 

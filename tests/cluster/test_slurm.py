@@ -54,7 +54,8 @@ def _env(work: Path) -> dict[str, str]:
     # the fake GPU is /dev/null: the jobs take Slurm's GPU path (gres, CUDA_VISIBLE_DEVICES) and run torch on the
     # CPU on purpose, which a real GPU allocation without a usable GPU would refuse (models.runtime.pick_device)
     path = f"{bin_dir}{os.pathsep}{os.environ['PATH']}"
-    return {**os.environ, "PATH": path, "CARVANA_SEG_REQUIRE_GPU": "0"}
+    # the pending watch polls squeue every 5 s instead of 20 (pipeline.slurm_watch): the stuck run ends sooner
+    return {**os.environ, "PATH": path, "CARVANA_SEG_REQUIRE_GPU": "0", "CARVANA_SEG_SLURM_WATCH_S": "5"}
 
 
 def _snakemake(work: Path, *args: str, timeout: int = RUN_TIMEOUT_S) -> list[str]:

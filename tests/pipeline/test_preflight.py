@@ -107,3 +107,15 @@ def test_the_watch_ends_the_run_on_a_job_stuck_at_two_polls_in_a_row_only():
     assert stopped.wait(5)
     watch.join(5)
     assert len(lines) == 1 and lines[0].startswith("Slurm job 101 (rule train: PartitionDown) is pending for a reason")
+
+
+def test_the_watch_interval_comes_from_the_environment_and_a_bad_value_names_the_variable(monkeypatch):
+    monkeypatch.delenv(slurm_watch.INTERVAL_ENV, raising=False)
+    assert slurm_watch.Watch("/work/run").interval == slurm_watch.INTERVAL_S == 20.0
+    monkeypatch.setenv(slurm_watch.INTERVAL_ENV, "2.5")
+    assert slurm_watch.Watch("/work/run").interval == 2.5
+    assert slurm_watch.Watch("/work/run", interval=7).interval == 7  # an explicit interval wins
+    for bad in ("0", "-1", "soon", "nan"):
+        monkeypatch.setenv(slurm_watch.INTERVAL_ENV, bad)
+        with pytest.raises(ConfigError, match=f"CARVANA_SEG_SLURM_WATCH_S={bad!r}"):
+            slurm_watch.Watch("/work/run")

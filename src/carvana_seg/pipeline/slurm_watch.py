@@ -6,6 +6,7 @@ go down or be reconfigured while the run waits, and Slurm then keeps a job PENDI
 Snakefile's ``onstart`` starts, asks ``squeue`` every ``interval`` seconds for this run's jobs (those whose working
 directory is the run's); a job seen pending for such a reason at two polls in a row is logged as an error naming the
 job, its rule and the reason, and the run is interrupted (SIGINT: Snakemake cancels its jobs and exits non-zero).
+``CARVANA_SEG_SLURM_WATCH_S`` in the submitting shell sets the interval (default 20 s).
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import subprocess
 import threading
 from collections.abc import Callable
 from pathlib import Path
+
+from carvana_seg.pipeline.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +42,21 @@ STUCK_REASONS = frozenset(
 )
 SQUEUE_FORMAT = "%i|%T|%r|%Z|%k"  # id, state, reason, working directory, comment (the plugin's rule_<name>...)
 INTERVAL_S = 20.0
+INTERVAL_ENV = "CARVANA_SEG_SLURM_WATCH_S"
+
+
+def interval_s() -> float:
+    """The poll interval: ``CARVANA_SEG_SLURM_WATCH_S`` (seconds, > 0) where it is set, else INTERVAL_S."""
+    raw = os.environ.get(INTERVAL_ENV, "").strip()
+    if not raw:
+        return INTERVAL_S
+    try:
+        value = float(raw)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        raise ConfigError(f"{INTERVAL_ENV}={raw!r}: the Slurm watch's poll interval must be a number of seconds > 0")
+    return value
 
 
 def stuck_jobs(squeue_out: str, workdir: str) -> dict[str, str]:
@@ -63,18 +81,20 @@ def _squeue() -> str:
 
 
 class Watch(threading.Thread):
-    """Polls ``squeue``; on a job stuck at two polls in a row, logs one error line and calls ``stop``."""
+    """Polls ``squeue`` every ``interval`` seconds (default: interval_s()); on a job stuck at two polls in a row,
+    logs one error line and calls ``stop``."""
 
     def __init__(
         self,
         workdir: str | os.PathLike,
-        interval: float = INTERVAL_S,
+        interval: float | None = None,
         query: Callable[[], str] = _squeue,
         stop: Callable[[], None] | None = None,
         report: Callable[[str], None] | None = None,
     ) -> None:
         super().__init__(daemon=True, name="carvana-seg-slurm-watch")
-        self.workdir, self.interval, self.query = str(Path(workdir)), interval, query
+        self.workdir, self.query = str(Path(workdir)), query
+        self.interval = interval_s() if interval is None else interval
         self.stop_run = stop or (lambda: os.kill(os.getpid(), signal.SIGINT))
         self.report = report or log.error
         self.finished = threading.Event()
