@@ -248,11 +248,14 @@ def test_stream_is_a_generator_and_closing_it_stops_its_threads_and_workers(setu
 
 @pytest.mark.slow
 def test_memory_does_not_grow_with_the_number_of_images(tmp_path, setup):
-    """tracemalloc sees numpy buffers: 96 images of 480x640 in one shard peak like 32 (not +64 maps of 307 kB).
+    """tracemalloc sees numpy buffers: 96 images of 480x640 in one shard peak like 32, not 64 maps of 307 kB
+    (19.7 MB) higher, which is what holding the shard's maps until it is written would add.
 
-    The peak is when a decoded batch, a finishing batch and the image being written are all in flight; how soon a
-    run first reaches it depends on the thread timing (8 images, 4 batches of 2, sometimes never do: under load that
-    made 8 against 32 fail now and then). 16 and 48 batches both reach it, so what differs is only what grows."""
+    What is in flight at once is bounded (stream.py: two batches in the queue, the loader's, the finishing ones and
+    the image being written), but how much of that bound a run reaches depends on the thread timing: 8 images (4
+    batches of 2) sometimes never reached it, and under load 96 images once peaked 3.4 MB (11 maps' worth: a decoded
+    batch more in flight) above 32. The allowance is half of what holding the shard adds: growth with the number of
+    images fails, the bounded jitter does not."""
     _root, _raw, models = setup
     raw = make_layout(tmp_path / "raw", n_cars=1, n_test_cars=6, w=640, h=480)
     rows = (raw / "sample_submission.csv").read_text().splitlines()
@@ -267,4 +270,5 @@ def test_memory_does_not_grow_with_the_number_of_images(tmp_path, setup):
         ensemble.write_shards(variants, raw, layout.test_ids(raw)[0], out, predict, torch.device("cpu"))
         peaks.append(tracemalloc.get_traced_memory()[1])
         tracemalloc.stop()
-    assert peaks[1] < peaks[0] + 8 * 480 * 640, peaks  # holding the shard would add 64 x 307 kB = 19.7 MB
+    held = (96 - 32) * 480 * 640  # the uint8 maps a shard held until written would add: 19.7 MB
+    assert peaks[1] < peaks[0] + held / 2, (peaks, held)
