@@ -7,7 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import ROOT, SHARED_SAMPLE, make_layout
+# Before anything loads torch (libgomp reads it once): OpenMP threads that wait passively, as every stage process
+# already runs (pipeline/cli.py). The two xdist workers share 2 cores, and a worker's torch threads spinning while
+# they wait took CPU from the other worker's DAG run.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from tests.helpers import ROOT, SHARED_SAMPLE, make_layout  # noqa: E402
 
 
 @pytest.fixture(scope="session")
