@@ -115,7 +115,7 @@ def test_the_watch_interval_comes_from_the_environment_and_a_bad_value_names_the
     monkeypatch.setenv(slurm_watch.INTERVAL_ENV, "2.5")
     assert slurm_watch.Watch("/work/run").interval == 2.5
     assert slurm_watch.Watch("/work/run", interval=7).interval == 7  # an explicit interval wins
-    for bad in ("0", "-1", "soon", "nan"):
+    for bad in ("0", "-1", "soon", "nan", "inf"):
         monkeypatch.setenv(slurm_watch.INTERVAL_ENV, bad)
         with pytest.raises(ConfigError, match=f"CARVANA_SEG_SLURM_WATCH_S={bad!r}"):
             slurm_watch.Watch("/work/run")

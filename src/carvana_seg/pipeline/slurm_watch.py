@@ -12,6 +12,7 @@ job, its rule and the reason, and the run is interrupted (SIGINT: Snakemake canc
 from __future__ import annotations
 
 import logging
+import math
 import os
 import signal
 import subprocess
@@ -46,7 +47,7 @@ INTERVAL_ENV = "CARVANA_SEG_SLURM_WATCH_S"
 
 
 def interval_s() -> float:
-    """The poll interval: ``CARVANA_SEG_SLURM_WATCH_S`` (seconds, > 0) where it is set, else INTERVAL_S."""
+    """The poll interval: ``CARVANA_SEG_SLURM_WATCH_S`` (seconds, finite and > 0) where it is set, else INTERVAL_S."""
     raw = os.environ.get(INTERVAL_ENV, "").strip()
     if not raw:
         return INTERVAL_S
@@ -54,7 +55,7 @@ def interval_s() -> float:
         value = float(raw)
     except ValueError:
         value = 0.0
-    if not value > 0:
+    if not (value > 0 and math.isfinite(value)):
         raise ConfigError(f"{INTERVAL_ENV}={raw!r}: the Slurm watch's poll interval must be a number of seconds > 0")
     return value
 
