@@ -5,6 +5,7 @@ import re
 
 from carvana_seg.pipeline import codedeps
 from carvana_seg.pipeline import config as cs_config
+from carvana_seg.pipeline import failed_logs as cs_failed_logs
 from carvana_seg.pipeline import launch as cs_launch
 from carvana_seg.pipeline import preflight as cs_preflight
 from carvana_seg.pipeline import resources as cs_resources
@@ -37,6 +38,12 @@ onstart:
             cs_preflight.read_sinfo(),
         )
         cs_slurm_watch.Watch(os.getcwd(), report=logger.error).start()
+
+
+# After a failed run, each failed job's one-line error from its log (Snakemake shows only the log's path).
+onerror:
+    for line in cs_failed_logs.failed_job_errors(log):
+        logger.error(line)
 
 
 NAME = config["name"]
